@@ -40,3 +40,246 @@ Parser = Callable[[pa.Table], ParseResult]
 
 # format name -> parser; filled in by the parser modules (see _register below).
 PARSERS: dict[str, Parser] = {}
+
+# --------------------------------------------------------------------------
+# Shared helpers for the parser modules (keep them import-light: the parser
+# modules import from here, and this module imports them at the bottom).
+
+import re as _re
+from datetime import datetime as _datetime, timezone as _timezone
+from typing import Any, Iterable, Mapping
+
+import orjson as _orjson
+import pyarrow.compute as _pc
+
+from taishi.ids import deadletter_id as _deadletter_id, event_id as _event_id
+from taishi.schema import (
+    DEADLETTER_SCHEMA,
+    EVENT_FIELDS,
+    EVENT_SCHEMA,
+    STRS as _STRS,
+    TS as _TS,
+    conform as _conform,
+    deadletters_table as _deadletters_table,
+)
+
+MAX_RECORD_BYTES = 1 << 20  # a record larger than this is dead-lettered
+DEADLETTER_KEEP_BYTES = 64 << 10  # an oversized original is kept truncated to this
+INVALID_UTF8_HINT = "invalid-utf8"  # framing hint: the line had undecodable bytes
+
+
+def _register(name: str) -> Callable[[Parser], Parser]:
+    def deco(fn: Parser) -> Parser:
+        PARSERS[name] = fn
+        return fn
+
+    return deco
+
+
+def parse(fmt: str, raw: pa.Table) -> ParseResult:
+    """Parse a ``RAW_SCHEMA`` batch with the parser registered as ``fmt``."""
+    try:
+        parser = PARSERS[fmt]
+    except KeyError:
+        raise ValueError(f"no parser for format {fmt!r}; known: {sorted(PARSERS)}") from None
+    return parser(raw)
+
+
+def now_utc() -> _datetime:
+    return _datetime.now(_timezone.utc)
+
+
+def deadletter(source: str, offset: int, original: str, reason: str) -> dict[str, Any]:
+    """One dead-letter row (stage ``parse``); huge originals are truncated."""
+    if len(original) > DEADLETTER_KEEP_BYTES and len(original.encode("utf-8", "replace")) > MAX_RECORD_BYTES:
+        original = original[:DEADLETTER_KEEP_BYTES]
+        reason += f" (original truncated to first {DEADLETTER_KEEP_BYTES // 1024} KiB)"
+    return {
+        "id": _deadletter_id(source, offset, "parse", original),
+        "@timestamp": now_utc(),
+        "taishi.source": source,
+        "log.offset": offset,
+        "stage": "parse",
+        "reason": reason,
+        "event.original": original,
+    }
+
+
+def precheck(source: str, offset: int, hint: str | None, original: str) -> str | None:
+    """Reason a record must be dead-lettered before any parsing, else None."""
+    if hint == INVALID_UTF8_HINT:
+        return "invalid UTF-8 in record (undecodable bytes shown as U+FFFD)"
+    if len(original) * 4 > MAX_RECORD_BYTES and len(original.encode("utf-8", "replace")) > MAX_RECORD_BYTES:
+        return f"record exceeds {MAX_RECORD_BYTES // (1 << 20)} MiB"
+    return None
+
+
+def raw_rows(raw: pa.Table) -> Iterable[tuple[str, int, str | None, str | None, str]]:
+    """(source, offset, path, hint, original) per raw row."""
+    cols = [raw.column(n).to_pylist() for n in ("taishi.source", "log.offset", "log.file.path", "hint", "event.original")]
+    return zip(*cols)
+
+
+def json_error(exc: Exception) -> str:
+    """Short reason for a JSON decode error."""
+    msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    return f"invalid JSON: {msg}"[:200]
+
+
+def new_event(source: str, offset: int, path: str | None, original: str) -> dict[str, Any]:
+    return {
+        "event.id": _event_id(source, offset, original),
+        "event.original": original,
+        "taishi.source": source,
+        "log.file.path": path,
+        "log.offset": offset,
+    }
+
+
+def to_utc(value: Any) -> _datetime | None:
+    """Epoch seconds (number or numeric string) or ISO-8601 text -> aware UTC datetime."""
+    from taishi.schema import parse_time
+
+    if value is None or value == "":
+        return None
+    if isinstance(value, _datetime):
+        return value if value.tzinfo else value.replace(tzinfo=_timezone.utc)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            return _datetime.fromtimestamp(float(value), tz=_timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    try:
+        return parse_time(str(value))
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def extra_json(extra: Mapping[str, Any]) -> str | None:
+    if not extra:
+        return None
+    return _orjson.dumps(extra, default=str).decode()
+
+
+def related(*values: Any) -> list[str] | None:
+    out: list[str] = []
+    for v in values:
+        if v is None or v == "":
+            continue
+        if isinstance(v, (list, tuple)):
+            for x in v:
+                if x not in (None, "") and str(x) not in out:
+                    out.append(str(x))
+        elif str(v) not in out:
+            out.append(str(v))
+    return out or None
+
+
+_INT_TYPES = frozenset(n for n, t in EVENT_FIELDS.items() if t == pa.int64())
+
+
+def _clean(name: str, v: Any) -> Any:
+    typ = EVENT_FIELDS[name]
+    if v is None:
+        return None
+    try:
+        if typ == _TS:
+            return to_utc(v)
+        if typ == pa.int64():
+            if isinstance(v, bool):
+                return int(v)
+            return int(v) if not isinstance(v, str) else int(float(v)) if v.strip() else None
+        if typ == pa.bool_():
+            if isinstance(v, str):
+                return v.strip().lower() in ("t", "true", "1", "yes")
+            return bool(v)
+        if typ == _STRS:
+            if isinstance(v, (list, tuple)):
+                return [x if isinstance(x, str) else _orjson.dumps(x).decode() if isinstance(x, (dict, list)) else str(x) for x in v if x is not None]
+            return [str(v)]
+        if typ == pa.float64():
+            return float(v)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (dict, list)):
+        return _orjson.dumps(v).decode()
+    return str(v)
+
+
+def events_from_rows(rows: list[dict[str, Any]]) -> pa.Table:
+    """EVENT_SCHEMA batch from dict rows; values are coerced leniently (bad -> null).
+
+    Column-wise (one ``pa.array`` per column present), so cheaper than
+    :func:`taishi.schema.events_table` for big batches of sparse rows.
+    """
+    n = len(rows)
+    if n == 0:
+        return EVENT_SCHEMA.empty_table()
+    cols: dict[str, list[Any]] = {}
+    for i, row in enumerate(rows):
+        for k, v in row.items():
+            if v is None:
+                continue
+            col = cols.get(k)
+            if col is None:
+                if k not in EVENT_FIELDS:
+                    raise KeyError(f"{k!r} is not an event field")
+                col = cols[k] = [None] * n
+            col[i] = _clean(k, v)
+    arrays = []
+    for f in EVENT_SCHEMA:
+        vals = cols.get(f.name)
+        arrays.append(pa.nulls(n, f.type) if vals is None else pa.array(vals, type=f.type))
+    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+
+
+def result(events: pa.Table | list[dict[str, Any]], deadletters: list[dict[str, Any]]) -> ParseResult:
+    if isinstance(events, list):
+        events = events_from_rows(events)
+    dl = _deadletters_table(deadletters) if deadletters else DEADLETTER_SCHEMA.empty_table()
+    return ParseResult(events=events, deadletters=dl)
+
+
+def concat_results(parts: list[ParseResult]) -> ParseResult:
+    if not parts:
+        return ParseResult(EVENT_SCHEMA.empty_table(), DEADLETTER_SCHEMA.empty_table())
+    if len(parts) == 1:
+        return parts[0]
+    ev = pa.concat_tables([_conform(p.events) for p in parts])
+    dl = pa.concat_tables([p.deadletters for p in parts])
+    return ParseResult(ev, dl)
+
+
+def safe_parser(fn: Callable[[pa.Table], ParseResult]) -> Callable[[pa.Table], ParseResult]:
+    """Wrap a parser so an unexpected bug dead-letters the batch row by row instead of raising."""
+
+    def wrapper(raw: pa.Table) -> ParseResult:
+        try:
+            return fn(raw)
+        except Exception:  # noqa: BLE001 - the pipeline never raises on input
+            if raw.num_rows <= 1:
+                import traceback
+
+                err = traceback.format_exc(limit=1).strip().splitlines()[-1]
+                dls = [
+                    deadletter(s, o, orig or "", f"parser error: {err}"[:300])
+                    for s, o, _p, _h, orig in raw_rows(raw)
+                ]
+                return result([], dls)
+            mid = raw.num_rows // 2
+            return concat_results([wrapper(raw.slice(0, mid)), wrapper(raw.slice(mid))])
+
+    wrapper.__name__ = getattr(fn, "__name__", "parser")
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _register_all() -> None:
+    from . import cef, jsonl, suricata, syslog, zeek  # noqa: F401
+
+
+_register_all()

@@ -1,0 +1,540 @@
+"""Compile a pySigma condition tree into a vectorised predicate over an Arrow batch.
+
+A rule is compiled ONCE into a small tree of :class:`Node` objects. Evaluating
+it on a batch gives a numpy bool mask (one entry per row). No per-row Python
+runs on the hot path:
+
+* Every string-like comparison is evaluated on the *dictionary* (the unique
+  values) of the column and mapped back to rows with a numpy take. The
+  dictionary encoding, its lower-cased form and parsed IP addresses are cached
+  per batch in :class:`BatchContext` and shared by all rules; leaf results are
+  memoised per batch too (many rules test ``event.dataset == 'zeek.conn'``).
+* List-typed columns (``related.ip``, ``dns.answers.data`` ...) are flattened;
+  a row matches if any element matches.
+* A field the batch lacks is null: ``field: value`` is false, ``field: null``
+  is true, ``field|exists: false`` is true.
+
+Case: plain strings and wildcards are case-insensitive (Sigma default),
+``|cased`` is case-sensitive, ``|re`` is case-sensitive unless ``|i``.
+Regular expressions run on RE2 (Arrow): look-around and back-references are
+rejected at compile time as unsupported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sigma.conditions import (
+    ConditionAND,
+    ConditionFieldEqualsValueExpression,
+    ConditionNOT,
+    ConditionOR,
+    ConditionValueExpression,
+)
+from sigma.types import (
+    CompareOperators,
+    Placeholder,
+    SigmaBool,
+    SigmaCasedString,
+    SigmaCIDRExpression,
+    SigmaCompareExpression,
+    SigmaExists,
+    SigmaExpansion,
+    SigmaFieldReference,
+    SigmaNull,
+    SigmaNumber,
+    SigmaRegularExpression,
+    SigmaRegularExpressionFlag,
+    SigmaString,
+    SpecialChars,
+)
+
+#: fields a keyword (field-less) detection searches
+KEYWORD_FIELDS = ("message", "event.original")
+
+#: modifiers the evaluator implements (pySigma names)
+SUPPORTED_MODIFIERS = frozenset(
+    {
+        "contains", "startswith", "endswith", "all", "re", "i", "ignorecase", "m",
+        "multiline", "s", "dotall", "cidr", "gt", "gte", "lt", "lte", "neq", "exists",
+        "cased", "base64", "base64offset", "wide", "utf16", "utf16le", "utf16be",
+        "windash", "fieldref",
+    }
+)
+
+
+class Unsupported(Exception):
+    """The rule uses something this evaluator does not implement."""
+
+
+# --------------------------------------------------------------------------- batch
+
+
+class StrView:
+    """A column seen as strings: dictionary of unique values + per-element index.
+
+    For list columns the elements are the flattened list items and ``parents``
+    maps each element to its row.
+    """
+
+    def __init__(self, values: pa.Array, parents: np.ndarray | None, n: int):
+        if not pa.types.is_string(values.type) and not pa.types.is_large_string(values.type):
+            if pa.types.is_timestamp(values.type):
+                values = pc.strftime(values, format="%Y-%m-%dT%H:%M:%S.%fZ")
+            else:
+                values = values.cast(pa.string())
+        enc = pc.dictionary_encode(values)
+        self.dict: pa.Array = enc.dictionary
+        self.idx: np.ndarray = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)
+        self.parents = parents
+        self.n = n
+        self._lower: pa.Array | None = None
+        self._ips: list | None = None
+        self._floats: np.ndarray | None = None
+
+    @property
+    def lower(self) -> pa.Array:
+        if self._lower is None:
+            self._lower = pc.utf8_lower(self.dict)
+        return self._lower
+
+    @property
+    def ips(self) -> list:
+        if self._ips is None:
+            out = []
+            for s in self.dict.to_pylist():
+                try:
+                    out.append(ipaddress.ip_address(s.strip().split("%")[0]))
+                except (ValueError, AttributeError):
+                    out.append(None)
+            self._ips = out
+        return self._ips
+
+    @property
+    def floats(self) -> np.ndarray:
+        if self._floats is None:
+            out = np.full(len(self.dict), np.nan)
+            for i, s in enumerate(self.dict.to_pylist()):
+                try:
+                    out[i] = float(s)
+                except (TypeError, ValueError):
+                    pass
+            self._floats = out
+        return self._floats
+
+    def rows(self, on_dict: np.ndarray) -> np.ndarray:
+        """Row mask from a mask over the dictionary entries (null elements -> False)."""
+        elem = np.append(np.asarray(on_dict, dtype=bool), False)[self.idx]
+        if self.parents is None:
+            return elem
+        mask = np.zeros(self.n, dtype=bool)
+        mask[self.parents[elem]] = True
+        return mask
+
+
+def _np_bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return pc.fill_null(arr, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+
+class BatchContext:
+    """Per-batch caches shared by every rule evaluated on ``table``."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+        self.n = table.num_rows
+        self._cols: dict[str, Any] = {}
+        self._views: dict[str, StrView | None] = {}
+        self._memo: dict[Any, np.ndarray] = {}
+        self.false = np.zeros(self.n, dtype=bool)
+        self.true = np.ones(self.n, dtype=bool)
+
+    def column(self, name: str) -> pa.Array | None:
+        if name not in self._cols:
+            if name in self.table.column_names:
+                col = self.table.column(name)
+                self._cols[name] = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+            else:
+                self._cols[name] = None
+        return self._cols[name]
+
+    def is_list(self, name: str) -> bool:
+        col = self.column(name)
+        return col is not None and (pa.types.is_list(col.type) or pa.types.is_large_list(col.type))
+
+    def view(self, name: str) -> StrView | None:
+        if name not in self._views:
+            col = self.column(name)
+            if col is None:
+                self._views[name] = None
+            elif self.is_list(name):
+                parents = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
+                self._views[name] = StrView(pc.list_flatten(col), parents, self.n)
+            else:
+                self._views[name] = StrView(col, None, self.n)
+        return self._views[name]
+
+    def null_mask(self, name: str) -> np.ndarray:
+        col = self.column(name)
+        if col is None:
+            return self.true
+        if self.is_list(name):
+            v = self.view(name)
+            assert v is not None
+            return ~v.rows(np.ones(len(v.dict), dtype=bool))
+        return _np_bool(pc.is_null(col))
+
+    def memo(self, key: Any, fn: Callable[[], np.ndarray]) -> np.ndarray:
+        r = self._memo.get(key)
+        if r is None:
+            r = fn()
+            self._memo[key] = r
+        return r
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+@dataclass
+class Node:
+    op: str  # "and" | "or" | "not" | "leaf" | "const"
+    children: list["Node"] = field(default_factory=list)
+    key: Any = None
+    fn: Callable[[BatchContext], np.ndarray] | None = None
+    fields: frozenset[str] = frozenset()
+
+    def eval(self, ctx: BatchContext) -> np.ndarray:
+        if self.op == "leaf":
+            assert self.fn is not None
+            return ctx.memo(self.key, lambda: self.fn(ctx))
+        if self.op == "and":
+            out = None
+            for c in self.children:
+                m = c.eval(ctx)
+                out = m if out is None else (out & m)
+                if not out.any():
+                    return ctx.false
+            return ctx.true if out is None else out
+        if self.op == "or":
+            out = None
+            for c in self.children:
+                m = c.eval(ctx)
+                out = m if out is None else (out | m)
+            return ctx.false if out is None else out
+        if self.op == "not":
+            return ~self.children[0].eval(ctx)
+        if self.op == "const":
+            return ctx.true if self.key else ctx.false
+        raise AssertionError(self.op)
+
+    def all_fields(self) -> set[str]:
+        s = set(self.fields)
+        for c in self.children:
+            s |= c.all_fields()
+        return s
+
+
+def leaf(key: Any, fn: Callable[[BatchContext], np.ndarray], fields: set[str] | None = None) -> Node:
+    return Node("leaf", key=key, fn=fn, fields=frozenset(fields or ()))
+
+
+# --------------------------------------------------------------------------- string matching
+
+_RE2_SPECIAL = set("\\.^$|?*+()[]{}")
+
+
+def _re_escape(s: str) -> str:
+    return "".join("\\" + ch if ch in _RE2_SPECIAL else ch for ch in s)
+
+
+def string_matcher(s: SigmaString, cased: bool) -> tuple[Any, Callable[[pa.Array], pa.Array], bool]:
+    """(key, fn over a string array -> bool array, cased) for a Sigma string with wildcards."""
+    parts: list = []
+    for p in s.s:
+        if isinstance(p, Placeholder):
+            raise Unsupported(f"placeholder %{p.name}% (|expand) is not supported")
+        parts.append(p)
+    norm = (lambda x: x) if cased else (lambda x: x.lower())
+    parts = [norm(p) if isinstance(p, str) else p for p in parts]
+    M, S = SpecialChars.WILDCARD_MULTI, SpecialChars.WILDCARD_SINGLE
+    strs = [p for p in parts if isinstance(p, str)]
+    if not any(isinstance(p, SpecialChars) for p in parts):
+        val = "".join(strs)
+        return ("eq", val), lambda a: pc.equal(a, val), cased
+    if parts == [M]:
+        return ("any",), lambda a: pc.is_valid(a), cased
+    if len(parts) == 3 and parts[0] == M and parts[2] == M and isinstance(parts[1], str):
+        val = parts[1]
+        return ("contains", val), lambda a: pc.match_substring(a, val), cased
+    if len(parts) == 2 and parts[1] == M and isinstance(parts[0], str):
+        val = parts[0]
+        return ("startswith", val), lambda a: pc.starts_with(a, val), cased
+    if len(parts) == 2 and parts[0] == M and isinstance(parts[1], str):
+        val = parts[1]
+        return ("endswith", val), lambda a: pc.ends_with(a, val), cased
+    rx = "(?s)^" + "".join(
+        ".*" if p == M else "." if p == S else _re_escape(p) for p in parts
+    ) + "$"
+    return ("regex", rx), lambda a: pc.match_substring_regex(a, rx), cased
+
+
+def _str_leaf(fld: str, s: SigmaString, cased: bool) -> Node:
+    key, fn, cased = string_matcher(s, cased)
+
+    def run(ctx: BatchContext) -> np.ndarray:
+        v = ctx.view(fld)
+        if v is None:
+            return ctx.false
+        arr = v.dict if cased else v.lower
+        return v.rows(_np_bool(fn(arr)))
+
+    return leaf(("str", fld, cased, key), run, {fld})
+
+
+def _in_leaf(fld: str, values: list[str]) -> Node:
+    """Case-insensitive equality with any of ``values`` (OR of plain strings)."""
+    vals = sorted({v.lower() for v in values})
+    value_set = pa.array(vals, pa.string())
+
+    def run(ctx: BatchContext) -> np.ndarray:
+        v = ctx.view(fld)
+        if v is None:
+            return ctx.false
+        return v.rows(_np_bool(pc.is_in(v.lower, value_set=value_set)))
+
+    return leaf(("in", fld, tuple(vals)), run, {fld})
+
+
+def _regex_leaf(fld: str, r: SigmaRegularExpression) -> Node:
+    rx = r.regexp.to_plain() if isinstance(r.regexp, SigmaString) else str(r.regexp)
+    flags = ""
+    if SigmaRegularExpressionFlag.IGNORECASE in r.flags:
+        flags += "i"
+    if SigmaRegularExpressionFlag.MULTILINE in r.flags:
+        flags += "m"
+    if SigmaRegularExpressionFlag.DOTALL in r.flags:
+        flags += "s"
+    pattern = (f"(?{flags})" if flags else "") + rx
+    try:
+        pc.match_substring_regex(pa.array([""], pa.string()), pattern)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise Unsupported(f"regular expression {rx!r} is not valid RE2 (look-around/back-references?): {e}")
+
+    def run(ctx: BatchContext) -> np.ndarray:
+        v = ctx.view(fld)
+        if v is None:
+            return ctx.false
+        return v.rows(_np_bool(pc.match_substring_regex(v.dict, pattern)))
+
+    return leaf(("re", fld, pattern), run, {fld})
+
+
+def _cidr_leaf(fld: str, c: SigmaCIDRExpression) -> Node:
+    net = c.network
+
+    def run(ctx: BatchContext) -> np.ndarray:
+        v = ctx.view(fld)
+        if v is None:
+            return ctx.false
+        on = np.fromiter(
+            (ip is not None and ip.version == net.version and ip in net for ip in v.ips),
+            dtype=bool,
+            count=len(v.dict),
+        )
+        return v.rows(on)
+
+    return leaf(("cidr", fld, str(net)), run, {fld})
+
+
+_NP_CMP = {
+    CompareOperators.LT: np.less,
+    CompareOperators.LTE: np.less_equal,
+    CompareOperators.GT: np.greater,
+    CompareOperators.GTE: np.greater_equal,
+}
+
+
+def _num_leaf(fld: str, op: str, number: float) -> Node:
+    """Numeric comparison; op in lt/lte/gt/gte/eq/neq. Strings are parsed per unique value."""
+    fn = {
+        "lt": np.less, "lte": np.less_equal, "gt": np.greater, "gte": np.greater_equal,
+        "eq": np.equal, "neq": np.not_equal,
+    }[op]
+
+    def run(ctx: BatchContext) -> np.ndarray:
+        col = ctx.column(fld)
+        if col is None:
+            return ctx.false
+        typ = col.type
+        if not ctx.is_list(fld) and (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
+            vals = col.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            with np.errstate(invalid="ignore"):
+                res = fn(vals, number)
+            return np.asarray(res & ~np.isnan(vals), dtype=bool)
+        v = ctx.view(fld)
+        assert v is not None
+        fl = v.floats
+        with np.errstate(invalid="ignore"):
+            on = fn(fl, number) & ~np.isnan(fl)
+        return v.rows(on)
+
+    return leaf(("num", fld, op, number), run, {fld})
+
+
+def _null_leaf(fld: str) -> Node:
+    return leaf(("null", fld), lambda ctx: ctx.null_mask(fld), {fld})
+
+
+def _exists_leaf(fld: str, exists: bool) -> Node:
+    n = _null_leaf(fld)
+    return n if not exists else Node("not", [n])
+
+
+def _fieldref_leaf(fld: str, ref: SigmaFieldReference) -> Node:
+    if ref.starts_with or ref.ends_with:
+        raise Unsupported("|fieldref combined with startswith/endswith is not supported")
+    other = ref.field
+
+    def run(ctx: BatchContext) -> np.ndarray:
+        a, b = ctx.column(fld), ctx.column(other)
+        if a is None or b is None or ctx.is_list(fld) or ctx.is_list(other):
+            return ctx.false
+        la = pc.utf8_lower(a.cast(pa.string()))
+        lb = pc.utf8_lower(b.cast(pa.string()))
+        return _np_bool(pc.equal(la, lb))
+
+    return leaf(("fieldref", fld, other), run, {fld, other})
+
+
+def value_node(fld: str | None, value: Any) -> Node:
+    """Node for one (field, value) leaf of the condition tree. fld None = keyword."""
+    if fld is None:
+        return _keyword_node(value)
+    if isinstance(value, SigmaExpansion):
+        return Node("or", [value_node(fld, v) for v in value.values])
+    if isinstance(value, SigmaNull):
+        return _null_leaf(fld)
+    if isinstance(value, SigmaExists):
+        return _exists_leaf(fld, bool(value.exists))
+    if isinstance(value, SigmaRegularExpression):
+        return _regex_leaf(fld, value)
+    if isinstance(value, SigmaCIDRExpression):
+        return _cidr_leaf(fld, value)
+    if isinstance(value, SigmaCompareExpression):
+        op = {
+            CompareOperators.LT: "lt", CompareOperators.LTE: "lte",
+            CompareOperators.GT: "gt", CompareOperators.GTE: "gte",
+        }.get(value.op)
+        if op is None:
+            if getattr(CompareOperators, "NEQ", None) is not None and value.op == CompareOperators.NEQ:
+                op = "neq"
+            else:
+                raise Unsupported(f"comparison operator {value.op} is not supported")
+        return _num_leaf(fld, op, float(value.number.number))
+    if isinstance(value, SigmaFieldReference):
+        return _fieldref_leaf(fld, value)
+    if isinstance(value, SigmaString):
+        return _str_leaf(fld, value, cased=isinstance(value, SigmaCasedString))
+    if isinstance(value, SigmaBool):
+        return _str_leaf(fld, literal("true" if value.boolean else "false"), cased=False)
+    if type(value) is SigmaNumber:
+        return _number_eq_node(fld, value.number)
+    raise Unsupported(f"value type {type(value).__name__} ({value}) is not supported")
+
+
+def _number_eq_node(fld: str, number: int | float) -> Node:
+    """``field: 22`` -- numeric equality on numeric columns, text equality on strings."""
+    text = str(number)
+    as_num = _num_leaf(fld, "eq", float(number))
+    as_str = _str_leaf(fld, literal(text), cased=False)
+
+    def run(ctx: BatchContext) -> np.ndarray:
+        col = ctx.column(fld)
+        if col is None:
+            return ctx.false
+        if not ctx.is_list(fld) and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            return as_num.eval(ctx)
+        return as_str.eval(ctx)
+
+    return leaf(("numeq", fld, text), run, {fld})
+
+
+def _keyword_node(value: Any) -> Node:
+    """Field-less value: substring search over message and event.original."""
+    if isinstance(value, SigmaExpansion):
+        return Node("or", [_keyword_node(v) for v in value.values])
+    if isinstance(value, SigmaRegularExpression):
+        return Node("or", [_regex_leaf(f, value) for f in KEYWORD_FIELDS])
+    if isinstance(value, SigmaNumber) and not isinstance(value, SigmaString):
+        value = SigmaString(str(value.number))
+    if not isinstance(value, SigmaString):
+        raise Unsupported(f"keyword value of type {type(value).__name__} is not supported")
+    parts = list(value.s)
+    M = SpecialChars.WILDCARD_MULTI
+    if not parts or parts[0] != M:
+        parts.insert(0, M)
+    if parts[-1] != M:
+        parts.append(M)
+    s = SigmaString()
+    s.s = tuple(parts)
+    cased = isinstance(value, SigmaCasedString)
+    return Node("or", [_str_leaf(f, s, cased) for f in KEYWORD_FIELDS])
+
+
+# --------------------------------------------------------------------------- tree
+
+
+def _plain_string(expr: Any) -> str | None:
+    """The text of a plain (no wildcard, not cased) string leaf, else None."""
+    if not isinstance(expr, ConditionFieldEqualsValueExpression):
+        return None
+    v = expr.value
+    if type(v) is not SigmaString:
+        return None
+    if any(not isinstance(p, str) for p in v.s):
+        return None
+    return "".join(v.s)
+
+
+def compile_condition(tree: Any) -> Node:
+    """pySigma postprocessed condition tree -> :class:`Node`."""
+    if isinstance(tree, ConditionAND):
+        return Node("and", [compile_condition(a) for a in tree.args])
+    if isinstance(tree, ConditionOR):
+        # OR of plain equalities on one field -> one is_in over the dictionary
+        by_field: dict[str, list[str]] = {}
+        rest = []
+        for a in tree.args:
+            s = _plain_string(a)
+            if s is not None:
+                by_field.setdefault(a.field, []).append(s)
+            else:
+                rest.append(a)
+        children = [
+            _in_leaf(f, vals) if len(vals) > 1 else _str_leaf(f, literal(vals[0]), False)
+            for f, vals in by_field.items()
+        ]
+        children += [compile_condition(a) for a in rest]
+        return children[0] if len(children) == 1 else Node("or", children)
+    if isinstance(tree, ConditionNOT):
+        return Node("not", [compile_condition(tree.args[0])])
+    if isinstance(tree, ConditionFieldEqualsValueExpression):
+        return value_node(tree.field, tree.value)
+    if isinstance(tree, ConditionValueExpression):
+        return value_node(None, tree.value)
+    if tree is None:
+        raise Unsupported("empty condition")
+    raise Unsupported(f"condition element {type(tree).__name__} is not supported")
+
+
+def literal(text: str) -> SigmaString:
+    """A SigmaString that is exactly ``text`` (no wildcards)."""
+    s = SigmaString()
+    s.s = (text,) if text else ()
+    return s

@@ -1,0 +1,395 @@
+"""Framing: files -> raw record batches (``ingest.parsers.RAW_SCHEMA``).
+
+``read_records(path, fmt)`` reads a whole file (plain or ``.gz``) once;
+``FileTailer`` follows a growing file from a durable checkpoint.
+
+One record per non-empty line, with its byte offset in the (decompressed)
+file, except a file whose first non-blank byte is ``[`` (a top-level JSON
+array, e.g. the pretty-printed Suricata samples) read as ``json``/``suricata``:
+there each element is one record, its offset is the element index and its
+``event.original`` is the element's compact JSON.
+
+Hints (``RAW_SCHEMA.hint``):
+
+* Zeek TSV data lines: the compact JSON of the header seen so far (see
+  :func:`header_hint`) so a line parses alone anywhere;
+* Zeek JSON lines: the log type guessed from the file name (``conn`` for
+  ``conn.log``, ``conn.log.labeled``, ``labeled-conn.log``, ``dns.json.gz``,
+  ``conn.00:00:00-01:00:00.log``); the parser prefers the record's ``_path``;
+* any line with undecodable bytes: ``"invalid-utf8"`` (the text is decoded
+  with U+FFFD replacements and the parser dead-letters it).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import orjson
+import pyarrow as pa
+
+from ingest.parsers import INVALID_UTF8_HINT, RAW_SCHEMA
+
+__all__ = ["read_records", "FileTailer", "zeek_path_from_name", "header_hint", "source_name"]
+
+CHUNK = 1 << 22
+_ZEEK_HEADER_KEYS = ("separator", "set_separator", "empty_field", "unset_field", "path", "fields", "types")
+
+
+def source_name(path: str | os.PathLike[str]) -> str:
+    """A file's stable source name: its base name without ``.gz``."""
+    name = os.path.basename(os.fspath(path))
+    return name[:-3] if name.endswith(".gz") else name
+
+
+_ZEEK_NAME_RE = re.compile(r"^(?:labeled-)?([A-Za-z0-9_]+?)(?:[.-].*)?$")
+
+
+def zeek_path_from_name(path: str | os.PathLike[str]) -> str:
+    """Zeek log type from a file name: conn.log, conn.log.labeled, labeled-conn.log,
+    dns.json.gz, conn.00:00:00-01:00:00.log -> conn / dns."""
+    name = source_name(path)
+    m = _ZEEK_NAME_RE.match(name)
+    return m.group(1) if m else name
+
+
+def _unescape_sep(value: str) -> str:
+    # "#separator \x09" -> tab
+    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
+
+
+def header_hint(header: dict[str, Any]) -> str:
+    return orjson.dumps({k: header[k] for k in _ZEEK_HEADER_KEYS if k in header}).decode()
+
+
+class _Framer:
+    """Turns (offset, line bytes) into raw rows; keeps the Zeek TSV header state."""
+
+    def __init__(self, path: str, fmt: str, header: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.source = source_name(path)
+        self.zeek_name = zeek_path_from_name(path) if fmt == "zeek" else None
+        self.header: dict[str, Any] | None = header
+        self._hint: str | None = header_hint(header) if header and "fields" in header else None
+        self._building = False  # inside a header block
+        self.sources: list[str] = []
+        self.offsets: list[int] = []
+        self.hints: list[str | None] = []
+        self.originals: list[str] = []
+
+    # -- zeek header ------------------------------------------------------
+    def _header_line(self, text: str) -> bool:
+        """Handle a '#' line of a Zeek TSV file; True when it was a header/close line."""
+        if text.startswith("#separator"):
+            sep = text[len("#separator") :].strip() or "\\x09"
+            self.header = {"separator": _unescape_sep(sep)}
+            self._hint = None
+            self._building = True
+            return True
+        if self.header is None:
+            if text.startswith("#"):
+                return True  # a stray comment before any header
+            return False
+        sep = self.header.get("separator", "\t")
+        key, _, value = text[1:].partition(sep)
+        if key in ("set_separator", "empty_field", "unset_field", "path"):
+            self.header[key] = value
+        elif key == "fields":
+            self.header[key] = value.split(sep)
+        elif key == "types":
+            self.header[key] = value.split(sep)
+        # open/close/other comments: not records
+        if key in ("fields", "types"):
+            self._fix_header()
+        return True
+
+    def _fix_header(self) -> None:
+        h = self.header
+        assert h is not None
+        fields = h.get("fields")
+        if fields is None:
+            return
+        # Some labelled Stratosphere files put 'tunnel_parents   label   detailed-label'
+        # in one #fields entry; the data lines have one value per name.
+        if any(re.search(r"\s", f) for f in fields):
+            types = h.get("types")
+            new_f: list[str] = []
+            new_t: list[str] = []
+            for i, f in enumerate(fields):
+                parts = f.split()
+                new_f.extend(parts)
+                if types is not None:
+                    t = types[i] if i < len(types) else "string"
+                    new_t.extend([t] + ["string"] * (len(parts) - 1))
+            h["fields"] = new_f
+            if types is not None:
+                h["types"] = new_t + types[len(fields) :]
+        h.setdefault("set_separator", ",")
+        h.setdefault("empty_field", "(empty)")
+        h.setdefault("unset_field", "-")
+        self._hint = header_hint(h)
+
+    # -- records ----------------------------------------------------------
+    def feed(self, offset: int, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line.strip():
+            return
+        try:
+            text = line.decode("utf-8")
+            bad = False
+        except UnicodeDecodeError:
+            text = line.decode("utf-8", errors="replace")
+            bad = True
+        hint: str | None = None
+        if self.fmt == "zeek":
+            if text.startswith("#") and self._header_line(text):
+                return
+            if self.header is not None and self._hint is not None and not text.lstrip().startswith("{"):
+                hint = self._hint
+            else:
+                hint = self.zeek_name
+        if bad:
+            hint = INVALID_UTF8_HINT
+        self.sources.append(self.source)
+        self.offsets.append(offset)
+        self.hints.append(hint)
+        self.originals.append(text)
+
+    def __len__(self) -> int:
+        return len(self.originals)
+
+    def flush(self) -> pa.Table:
+        n = len(self.originals)
+        t = pa.Table.from_arrays(
+            [
+                pa.array(self.sources, pa.string()),
+                pa.array(self.offsets, pa.int64()),
+                pa.repeat(pa.scalar(self.path, pa.string()), n),
+                pa.array(self.hints, pa.string()),
+                pa.array(self.originals, pa.string()),
+            ],
+            schema=RAW_SCHEMA,
+        )
+        self.sources, self.offsets, self.hints, self.originals = [], [], [], []
+        return t
+
+
+def _open(path: str) -> IO[bytes]:
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def _first_byte(path: str) -> bytes:
+    with _open(path) as f:
+        while True:
+            chunk = f.read(4096)
+            if not chunk:
+                return b""
+            s = chunk.lstrip()
+            if s:
+                return s[:1]
+
+
+def _skip(f: IO[bytes], n: int) -> None:
+    if n <= 0:
+        return
+    try:
+        f.seek(n)
+    except (OSError, ValueError):  # pragma: no cover - non-seekable
+        while n > 0:
+            got = f.read(min(n, CHUNK))
+            if not got:
+                break
+            n -= len(got)
+
+
+def _read_zeek_header(path: str, upto: int) -> dict[str, Any] | None:
+    """The Zeek TSV header in force at byte ``upto`` (reads the '#' lines before it)."""
+    framer = _Framer(path, "zeek")
+    with _open(path) as f:
+        pos = 0
+        for line in f:
+            if pos >= upto:
+                break
+            if line.startswith(b"#"):
+                framer._header_line(line.rstrip(b"\r\n").decode("utf-8", "replace"))
+            pos += len(line)
+    return framer.header if framer._hint else None
+
+
+def _iter_lines(f: IO[bytes], pos: int, final: bool) -> Iterator[tuple[int, bytes]]:
+    """(offset, line without '\\n') for each line from ``pos``; an unterminated last
+    line is yielded only when ``final``."""
+    rest = b""
+    rest_pos = pos
+    while True:
+        chunk = f.read(CHUNK)
+        if not chunk:
+            break
+        buf = rest + chunk if rest else chunk
+        lines = buf.split(b"\n")
+        rest = lines.pop()
+        off = rest_pos
+        for line in lines:
+            yield off, line
+            off += len(line) + 1
+        rest_pos = off
+    if rest and final:
+        yield rest_pos, rest
+
+
+def _read_json_array(path: str, fmt: str, start: int, batch_size: int) -> Iterator[pa.Table]:
+    with _open(path) as f:
+        data = f.read()
+    framer = _Framer(path, fmt)
+    try:
+        items = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        items = None
+    if not isinstance(items, list):
+        # not a valid array: hand the whole text over so the parser dead-letters it
+        framer.sources.append(framer.source)
+        framer.offsets.append(0)
+        framer.hints.append(None)
+        framer.originals.append(data.decode("utf-8", "replace"))
+        yield framer.flush()
+        return
+    for i in range(start, len(items)):
+        framer.sources.append(framer.source)
+        framer.offsets.append(i)
+        framer.hints.append(None)
+        framer.originals.append(orjson.dumps(items[i]).decode())
+        if len(framer) >= batch_size:
+            yield framer.flush()
+    if len(framer):
+        yield framer.flush()
+
+
+def read_records(
+    path: str | os.PathLike[str], fmt: str, start: int = 0, batch_size: int = 8192
+) -> Iterator[pa.Table]:
+    """Yield ``RAW_SCHEMA`` batches of at most ``batch_size`` records of ``path``.
+
+    ``start`` is a byte offset in the (decompressed) file — or an element index
+    for a top-level JSON array file — to resume from; it must be a record
+    boundary (a previous record's offset or the offset after a line).
+    """
+    path = os.fspath(path)
+    if fmt in ("suricata", "json", "jsonl") and _first_byte(path) == b"[":
+        yield from _read_json_array(path, fmt, start, batch_size)
+        return
+    header = _read_zeek_header(path, start) if fmt == "zeek" and start > 0 else None
+    framer = _Framer(path, fmt, header)
+    with _open(path) as f:
+        _skip(f, start)
+        for off, line in _iter_lines(f, start, final=True):
+            framer.feed(off, line)
+            if len(framer) >= batch_size:
+                yield framer.flush()
+    if len(framer):
+        yield framer.flush()
+
+
+class FileTailer:
+    """Follow a growing (plain, not gzip) file from a durable checkpoint.
+
+    The checkpoint (JSON) holds the offset of the next unread byte, the file's
+    inode and device, and the Zeek TSV header seen so far. ``poll()`` yields
+    batches of the complete lines appended since the last poll (a partial last
+    line waits for its newline); ``commit(offset)`` persists the position once
+    the caller has durably handled everything before it (``commit()`` with no
+    argument commits what the last ``poll()`` returned). A new tailer on the same
+    checkpoint resumes there: nothing lost, nothing read twice. If the file was
+    truncated or replaced (inode/device change, or size below the offset) it is
+    read again from 0.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fmt: str,
+        checkpoint_path: str | os.PathLike[str],
+        batch_size: int = 8192,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.fmt = fmt
+        self.checkpoint_path = os.fspath(checkpoint_path)
+        self.batch_size = batch_size
+        cp = self._load()
+        self.offset: int = int(cp.get("offset", 0))  # next unread byte
+        self.inode: int | None = cp.get("inode")
+        self.device: int | None = cp.get("device")
+        self.header: dict[str, Any] | None = cp.get("header")
+        self.committed: int = self.offset
+
+    # -- checkpoint -------------------------------------------------------
+    def _load(self) -> dict[str, Any]:
+        try:
+            with open(self.checkpoint_path, "rb") as f:
+                data = json.loads(f.read())
+            return data if isinstance(data, dict) else {}
+        except FileNotFoundError:
+            return {}
+
+    def commit(self, offset: int | None = None) -> None:
+        """Durably record that everything before ``offset`` has been handled."""
+        off = self.offset if offset is None else int(offset)
+        state = {"offset": off, "inode": self.inode, "device": self.device, "header": self.header, "path": self.path}
+        target = Path(self.checkpoint_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(state))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        try:
+            dfd = os.open(str(target.parent), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:  # pragma: no cover - platforms without dir fsync
+            pass
+        self.committed = off
+
+    @property
+    def position(self) -> int:
+        """Offset of the next unread byte (after the last complete line polled)."""
+        return self.offset
+
+    # -- reading ----------------------------------------------------------
+    def poll(self) -> Iterator[pa.Table]:
+        """Batches of the complete lines appended since the last poll."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        if (self.inode is not None and (st.st_ino, st.st_dev) != (self.inode, self.device)) or st.st_size < self.offset:
+            self.offset = 0
+            self.header = None
+        self.inode, self.device = st.st_ino, st.st_dev
+        if st.st_size == self.offset:
+            return
+        framer = _Framer(self.path, self.fmt, self.header)
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            end = self.offset
+            for off, line in _iter_lines(f, self.offset, final=False):
+                framer.feed(off, line)
+                end = off + len(line) + 1
+                if len(framer) >= self.batch_size:
+                    self.header = framer.header
+                    self.offset = end
+                    yield framer.flush()
+            self.header = framer.header
+            self.offset = end
+        if len(framer):
+            yield framer.flush()

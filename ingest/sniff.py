@@ -1,0 +1,108 @@
+"""Guess a file's log format from its first non-empty lines.
+
+``sniff(path)`` returns one of ``"zeek"``, ``"suricata"``, ``"syslog"``,
+``"cef"``, ``"json"`` or ``"unknown"`` (also for ``.gz`` files). The names are
+the ``ingest.parsers.PARSERS`` keys.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from collections import Counter
+
+import orjson
+
+__all__ = ["sniff", "sniff_lines", "FORMATS"]
+
+FORMATS = ("zeek", "suricata", "syslog", "cef", "json", "unknown")
+PEEK_BYTES = 1 << 16
+MAX_LINES = 8
+
+_MONTHS = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
+_RFC3164 = re.compile(rf"^(?:<\d{{1,3}}>)?(?:{_MONTHS}) [ \d]?\d \d\d:\d\d:\d\d(?:\.\d+)? ")
+_RFC5424 = re.compile(r"^<\d{1,3}>\d{1,2} (?:-|\d{4}-\d\d-\d\dT\S+) \S+ \S+ \S+ \S+ ")
+_ISO_SYSLOG = re.compile(r"^(?:<\d{1,3}>)?\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S* \S+ [^\s:]+(?:\[\d+\])?: ")
+_CEF = re.compile(r"(?:^|\s)CEF:\d+\|")
+_ZEEK_KEYS = ("_path", "id.orig_h", "uid", "_write_ts")
+
+
+def _classify_json(obj: object) -> str:
+    if isinstance(obj, dict):
+        if "event_type" in obj:
+            return "suricata"
+        if any(k in obj for k in _ZEEK_KEYS):
+            return "zeek"
+        return "json"
+    return "unknown"
+
+
+def sniff_lines(lines: list[str]) -> str:
+    """Classify a few non-empty lines (see module doc)."""
+    votes: Counter[str] = Counter()
+    for line in lines[:MAX_LINES]:
+        s = line.strip()
+        if not s:
+            continue
+        if s.startswith("#separator") or s.startswith("#fields"):
+            return "zeek"
+        if s.startswith("#"):
+            continue
+        if s.startswith("{"):
+            try:
+                votes[_classify_json(orjson.loads(s))] += 1
+            except orjson.JSONDecodeError:
+                votes["json" if s.endswith("}") else "unknown"] += 0
+            continue
+        if _CEF.search(s):
+            votes["cef"] += 1
+        elif _RFC5424.match(s) or _RFC3164.match(s) or _ISO_SYSLOG.match(s):
+            votes["syslog"] += 1
+        else:
+            votes["unknown"] += 1
+    if not votes:
+        return "unknown"
+    # CEF over syslog: a CEF feed is syslog-framed, and one CEF line decides it
+    if votes.get("cef"):
+        return "cef"
+    best, n = votes.most_common(1)[0]
+    if best == "unknown":
+        known = [(k, v) for k, v in votes.items() if k != "unknown"]
+        if known:
+            return max(known, key=lambda kv: kv[1])[0]
+    return best
+
+
+def _peek(path: str) -> bytes:
+    if path.endswith(".gz"):
+        with gzip.open(path, "rb") as f:
+            return f.read(PEEK_BYTES)
+    with open(path, "rb") as f:
+        return f.read(PEEK_BYTES)
+
+
+_ARRAY_EVENT_TYPE = re.compile(rb'"event_type"\s*:')
+_ARRAY_ZEEK = re.compile(rb'"(?:_path|id\.orig_h|uid)"\s*:')
+
+
+def sniff(path: str | os.PathLike[str]) -> str:
+    """Format name of the file at ``path`` from its first few non-empty lines."""
+    path = os.fspath(path)
+    try:
+        head = _peek(path)
+    except (OSError, EOFError):
+        return "unknown"
+    text = head.lstrip()
+    if text.startswith(b"["):
+        # a top-level JSON array (pretty-printed or not): look at the first element
+        if _ARRAY_EVENT_TYPE.search(text):
+            return "suricata"
+        if _ARRAY_ZEEK.search(text):
+            return "zeek"
+        return "json"
+    lines = head.decode("utf-8", "replace").split("\n")
+    if len(head) == PEEK_BYTES and len(lines) > 1:
+        lines = lines[:-1]  # the last one may be cut
+    nonempty = [ln for ln in lines if ln.strip()][: MAX_LINES * 2]
+    return sniff_lines(nonempty)

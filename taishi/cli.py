@@ -1,0 +1,582 @@
+"""``taishi``: the command line.
+
+Every command takes ``--data-dir``, ``--rules`` and ``--config``; with none of
+them the defaults in :mod:`taishi.config` apply. ``--json`` output uses ECS
+field names throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+import pyarrow as pa
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from taishi import __version__
+from taishi import config as config_mod
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+LEVEL_STYLE = {
+    "critical": "bold white on red",
+    "high": "bold red",
+    "medium": "yellow",
+    "low": "cyan",
+    "informational": "dim",
+}
+
+_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+
+
+def parse_since(text: str | None) -> datetime | None:
+    """``24h``, ``7d``, ``30m``, ``2w`` (ago) or an ISO-8601 time -> aware UTC datetime."""
+    if not text:
+        return None
+    m = _DURATION.match(text.strip())
+    if m:
+        n, unit = int(m.group(1)), m.group(2)
+        secs = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit] * n
+        return datetime.now(timezone.utc) - timedelta(seconds=secs)
+    from taishi.schema import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use a duration like 24h, 7d, 30m or an ISO-8601 time")
+
+
+def _cfg(ctx: click.Context) -> config_mod.Config:
+    o = ctx.obj
+    try:
+        return config_mod.load(o["config"], data_dir=o["data_dir"], rules=o["rules"], mode=o["mode"])
+    except config_mod.ConfigError as exc:
+        raise click.UsageError(str(exc))
+
+
+def _require_embedded(cfg: config_mod.Config) -> None:
+    if cfg.mode != "embedded":
+        raise click.UsageError("cluster mode is not available in this build yet; use --mode embedded")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, datetime):
+        return o.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    raise TypeError(type(o).__name__)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_default, ensure_ascii=False, indent=2)
+
+
+def _rows(table: pa.Table, drop_null: bool = True) -> list[dict]:
+    rows = table.to_pylist()
+    if drop_null:
+        rows = [{k: v for k, v in r.items() if v is not None and v != []} for r in rows]
+    return rows
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="taishi")
+@click.option("--config", type=click.Path(path_type=Path), help="taishi.yaml to read (default: ./taishi.yaml or $TAISHI_CONFIG).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Where the bus, store and state live (default ./taishi-data).")
+@click.option("--rules", "rules", multiple=True, type=click.Path(path_type=Path), help="Rule directory or file; repeat for several (default: the shipped rules).")
+@click.option("--mode", type=click.Choice(config_mod.MODES), help="Override the configured mode.")
+@click.pass_context
+def main(ctx: click.Context, config: Path | None, data_dir: Path | None, rules: tuple[Path, ...], mode: str | None) -> None:
+    """Taishi (态势): network-security situational awareness."""
+    ctx.obj = {"config": config, "data_dir": data_dir, "rules": list(rules) or None, "mode": mode}
+
+
+# --------------------------------------------------------------------------- ingest
+def _run_ingest(cfg: config_mod.Config, paths: list[Path], fmt: str, from_start: bool, quiet: bool):
+    from taishi.pipeline import Pipeline, expand_paths
+
+    files = expand_paths(paths)
+    missing = [p for p in files if not p.exists()]
+    if missing:
+        raise click.BadParameter(f"no such file: {missing[0]}")
+    pipe = Pipeline(cfg)
+    total = sum(p.stat().st_size for p in files)
+    try:
+        if quiet:
+            stats = pipe.run_files(files, fmt, from_start=from_start)
+        else:
+            with Progress(
+                TextColumn("[bold blue]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            ) as prog:
+                task = prog.add_task("ingesting", total=total)
+                done_before = {"base": 0, "file": None}
+
+                def progress(path: Path, pos: int) -> None:
+                    if done_before["file"] != path:
+                        if done_before["file"] is not None:
+                            done_before["base"] += done_before["file"].stat().st_size
+                        done_before["file"] = path
+                    prog.update(task, completed=min(total, done_before["base"] + pos), description=path.name[:30])
+
+                stats = pipe.run_files(files, fmt, from_start=from_start, progress=progress)
+        store_stats = pipe.store.stats()
+    finally:
+        pipe.close()
+    return stats, store_stats
+
+
+def print_summary(stats, store_stats: dict, title: str = "Ingest summary") -> None:
+    d = stats.as_dict()
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_row("files", str(d["files"]))
+    t.add_row("records read", f"{d['records']:,}")
+    t.add_row("events", f"{d['events']:,}  ({d['events_stored']:,} new in store)")
+    t.add_row("alerts", f"{d['alerts']:,}  ({d['alerts_stored']:,} new in store)")
+    t.add_row("dead letters", f"{d['deadletters']:,}")
+    t.add_row("late events", f"{d['late_events']:,}")
+    rate = d["records"] / d["seconds"] if d["seconds"] else 0
+    t.add_row("time", f"{d['seconds']:.2f} s  ({rate:,.0f} records/s)")
+    console.print(t)
+    if d["events_by_dataset"]:
+        ds = Table(title="Events by dataset", title_justify="left")
+        ds.add_column("dataset")
+        ds.add_column("events", justify="right")
+        for k, v in sorted(d["events_by_dataset"].items(), key=lambda kv: -kv[1]):
+            ds.add_row(k, f"{v:,}")
+        console.print(ds)
+    if d["alerts_by_level"]:
+        lv = Table(title="Alerts by level", title_justify="left")
+        lv.add_column("level")
+        lv.add_column("alerts", justify="right")
+        lv.add_column("")
+        from taishi.schema import LEVELS
+
+        top = max(d["alerts_by_level"].values())
+        for level in reversed(LEVELS):
+            n = d["alerts_by_level"].get(level)
+            if n:
+                lv.add_row(f"[{LEVEL_STYLE[level]}]{level}[/]", str(n), "█" * max(1, round(30 * n / top)))
+        console.print(lv)
+    if d["alerts_by_rule"]:
+        rt = Table(title="Alerts by rule", title_justify="left")
+        rt.add_column("rule")
+        rt.add_column("alerts", justify="right")
+        for k, v in sorted(d["alerts_by_rule"].items(), key=lambda kv: (-kv[1], kv[0])):
+            rt.add_row(k, str(v))
+        console.print(rt)
+    if d["alerts_by_technique"]:
+        tt = Table(title="Alerts by ATT&CK technique", title_justify="left")
+        tt.add_column("technique")
+        tt.add_column("alerts", justify="right")
+        for k, v in sorted(d["alerts_by_technique"].items()):
+            tt.add_row(k, str(v))
+        console.print(tt)
+    if d["deadletter_reasons"]:
+        dt = Table(title="Dead letters by reason", title_justify="left")
+        dt.add_column("reason")
+        dt.add_column("records", justify="right")
+        for k, v in sorted(d["deadletter_reasons"].items(), key=lambda kv: -kv[1]):
+            dt.add_row(k, str(v))
+        console.print(dt)
+    console.print(
+        f"[dim]store now holds {store_stats.get('events', 0):,} events, "
+        f"{store_stats.get('alerts', 0):,} alerts, {store_stats.get('deadletters', 0):,} dead letters[/]"
+    )
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "zeek", "suricata", "syslog", "cef", "json"]), help="Input format.")
+@click.option("--from-start", is_flag=True, help="Ignore saved file checkpoints and read the files from the beginning.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def ingest(ctx: click.Context, paths: tuple[Path, ...], fmt: str, from_start: bool, as_json: bool) -> None:
+    """Run files (or directories) once through the whole pipeline and summarise.
+
+    Files resume from their checkpoint, so running the same command again after
+    an interruption picks up where it stopped; --from-start re-reads them
+    (events and alerts keep their ids, so nothing is stored twice).
+    """
+    cfg = _cfg(ctx)
+    _require_embedded(cfg)
+    stats, store_stats = _run_ingest(cfg, list(paths), fmt, from_start, quiet=as_json)
+    if as_json:
+        click.echo(dumps({**stats.as_dict(), "store": store_stats}))
+    else:
+        print_summary(stats, store_stats)
+
+
+# --------------------------------------------------------------------------- queries
+def _open_store(cfg: config_mod.Config):
+    from taishi.store import Store
+
+    return Store(cfg.data_dir)
+
+
+def _query_or_exit(fn, *args, **kwargs):
+    from taishi.query import QueryError
+
+    try:
+        return fn(*args, **kwargs)
+    except QueryError as exc:
+        err.print(f"[red]query error:[/] {exc}")
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("query", required=False, default="")
+@click.option("--since", default="24h", show_default=True, help="Only alerts from this far back (24h, 7d, ISO time, or 'all').")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def alerts(ctx: click.Context, query: str, since: str, limit: int, as_json: bool) -> None:
+    """List alerts matching a Lucene QUERY (e.g. 'rule.level:high AND source.ip:203.0.113.0/24')."""
+    cfg = _cfg(ctx)
+    _require_embedded(cfg)
+    store = _open_store(cfg)
+    try:
+        tbl = _query_or_exit(store.search_alerts, query, since=None if since == "all" else parse_since(since), limit=limit)
+    finally:
+        store.close()
+    rows = _rows(tbl)
+    if as_json:
+        click.echo(dumps(rows))
+        return
+    t = Table(title=f"{len(rows)} alert(s)", title_justify="left")
+    for col in ("time", "level", "rule", "source", "destination", "technique", "events"):
+        t.add_column(col)
+    for r in rows:
+        lvl = r.get("rule.level", "")
+        t.add_row(
+            _fmt_time(r.get("@timestamp")),
+            f"[{LEVEL_STYLE.get(lvl, '')}]{lvl}[/]",
+            r.get("rule.name", ""),
+            str(r.get("source.ip", "")),
+            str(r.get("destination.ip", "")),
+            ",".join(r.get("threat.technique.id", [])),
+            str(r.get("event.count", "")),
+        )
+    console.print(t)
+
+
+def _fmt_time(v: Any) -> str:
+    return v.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if isinstance(v, datetime) else str(v or "")
+
+
+@main.command()
+@click.argument("query")
+@click.option("--since", default=None, help="Only events from this far back (24h, 7d, ISO time).")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def search(ctx: click.Context, query: str, since: str | None, limit: int, as_json: bool) -> None:
+    """Search events with a Lucene QUERY (e.g. 'event.dataset:zeek.dns AND dns.question.name:*.cn')."""
+    cfg = _cfg(ctx)
+    _require_embedded(cfg)
+    store = _open_store(cfg)
+    try:
+        tbl = _query_or_exit(store.search_events, query, since=parse_since(since), limit=limit)
+    finally:
+        store.close()
+    rows = _rows(tbl)
+    if as_json:
+        click.echo(dumps(rows))
+        return
+    t = Table(title=f"{len(rows)} event(s)", title_justify="left")
+    for col in ("time", "dataset", "source", "destination", "summary"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        src = f"{r.get('source.ip', '')}:{r.get('source.port', '')}".strip(":")
+        dst = f"{r.get('destination.ip', '')}:{r.get('destination.port', '')}".strip(":")
+        summary = r.get("message") or r.get("dns.question.name") or r.get("url.original") or r.get("event.action") or ""
+        t.add_row(_fmt_time(r.get("@timestamp")), r.get("event.dataset", ""), src, dst, str(summary)[:80])
+    console.print(t)
+
+
+@main.command()
+@click.argument("query", required=False, default="")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def deadletters(ctx: click.Context, query: str, limit: int, as_json: bool) -> None:
+    """List dead letters (bad input, with where it came from and why)."""
+    cfg = _cfg(ctx)
+    store = _open_store(cfg)
+    try:
+        tbl = _query_or_exit(store.search_deadletters, query, limit=limit)
+    finally:
+        store.close()
+    rows = _rows(tbl)
+    if as_json:
+        click.echo(dumps(rows))
+        return
+    t = Table(title=f"{len(rows)} dead letter(s)", title_justify="left")
+    for col in ("source", "offset", "stage", "reason", "record"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(str(r.get("taishi.source", "")), str(r.get("log.offset", "")), r.get("stage", ""),
+                  r.get("reason", ""), str(r.get("event.original", ""))[:60])
+    console.print(t)
+
+
+# --------------------------------------------------------------------------- rules
+@main.group()
+def rules() -> None:
+    """List, check and test the loaded rules."""
+
+
+def _ruleset(ctx: click.Context):
+    from detect.sigma import RuleSet
+
+    cfg = _cfg(ctx.find_root())
+    return cfg, RuleSet.load(cfg.rules)
+
+
+@rules.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def rules_list(ctx: click.Context, as_json: bool) -> None:
+    """The loaded rules."""
+    _, rs = _ruleset(ctx)
+    rows = [r.describe() for r in rs.all_rules()]
+    if as_json:
+        click.echo(dumps(rows))
+        return
+    t = Table(title=f"{len(rows)} rule(s)", title_justify="left")
+    for col in ("level", "title", "type", "logsource", "ATT&CK"):
+        t.add_column(col, overflow="fold")
+    for r in sorted(rows, key=lambda r: r["title"]):
+        lvl = r.get("level") or ""
+        t.add_row(f"[{LEVEL_STYLE.get(lvl, '')}]{lvl}[/]", r["title"], r["type"], r.get("logsource", ""),
+                  ",".join(r.get("techniques", [])))
+    console.print(t)
+    for path, reason in rs.errors:
+        err.print(f"[red]not loaded[/] {path}: {reason}")
+
+
+@rules.command("check")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def rules_check(ctx: click.Context, as_json: bool) -> None:
+    """Report rules that do not load, unsupported constructs and unmapped fields."""
+    _, rs = _ruleset(ctx)
+    issues = rs.check()
+    loaded = len(rs.all_rules())
+    failed = len(rs.errors)
+    if as_json:
+        click.echo(dumps({"loaded": loaded, "failed": failed,
+                          "issues": [i.as_dict() for i in issues],
+                          "errors": [{"path": p, "reason": r} for p, r in rs.errors]}))
+    else:
+        t = Table(title=f"{loaded} rule(s) loaded, {failed} not loaded, {len(issues)} issue(s)", title_justify="left")
+        for col in ("severity", "rule", "issue"):
+            t.add_column(col, overflow="fold")
+        for i in issues:
+            d = i.as_dict()
+            t.add_row("[red]error[/]" if d["severity"] == "error" else "[yellow]warning[/]", str(d.get("rule") or d.get("path")), d["message"])
+        console.print(t)
+    if any(i.as_dict()["severity"] == "error" for i in issues) or failed:
+        sys.exit(1)
+
+
+@rules.command("test")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def rules_test(ctx: click.Context, as_json: bool) -> None:
+    """Run the example events kept beside each rule (*.tests.yml)."""
+    from detect.rule_tests import run_rule_tests
+
+    cfg = _cfg(ctx.find_root())
+    results = run_rule_tests(cfg.rules)
+    failed = [r for r in results if not r.passed]
+    if as_json:
+        click.echo(dumps([r.as_dict() for r in results]))
+    else:
+        for r in results:
+            mark = "[green]PASS[/]" if r.passed else "[red]FAIL[/]"
+            console.print(f"{mark} {r.rule} :: {r.case}" + ("" if r.passed else f" — {r.detail}"))
+        console.print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if failed or not results:
+        sys.exit(1)
+
+
+# --------------------------------------------------------------------------- serve / demo
+def _serve(cfg: config_mod.Config, host: str, port: int) -> None:
+    import uvicorn
+
+    from taishi.api.app import create_app
+    from taishi.api.auth import UserDB
+
+    token = UserDB(cfg.data_dir / "users.json").ensure_admin()
+    app = create_app(cfg.data_dir, cfg.rules)
+    console.print(f"[bold green]Taishi console[/] at http://{host}:{port}/   (API docs: http://{host}:{port}/docs)")
+    if token:
+        console.print(f"admin token (shown once, keep it): [bold]{token}[/]")
+    else:
+        console.print("log in with an existing token; create one with [bold]taishi users add NAME --role analyst[/]")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default 8765).")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the HTTP API and the console."""
+    cfg = _cfg(ctx)
+    _serve(cfg, host or cfg.api_host, port or cfg.api_port)
+
+
+@main.command()
+@click.option("--no-serve", is_flag=True, help="Print the summary and exit instead of serving the console.")
+@click.option("--seed", default=7, show_default=True, help="Random seed of the generated campaign.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (implies --no-serve).")
+@click.pass_context
+def demo(ctx: click.Context, no_serve: bool, seed: int, as_json: bool) -> None:
+    """Generate an attack campaign on a simulated CII network, detect it, and show it."""
+    from taishi.demo import generate_campaign
+
+    cfg = _cfg(ctx)
+    _require_embedded(cfg)
+    out = cfg.data_dir / "demo-logs"
+    manifest = generate_campaign(out, seed=seed)
+    if not as_json:
+        console.print(f"[bold]Generated a campaign against a simulated CII network[/] in {out}")
+    stats, store_stats = _run_ingest(cfg, list(manifest.files), "auto", from_start=True, quiet=as_json)
+    stages = _stage_report(cfg, manifest)
+    if as_json:
+        click.echo(dumps({**stats.as_dict(), "store": store_stats, "stages": stages}))
+        return
+    print_summary(stats, store_stats, title="Demo summary")
+    t = Table(title="Campaign stages and the alerts they raised", title_justify="left")
+    for col in ("#", "stage", "ATT&CK", "attacker → victim", "alerts", "rules that fired"):
+        t.add_column(col, overflow="fold")
+    for i, s in enumerate(stages, 1):
+        ok = "[green]✔[/]" if s["alerts"] else "[red]✘[/]"
+        t.add_row(str(i), f"{ok} {s['name']}", s["technique"], f"{s['attacker']} → {s['victim']}",
+                  str(s["alerts"]), "\n".join(s["rules"]))
+    console.print(t)
+    console.print(f"Look further: [bold]taishi --data-dir {cfg.data_dir} alerts --since all[/], "
+                  f"[bold]taishi --data-dir {cfg.data_dir} search 'source.ip:{stages[0]['attacker'] if stages else '*'}'[/]")
+    if not no_serve:
+        _serve(cfg, cfg.api_host, cfg.api_port)
+
+
+def _stage_report(cfg: config_mod.Config, manifest) -> list[dict]:
+    """For each campaign stage, the alerts whose rule the stage expects, inside its time window."""
+    store = _open_store(cfg)
+    out = []
+    try:
+        for st in manifest.stages:
+            rule_ids = list(st.expected_rules)
+            fired: dict[str, int] = {}
+            total = 0
+            for rid in rule_ids:
+                n = store.count("alerts", f'rule.id:"{rid}"')
+                if n:
+                    tbl = store.search_alerts(f'rule.id:"{rid}"', limit=1)
+                    fired[tbl.column("rule.name")[0].as_py()] = n
+                    total += n
+            out.append({"name": st.name, "technique": st.technique, "attacker": st.attacker, "victim": st.victim,
+                        "start": st.start, "end": st.end, "expected_rules": rule_ids, "alerts": total,
+                        "rules": sorted(fired)})
+    finally:
+        store.close()
+    return out
+
+
+# --------------------------------------------------------------------------- admin
+@main.group()
+def users() -> None:
+    """Manage API users and their tokens."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(["analyst", "responder", "auditor", "admin"]))
+@click.pass_context
+def users_add(ctx: click.Context, name: str, role: str) -> None:
+    """Create a user and print its token (shown once)."""
+    from taishi.api.auth import UserDB
+
+    cfg = _cfg(ctx.find_root())
+    token = UserDB(cfg.data_dir / "users.json").add_user(name, role)
+    click.echo(token)
+
+
+@users.command("list")
+@click.pass_context
+def users_list(ctx: click.Context) -> None:
+    from taishi.api.auth import UserDB
+
+    cfg = _cfg(ctx.find_root())
+    for u in UserDB(cfg.data_dir / "users.json").list_users():
+        click.echo(f"{u.name}\t{u.role}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Bus topics and consumer lag, store contents."""
+    from taishi.bus import Bus
+
+    cfg = _cfg(ctx)
+    bus = Bus(cfg.bus_dir)
+    topics = {t: {"end": bus.end_offset(t), **{f"lag.{g}": bus.lag(g, t) for g in bus.groups() if (cfg.bus_dir / 'offsets' / g / t).exists()}}
+              for t in bus.topics()}
+    store = _open_store(cfg)
+    try:
+        st = store.stats()
+    finally:
+        store.close()
+    doc = {"mode": cfg.mode, "data_dir": str(cfg.data_dir), "topics": topics, "store": st}
+    if as_json:
+        click.echo(dumps(doc))
+        return
+    console.print(f"mode [bold]{cfg.mode}[/], data in {cfg.data_dir}")
+    t = Table(title="Bus topics", title_justify="left")
+    t.add_column("topic")
+    t.add_column("records", justify="right")
+    t.add_column("consumer lag")
+    for name, info in topics.items():
+        t.add_row(name, f"{info['end']:,}", ", ".join(f"{k[4:]}={v}" for k, v in info.items() if k.startswith("lag.")))
+    console.print(t)
+    console.print(f"store: {st}")
+
+
+@main.command()
+@click.pass_context
+def retention(ctx: click.Context) -> None:
+    """Delete stored rows older than the configured retention, and consumed bus segments."""
+    from taishi.bus import Bus
+
+    cfg = _cfg(ctx)
+    store = _open_store(cfg)
+    try:
+        deleted = store.apply_retention(cfg.retention_days)
+    finally:
+        store.close()
+    segs = Bus(cfg.bus_dir).compact()
+    click.echo(dumps({"deleted_rows": deleted, "deleted_bus_segments": segs, "retention_days": cfg.retention_days}))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
