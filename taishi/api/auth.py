@@ -151,6 +151,21 @@ def _new_token() -> tuple[str, str]:
     return kid, f"{kid}.{secrets.token_urlsafe(32)}"
 
 
+@dataclass(frozen=True)
+class UserInfo:
+    """What may be shown about a user: never its hash or token."""
+
+    name: str
+    role: str
+    created: str | None = None
+    created_by: str | None = None
+    rotated: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "created": self.created,
+                "created_by": self.created_by, "rotated": self.rotated}
+
+
 class UserDB:
     """The users of one data directory, backed by ``users.json``.
 
@@ -239,12 +254,12 @@ class UserDB:
         with self._writing() as users:
             return users.pop(name, None) is not None
 
-    def list_users(self) -> list[dict[str, Any]]:
-        """Name, role and dates of every user (never a hash or token)."""
+    def list_users(self) -> list[UserInfo]:
+        """Name, role and dates of every user, by name (never a hash or token)."""
         with self._lock:
             self._refresh()
             return [
-                {k: rec.get(k) for k in ("name", "role", "created", "created_by", "rotated")}
+                UserInfo(rec["name"], rec["role"], rec.get("created"), rec.get("created_by"), rec.get("rotated"))
                 for rec in sorted(self._users.values(), key=lambda u: u["name"])
             ]
 
