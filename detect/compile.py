@@ -96,7 +96,8 @@ class StrView:
         self.parents = parents
         self.n = n
         self._lower: pa.Array | None = None
-        self._ips: list | None = None
+        self._ipv4: tuple[np.ndarray, np.ndarray] | None = None
+        self._ipv6: dict[int, Any] | None = None
         self._floats: np.ndarray | None = None
 
     @property
@@ -106,16 +107,39 @@ class StrView:
         return self._lower
 
     @property
-    def ips(self) -> list:
-        if self._ips is None:
-            out = []
-            for s in self.dict.to_pylist():
+    def ipv4(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uint32 address, valid) per dictionary entry, parsed vectorised."""
+        if self._ipv4 is None:
+            d = self.dict
+            ok = _np_bool(pc.match_substring_regex(d, _V4_RE))
+            addr = np.zeros(len(d), dtype=np.uint32)
+            if ok.any():
+                sel = pc.filter(d, pa.array(ok))
+                parts = pc.list_flatten(pc.split_pattern(pc.utf8_trim_whitespace(sel), "."))
+                octets = parts.cast(pa.int64()).to_numpy().reshape(-1, 4)
+                good = (octets <= 255).all(axis=1)
+                vals = (octets[:, 0] << 24) | (octets[:, 1] << 16) | (octets[:, 2] << 8) | octets[:, 3]
+                idx = np.flatnonzero(ok)
+                addr[idx] = vals.astype(np.uint32)
+                ok[idx[~good]] = False
+            self._ipv4 = (addr, ok)
+        return self._ipv4
+
+    @property
+    def ipv6(self) -> dict[int, Any]:
+        """{dictionary index: ip address} for entries with ':' (IPv6; IPv4-mapped ones as IPv4)."""
+        if self._ipv6 is None:
+            out: dict[int, Any] = {}
+            has_colon = np.flatnonzero(_np_bool(pc.match_substring(self.dict, ":")))
+            for i in has_colon:
+                s = self.dict[int(i)].as_py()
                 try:
-                    out.append(ipaddress.ip_address(s.strip().split("%")[0]))
-                except (ValueError, AttributeError):
-                    out.append(None)
-            self._ips = out
-        return self._ips
+                    ip = ipaddress.ip_address(s.strip().split("%")[0])
+                    out[int(i)] = (ip.ipv4_mapped or ip) if ip.version == 6 else ip
+                except ValueError:
+                    pass
+            self._ipv6 = out
+        return self._ipv6
 
     @property
     def floats(self) -> np.ndarray:
@@ -208,6 +232,8 @@ class Node:
     key: Any = None
     fn: Callable[[BatchContext], np.ndarray] | None = None
     fields: frozenset[str] = frozenset()
+    # set on leaves computed over the column's dictionary: (field, fn(StrView) -> bool per entry)
+    dict_pred: tuple[str, Callable[["StrView"], np.ndarray]] | None = None
 
     def eval(self, ctx: BatchContext) -> np.ndarray:
         if self.op == "leaf":
@@ -244,8 +270,43 @@ def leaf(key: Any, fn: Callable[[BatchContext], np.ndarray], fields: set[str] | 
     return Node("leaf", key=key, fn=fn, fields=frozenset(fields or ()))
 
 
+def dict_leaf(key: Any, fld: str, dfn: Callable[[StrView], np.ndarray]) -> Node:
+    """Leaf evaluated on the unique values of ``fld`` (memoised per batch), mapped to rows."""
+
+    def on_dict(ctx: BatchContext, v: StrView) -> np.ndarray:
+        return ctx.memo(("dict",) + tuple(key), lambda: np.asarray(dfn(v), dtype=bool))
+
+    def run(ctx: BatchContext) -> np.ndarray:
+        v = ctx.view(fld)
+        if v is None:
+            return ctx.false
+        return v.rows(on_dict(ctx, v))
+
+    n = leaf(key, run, {fld})
+    n.dict_pred = (fld, dfn)
+    n._on_dict = on_dict  # type: ignore[attr-defined]
+    return n
+
+
+def merge_dict_or(fld: str, nodes: list[Node]) -> Node:
+    """OR of dictionary leaves on one field, computed in dictionary space: one row mapping."""
+    key = ("dictor", fld, tuple(n.key for n in nodes))
+
+    def run(ctx: BatchContext) -> np.ndarray:
+        v = ctx.view(fld)
+        if v is None:
+            return ctx.false
+        acc = np.zeros(len(v.dict), dtype=bool)
+        for n in nodes:
+            acc |= n._on_dict(ctx, v)  # type: ignore[attr-defined]
+        return v.rows(acc)
+
+    return leaf(key, run, {fld})
+
+
 # --------------------------------------------------------------------------- string matching
 
+_V4_RE = r"^\s*\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\s*$"
 _RE2_SPECIAL = set("\\.^$|?*+()[]{}")
 
 
@@ -286,29 +347,14 @@ def string_matcher(s: SigmaString, cased: bool) -> tuple[Any, Callable[[pa.Array
 
 def _str_leaf(fld: str, s: SigmaString, cased: bool) -> Node:
     key, fn, cased = string_matcher(s, cased)
-
-    def run(ctx: BatchContext) -> np.ndarray:
-        v = ctx.view(fld)
-        if v is None:
-            return ctx.false
-        arr = v.dict if cased else v.lower
-        return v.rows(_np_bool(fn(arr)))
-
-    return leaf(("str", fld, cased, key), run, {fld})
+    return dict_leaf(("str", fld, cased, key), fld, lambda v: _np_bool(fn(v.dict if cased else v.lower)))
 
 
 def _in_leaf(fld: str, values: list[str]) -> Node:
     """Case-insensitive equality with any of ``values`` (OR of plain strings)."""
     vals = sorted({v.lower() for v in values})
     value_set = pa.array(vals, pa.string())
-
-    def run(ctx: BatchContext) -> np.ndarray:
-        v = ctx.view(fld)
-        if v is None:
-            return ctx.false
-        return v.rows(_np_bool(pc.is_in(v.lower, value_set=value_set)))
-
-    return leaf(("in", fld, tuple(vals)), run, {fld})
+    return dict_leaf(("in", fld, tuple(vals)), fld, lambda v: _np_bool(pc.is_in(v.lower, value_set=value_set)))
 
 
 def _regex_leaf(fld: str, r: SigmaRegularExpression) -> Node:
@@ -326,38 +372,29 @@ def _regex_leaf(fld: str, r: SigmaRegularExpression) -> Node:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise Unsupported(f"regular expression {rx!r} is not valid RE2 (look-around/back-references?): {e}")
 
-    def run(ctx: BatchContext) -> np.ndarray:
-        v = ctx.view(fld)
-        if v is None:
-            return ctx.false
-        return v.rows(_np_bool(pc.match_substring_regex(v.dict, pattern)))
-
-    return leaf(("re", fld, pattern), run, {fld})
+    return dict_leaf(("re", fld, pattern), fld, lambda v: _np_bool(pc.match_substring_regex(v.dict, pattern)))
 
 
 def _cidr_leaf(fld: str, c: SigmaCIDRExpression) -> Node:
     net = c.network
 
-    def run(ctx: BatchContext) -> np.ndarray:
-        v = ctx.view(fld)
-        if v is None:
-            return ctx.false
-        on = np.fromiter(
-            (ip is not None and ip.version == net.version and ip in net for ip in v.ips),
-            dtype=bool,
-            count=len(v.dict),
-        )
-        return v.rows(on)
+    def on_dict(v: StrView) -> np.ndarray:
+        if net.version == 4:
+            addr, ok = v.ipv4
+            mask = np.uint32(int(net.netmask))
+            on = ok & ((addr & mask) == np.uint32(int(net.network_address)))
+            # IPv4-mapped IPv6 (::ffff:10.0.0.1) also counts
+            for i, ip in v.ipv6.items():
+                if ip.version == 4 and ip in net:
+                    on[i] = True
+        else:
+            on = np.zeros(len(v.dict), dtype=bool)
+            for i, ip in v.ipv6.items():
+                if ip.version == 6 and ip in net:
+                    on[i] = True
+        return on
 
-    return leaf(("cidr", fld, str(net)), run, {fld})
-
-
-_NP_CMP = {
-    CompareOperators.LT: np.less,
-    CompareOperators.LTE: np.less_equal,
-    CompareOperators.GT: np.greater,
-    CompareOperators.GTE: np.greater_equal,
-}
+    return dict_leaf(("cidr", fld, str(net)), fld, on_dict)
 
 
 def _num_leaf(fld: str, op: str, number: float) -> Node:
@@ -417,7 +454,7 @@ def value_node(fld: str | None, value: Any) -> Node:
     if fld is None:
         return _keyword_node(value)
     if isinstance(value, SigmaExpansion):
-        return Node("or", [value_node(fld, v) for v in value.values])
+        return _merge_or([value_node(fld, v) for v in value.values])
     if isinstance(value, SigmaNull):
         return _null_leaf(fld)
     if isinstance(value, SigmaExists):
@@ -468,7 +505,7 @@ def _number_eq_node(fld: str, number: int | float) -> Node:
 def _keyword_node(value: Any) -> Node:
     """Field-less value: substring search over message and event.original."""
     if isinstance(value, SigmaExpansion):
-        return Node("or", [_keyword_node(v) for v in value.values])
+        return _merge_or([_keyword_node(v) for v in value.values])
     if isinstance(value, SigmaRegularExpression):
         return Node("or", [_regex_leaf(f, value) for f in KEYWORD_FIELDS])
     if isinstance(value, SigmaNumber) and not isinstance(value, SigmaString):
@@ -484,7 +521,7 @@ def _keyword_node(value: Any) -> Node:
     s = SigmaString()
     s.s = tuple(parts)
     cased = isinstance(value, SigmaCasedString)
-    return Node("or", [_str_leaf(f, s, cased) for f in KEYWORD_FIELDS])
+    return _merge_or([_str_leaf(f, s, cased) for f in KEYWORD_FIELDS])
 
 
 # --------------------------------------------------------------------------- tree
@@ -521,7 +558,7 @@ def compile_condition(tree: Any) -> Node:
             for f, vals in by_field.items()
         ]
         children += [compile_condition(a) for a in rest]
-        return children[0] if len(children) == 1 else Node("or", children)
+        return _merge_or(children)
     if isinstance(tree, ConditionNOT):
         return Node("not", [compile_condition(tree.args[0])])
     if isinstance(tree, ConditionFieldEqualsValueExpression):
@@ -531,6 +568,28 @@ def compile_condition(tree: Any) -> Node:
     if tree is None:
         raise Unsupported("empty condition")
     raise Unsupported(f"condition element {type(tree).__name__} is not supported")
+
+
+def _merge_or(children: list[Node]) -> Node:
+    """Fold dictionary leaves on the same field into one (fewer row mappings)."""
+    flat: list[Node] = []
+    stack = list(reversed(children))
+    while stack:
+        c = stack.pop()
+        if c.op == "or":
+            stack.extend(reversed(c.children))
+        else:
+            flat.append(c)
+    by: dict[str, list[Node]] = {}
+    other: list[Node] = []
+    for c in flat:
+        if c.op == "leaf" and c.dict_pred is not None:
+            by.setdefault(c.dict_pred[0], []).append(c)
+        else:
+            other.append(c)
+    merged = [ns[0] if len(ns) == 1 else merge_dict_or(f, ns) for f, ns in by.items()]
+    out = merged + other
+    return out[0] if len(out) == 1 else Node("or", out)
 
 
 def literal(text: str) -> SigmaString:

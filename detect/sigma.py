@@ -1,0 +1,498 @@
+"""Sigma rules over ECS Arrow batches.
+
+pySigma parses the rules; :mod:`detect.compile` turns each detection into a
+vectorised predicate, compiled once at load time. ``RuleSet.match`` runs every
+rule on a batch and returns ``(rule.id, event.row)`` pairs; ``to_alerts``
+turns them into ALERT_SCHEMA rows. Correlation rules are parsed here into
+:class:`correlate.sigma_correlation.CorrelationSpec` and run by
+:class:`correlate.sigma_correlation.CorrelationEngine`.
+
+>>> rs = RuleSet.from_yaml('''
+... title: SSH login failure
+... id: 5b3a4e2c-0000-4000-8000-000000000001
+... logsource: {product: linux, service: auth}
+... detection:
+...   sel: {event.outcome: failure}
+...   condition: sel
+... ''')
+>>> from taishi.schema import events_table
+>>> t = events_table([{"event.id": "a", "event.dataset": "system.auth", "event.outcome": "FAILURE"}])
+>>> rs.match(t).to_pylist()
+[{'rule.id': '5b3a4e2c-0000-4000-8000-000000000001', 'event.row': 0}]
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+
+from sigma.collection import SigmaCollection
+from sigma.correlations import SigmaCorrelationRule
+from sigma.modifiers import reverse_modifier_mapping
+from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaRule
+
+from correlate.sigma_correlation import (
+    SUPPORTED_CORRELATION_TYPES,
+    CorrelationSpec,
+    parse_condition,
+)
+from detect.compile import SUPPORTED_MODIFIERS, BatchContext, Node, Unsupported, compile_condition
+from detect.logsource import LogsourceTable, logsource_key
+from taishi.ids import alert_id
+from taishi.schema import ALERT_SCHEMA, EVENT_FIELDS, LEVEL_SEVERITY
+
+MATCH_SCHEMA = pa.schema([pa.field("rule.id", pa.string()), pa.field("event.row", pa.int64())])
+
+#: event fields copied onto a single-event alert
+ALERT_COPY_FIELDS = (
+    "source.ip", "source.port", "destination.ip", "destination.port",
+    "user.name", "host.name", "dns.question.name", "event.dataset",
+)
+
+TACTICS = {
+    t.replace("-", "_"): name
+    for t, name in {
+        "reconnaissance": "Reconnaissance",
+        "resource-development": "Resource Development",
+        "initial-access": "Initial Access",
+        "execution": "Execution",
+        "persistence": "Persistence",
+        "privilege-escalation": "Privilege Escalation",
+        "defense-evasion": "Defense Evasion",
+        "credential-access": "Credential Access",
+        "discovery": "Discovery",
+        "lateral-movement": "Lateral Movement",
+        "collection": "Collection",
+        "command-and-control": "Command and Control",
+        "exfiltration": "Exfiltration",
+        "impact": "Impact",
+    }.items()
+}
+_TECHNIQUE = re.compile(r"^t(\d{4})(?:\.(\d{3}))?$", re.I)
+
+
+def threat_from_tags(tags: Iterable[str]) -> tuple[list[str], list[str]]:
+    """ATT&CK technique ids and tactic names from Sigma tags (``attack.t1110.001`` ...)."""
+    techniques: list[str] = []
+    tactics: list[str] = []
+    for tag in tags:
+        ns, _, name = tag.partition(".")
+        if ns.lower() != "attack":
+            continue
+        m = _TECHNIQUE.match(name)
+        if m:
+            tid = "T" + m.group(1) + (f".{m.group(2)}" if m.group(2) else "")
+            if tid not in techniques:
+                techniques.append(tid)
+            continue
+        tactic = TACTICS.get(name.lower().replace("-", "_"))
+        if tactic and tactic not in tactics:
+            tactics.append(tactic)
+    return techniques, tactics
+
+
+@dataclass(frozen=True)
+class Issue:
+    path: str
+    severity: str  # "error" | "warning"
+    message: str
+    rule: str = ""  # rule id or title, when the issue is about one rule
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "severity": self.severity, "message": self.message, "rule": self.rule}
+
+
+@dataclass
+class Rule:
+    """A compiled single-event rule."""
+
+    id: str
+    title: str
+    name: str | None
+    level: str | None
+    description: str | None
+    tags: list[str]
+    path: str
+    logsource: str
+    predicate: Node
+    logsource_filter: Node
+    generate: bool = True  # False: only feeds correlations (Sigma v2 generate: false)
+    techniques: list[str] = field(default_factory=list)
+    tactics: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "title": self.title, "name": self.name, "level": self.level, "type": "sigma",
+            "description": self.description, "tags": self.tags, "techniques": self.techniques,
+            "tactics": self.tactics, "logsource": self.logsource, "path": self.path, "generate": self.generate,
+        }
+
+    def mask(self, ctx: BatchContext) -> np.ndarray:
+        ls = self.logsource_filter.eval(ctx)
+        if not ls.any():
+            return ctx.false
+        return ls & self.predicate.eval(ctx)
+
+
+def _rule_id(rule: Any, path: str, index: int) -> str:
+    if getattr(rule, "id", None):
+        return str(rule.id)
+    if getattr(rule, "name", None):
+        return str(rule.name)
+    h = hashlib.blake2b(f"{path}#{index}#{rule.title}".encode(), digest_size=8).hexdigest()
+    return f"noid-{h}"
+
+
+def _iter_items(det: SigmaDetection | SigmaDetectionItem) -> Iterable[SigmaDetectionItem]:
+    if isinstance(det, SigmaDetectionItem):
+        yield det
+    else:
+        for d in det.detection_items:
+            yield from _iter_items(d)
+
+
+def _unsupported_modifiers(rule: SigmaRule) -> list[str]:
+    bad: list[str] = []
+    for det in rule.detection.detections.values():
+        for item in _iter_items(det):
+            for m in item.modifiers:
+                name = reverse_modifier_mapping.get(m.__name__, m.__name__)
+                if name not in SUPPORTED_MODIFIERS and name not in bad:
+                    bad.append(name)
+    return bad
+
+
+def _split_range_conditions(doc: dict) -> tuple[dict, dict | None]:
+    """pySigma accepts one operator per correlation condition; Taishi also allows ranges
+    (``gte: 5, lt: 10``). Keep the full condition aside and give pySigma the first operator."""
+    corr = doc.get("correlation")
+    if not isinstance(corr, dict) or not isinstance(corr.get("condition"), dict):
+        return doc, None
+    cond = dict(corr["condition"])
+    ops = [k for k in cond if k in ("gt", "gte", "lt", "lte", "eq", "neq")]
+    if len(ops) <= 1:
+        return doc, cond
+    doc = copy.deepcopy(doc)
+    doc["correlation"]["condition"] = {k: v for k, v in cond.items() if k not in ops[1:]}
+    return doc, cond
+
+
+class RuleSet:
+    """Loaded rules. ``rules``: compiled single-event rules; ``correlations``: correlation
+    specs; ``errors``: (path, reason) of files/documents that did not load; ``issues``: what
+    :meth:`check` reports."""
+
+    def __init__(self, logsources: LogsourceTable | None = None):
+        self.logsources = logsources or LogsourceTable.load()
+        self.rules: list[Rule] = []
+        self.correlations: list[CorrelationSpec] = []
+        self.errors: list[tuple[str, str]] = []
+        self.issues: list[Issue] = []
+        self.files: list[str] = []
+        self._by_id: dict[str, Rule] = {}
+
+    # ------------------------------------------------------------------ loading
+
+    @staticmethod
+    def rule_files(paths: Iterable[Path | str]) -> list[Path]:
+        out: list[Path] = []
+        for p in map(Path, paths):
+            cands = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+            for f in cands:
+                n = f.name.lower()
+                if n.endswith((".tests.yml", ".tests.yaml")):
+                    continue
+                if n.endswith((".yml", ".yaml")):
+                    out.append(f)
+        return out
+
+    @classmethod
+    def load(cls, paths: Iterable[Path | str], logsources: LogsourceTable | None = None) -> "RuleSet":
+        rs = cls(logsources)
+        for f in cls.rule_files(paths):
+            try:
+                text = f.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                rs._error(str(f), f"cannot read: {e}")
+                continue
+            rs._add_text(text, str(f))
+        rs._finish()
+        return rs
+
+    @classmethod
+    def from_yaml(cls, text: str, path: str = "<string>", logsources: LogsourceTable | None = None) -> "RuleSet":
+        rs = cls(logsources)
+        rs._add_text(text, path)
+        rs._finish()
+        return rs
+
+    def _error(self, path: str, reason: str, rule: str = "") -> None:
+        self.errors.append((path, reason))
+        self.issues.append(Issue(path, "error", reason, rule))
+
+    def _add_text(self, text: str, path: str) -> None:
+        self.files.append(path)
+        try:
+            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        except yaml.YAMLError as e:
+            self._error(path, f"YAML error: {e}")
+            return
+        if not all(isinstance(d, dict) for d in docs):
+            self._error(path, "not a Sigma rule: a YAML document is not a mapping")
+            return
+        conditions: list[dict | None] = []
+        fixed = []
+        for d in docs:
+            d2, cond = _split_range_conditions(d)
+            fixed.append(d2)
+            if "correlation" in d:
+                conditions.append(cond)
+        try:
+            coll = SigmaCollection.from_dicts(fixed, collect_errors=True, resolve_references=False)
+        except Exception as e:  # pySigma raises many types; keep them per file
+            self._error(path, f"pySigma: {type(e).__name__}: {e}")
+            return
+        for err in coll.errors:
+            self._error(path, f"pySigma: {type(err).__name__}: {err}")
+        if coll.errors:
+            return
+        corr_i = 0
+        for i, r in enumerate(coll.rules):
+            if isinstance(r, SigmaCorrelationRule):
+                self._add_correlation(r, conditions[corr_i], path, i)
+                corr_i += 1
+            elif isinstance(r, SigmaRule):
+                self._add_rule(r, path, i)
+            else:
+                self.issues.append(
+                    Issue(path, "error", f"{type(r).__name__} documents (Sigma filters) are not supported", r.title)
+                )
+
+    def _add_rule(self, r: SigmaRule, path: str, index: int) -> None:
+        rid = _rule_id(r, path, index)
+        label = f"{rid} ({r.title})"
+        if rid in self._by_id or any(c.id == rid for c in self.correlations):
+            self.issues.append(Issue(path, "error", f"duplicate rule id {rid}; rule not loaded", label))
+            return
+        ls = r.logsource
+        key = logsource_key(ls.product, ls.category, ls.service)
+        try:
+            bad = _unsupported_modifiers(r)
+            if bad:
+                raise Unsupported(f"unsupported modifier(s): {', '.join(bad)}")
+            conds = [c.parsed for c in r.detection.parsed_condition]
+            nodes = [compile_condition(c) for c in conds]
+        except Unsupported as e:
+            self.issues.append(Issue(path, "error", f"{e}; rule not loaded", label))
+            return
+        except Exception as e:  # condition errors surface when parsed
+            self.issues.append(Issue(path, "error", f"{type(e).__name__}: {e}; rule not loaded", label))
+            return
+        ls_node = self.logsources.node(key)
+        if ls_node is None:
+            self.issues.append(
+                Issue(
+                    path,
+                    "error",
+                    f"unknown logsource {key!r} (not in detect/logsources.yaml); rule not loaded, it would match nothing",
+                    label,
+                )
+            )
+            return
+        pred = nodes[0] if len(nodes) == 1 else Node("or", nodes)
+        for fld in sorted(pred.all_fields()):
+            if fld not in EVENT_FIELDS:
+                self.issues.append(
+                    Issue(
+                        path,
+                        "warning",
+                        f"field {fld} is not an ECS field Taishi produces; it will match fields as "
+                        "named in the event only if present",
+                        label,
+                    )
+                )
+        tags = [str(t) for t in (r.tags or [])]
+        tech, tac = threat_from_tags(tags)
+        rule = Rule(
+            id=rid,
+            title=r.title,
+            name=r.name,
+            level=str(r.level) if r.level else None,
+            description=r.description,
+            tags=tags,
+            path=path,
+            logsource=key,
+            predicate=pred,
+            logsource_filter=ls_node,
+            techniques=tech,
+            tactics=tac,
+        )
+        self.rules.append(rule)
+        self._by_id[rid] = rule
+
+    def _add_correlation(self, r: SigmaCorrelationRule, cond: dict | None, path: str, index: int) -> None:
+        rid = _rule_id(r, path, index)
+        label = f"{rid} ({r.title})"
+        ctype = r.type.name.lower() if hasattr(r.type, "name") else str(r.type)
+        if ctype not in SUPPORTED_CORRELATION_TYPES:
+            self.issues.append(
+                Issue(path, "error", f"correlation type {ctype} is not supported yet; rule not loaded", label)
+            )
+            return
+        if r.aliases and r.aliases.aliases:
+            self.issues.append(Issue(path, "error", "correlation field aliases are not supported; rule not loaded", label))
+            return
+        try:
+            conditions, fieldref = parse_condition(cond or {})
+        except ValueError as e:
+            self.issues.append(Issue(path, "error", f"{e}; rule not loaded", label))
+            return
+        tags = [str(t) for t in (r.tags or [])]
+        tech, tac = threat_from_tags(tags)
+        spec = CorrelationSpec(
+            id=rid,
+            title=r.title,
+            type=ctype,
+            rule_refs=[ref.reference for ref in (r.rules or [])],
+            group_by=list(r.group_by or []),
+            timespan_s=int(r.timespan.seconds),
+            conditions=conditions,
+            field=fieldref,
+            generate=bool(r.generate),
+            level=str(r.level) if r.level else None,
+            description=r.description,
+            tags=tags,
+            techniques=tech,
+            tactics=tac,
+            path=path,
+            name=r.name,
+        )
+        self.correlations.append(spec)
+
+    def _finish(self) -> None:
+        """Resolve correlation references (name or id) and base rules' ``generate``."""
+        by_name = {r.name: r for r in self.rules if r.name}
+        ok: list[CorrelationSpec] = []
+        for c in self.correlations:
+            resolved, missing = [], []
+            for ref in c.rule_refs:
+                rule = self._by_id.get(ref) or by_name.get(ref)
+                if rule is None:
+                    missing.append(ref)
+                else:
+                    resolved.append(rule.id)
+            if missing:
+                known_corr = {x.id for x in self.correlations} | {x.name for x in self.correlations if x.name}
+                why = (
+                    "references correlation rules (chaining is not supported)"
+                    if all(m in known_corr for m in missing)
+                    else "references unknown or not-loaded rule(s)"
+                )
+                self.issues.append(
+                    Issue(c.path, "error", f"correlation {why}: {', '.join(missing)}; rule not loaded", f"{c.id} ({c.title})")
+                )
+                continue
+            c.rule_ids = resolved
+            ok.append(c)
+        self.correlations = ok
+        # A base rule alerts on its own unless every correlation using it says generate: false.
+        users: dict[str, list[bool]] = {}
+        for c in ok:
+            for rid in c.rule_ids:
+                users.setdefault(rid, []).append(c.generate)
+        for r in self.rules:
+            if r.id in users:
+                r.generate = any(users[r.id])
+
+    # ------------------------------------------------------------------ checking
+
+    def check(self) -> list[Issue]:
+        """Everything unsupported, unknown or suspicious, errors first."""
+        return sorted(self.issues, key=lambda i: (i.severity != "error", i.path, i.rule, i.message))
+
+    def all_rules(self) -> list[Rule | CorrelationSpec]:
+        """Loaded single-event rules, then loaded correlation rules."""
+        return [*self.rules, *self.correlations]
+
+    def rule(self, rule_id: str) -> Rule:
+        return self._by_id[rule_id]
+
+    def subset(self, rule_ids: Iterable[str]) -> "RuleSet":
+        """A RuleSet sharing these compiled rules (and the correlations over them)."""
+        ids = set(rule_ids)
+        rs = RuleSet(self.logsources)
+        rs.rules = [r for r in self.rules if r.id in ids]
+        rs._by_id = {r.id: r for r in rs.rules}
+        rs.correlations = [c for c in self.correlations if set(c.rule_ids) <= ids]
+        return rs
+
+    # ------------------------------------------------------------------ matching
+
+    def match(self, events: pa.Table) -> pa.Table:
+        """``(rule.id, event.row)`` for every single-event rule match in ``events``."""
+        ctx = BatchContext(events)
+        ids: list[np.ndarray] = []
+        rows: list[np.ndarray] = []
+        for i, rule in enumerate(self.rules):
+            m = rule.mask(ctx)
+            hit = np.flatnonzero(m)
+            if len(hit):
+                rows.append(hit.astype(np.int64))
+                ids.append(np.full(len(hit), i, dtype=np.int64))
+        if not rows:
+            return MATCH_SCHEMA.empty_table()
+        rule_idx = np.concatenate(ids)
+        row = np.concatenate(rows)
+        names = pa.array([r.id for r in self.rules], pa.string())
+        return pa.Table.from_arrays([pc.take(names, pa.array(rule_idx)), pa.array(row, pa.int64())], schema=MATCH_SCHEMA)
+
+    def to_alerts(self, events: pa.Table, matches: pa.Table) -> pa.Table:
+        """ALERT_SCHEMA rows for ``matches`` of rules that generate alerts."""
+        if matches.num_rows == 0:
+            return ALERT_SCHEMA.empty_table()
+        mids = matches.column("rule.id").to_pylist()
+        mrows = matches.column("event.row").to_pylist()
+        keep = [i for i, rid in enumerate(mids) if rid in self._by_id and self._by_id[rid].generate]
+        if not keep:
+            return ALERT_SCHEMA.empty_table()
+        rules = [self._by_id[mids[i]] for i in keep]
+        rows = pa.array([mrows[i] for i in keep], pa.int64())
+        n = len(rules)
+
+        def ev(name: str, typ: pa.DataType) -> pa.Array:
+            if name in events.column_names:
+                col = pc.take(events.column(name), rows)
+                return col.cast(typ) if col.type != typ else col
+            return pa.nulls(n, typ)
+
+        event_ids = ev("event.id", pa.string()).to_pylist()
+        cols: dict[str, Any] = {
+            "id": pa.array([alert_id(r.id, [e or ""]) for r, e in zip(rules, event_ids)], pa.string()),
+            "@timestamp": ev("@timestamp", ALERT_SCHEMA.field("@timestamp").type),
+            "event.kind": pa.array(["alert"] * n, pa.string()),
+            "event.severity": pa.array([LEVEL_SEVERITY.get(r.level or "", None) for r in rules], pa.int64()),
+            "rule.id": pa.array([r.id for r in rules], pa.string()),
+            "rule.name": pa.array([r.title for r in rules], pa.string()),
+            "rule.level": pa.array([r.level for r in rules], pa.string()),
+            "rule.description": pa.array([r.description for r in rules], pa.string()),
+            "rule.type": pa.array(["sigma"] * n, pa.string()),
+            "threat.technique.id": pa.array([r.techniques for r in rules], pa.list_(pa.string())),
+            "threat.tactic.name": pa.array([r.tactics for r in rules], pa.list_(pa.string())),
+            "tags": pa.array([r.tags for r in rules], pa.list_(pa.string())),
+            "event.count": pa.array([1] * n, pa.int64()),
+            "event.ids": pa.array([[e] if e is not None else [] for e in event_ids], pa.list_(pa.string())),
+            "message": pa.array([r.title for r in rules], pa.string()),
+        }
+        for f in ALERT_COPY_FIELDS:
+            cols[f] = ev(f, ALERT_SCHEMA.field(f).type)
+        arrays = [cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in ALERT_SCHEMA]
+        return pa.Table.from_arrays(arrays, schema=ALERT_SCHEMA)
