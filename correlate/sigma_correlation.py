@@ -38,6 +38,7 @@ Other correlation types (value_sum, temporal, ...) slot in as another
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Iterable
@@ -188,7 +189,9 @@ class CorrelationEngine:
     def __init__(self, correlations: Iterable[CorrelationSpec], allowed_lateness_s: float = 60):
         self.correlations = list(correlations)
         self.allowed_lateness_s = allowed_lateness_s
-        self._lateness_us = int(allowed_lateness_s * 1_000_000)
+        # infinite lateness = bounded input: the watermark never passes an event
+        # before flush(), so the result is independent of input order entirely.
+        self._lateness_us = None if math.isinf(allowed_lateness_s) else int(allowed_lateness_s * 1_000_000)
         self._by_rule: dict[str, list[int]] = {}
         for ci, c in enumerate(self.correlations):
             for rid in c.rule_ids:
@@ -254,9 +257,10 @@ class CorrelationEngine:
         if len(valid):
             mx = int(valid.max())
             self.max_ts_us = mx if self.max_ts_us is None else max(self.max_ts_us, mx)
-            new_wm = self.max_ts_us - self._lateness_us
-            if self.watermark_us is None or new_wm > self.watermark_us:
-                self.watermark_us = new_wm
+            if self._lateness_us is not None:
+                new_wm = self.max_ts_us - self._lateness_us
+                if self.watermark_us is None or new_wm > self.watermark_us:
+                    self.watermark_us = new_wm
         if self.watermark_us is not None:
             alerts += self._advance(self.watermark_us)
         late = events.take(pa.array(sorted(late_rows), pa.int64())) if late_rows else events.schema.empty_table()

@@ -6,12 +6,19 @@ A topic is a directory of segment files; each append writes one *frame*
 holding one Arrow record batch (many records), so offsets count records, as
 in Kafka, while IO happens per batch::
 
-    frame = MAGIC(4) | length u32 | crc32 u32 | base_offset u64 | records u32 | Arrow IPC stream
+    frame = MAGIC(4) | length u32 | crc32 u32 | base_offset u64 | records u32 | meta length u32
+            | meta (JSON) | Arrow IPC stream
 
 Durability: a frame is fsync'd before ``produce`` returns. On open, the tail of
 the newest segment is checked frame by frame and a torn frame (crash in the
 middle of a write: short, or bad CRC) is cut off, so the log is always a clean
 prefix of what was produced.
+
+A frame may carry a small JSON ``meta`` object. Producers use it to record
+what input the frame covers (a file position, an input topic's offset), so
+after a crash they can tell from the log itself whether their last output
+made it, and resume exactly after it (see ``last_meta``): the bus then holds
+each record once even though offsets are committed after producing.
 
 Consumer offsets live per group and topic in ``offsets/<group>/<topic>``,
 replaced atomically (temp file, fsync, rename). A consumer that crashes after
@@ -30,6 +37,7 @@ deterministic ids (the store upserts by id).
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import struct
@@ -43,7 +51,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 MAGIC = b"TSB1"
-HEADER = struct.Struct(">4sIIQI")  # magic, payload length, crc32, base offset, records
+HEADER = struct.Struct(">4sIIQII")  # magic, length (meta+payload), crc32, base offset, records, meta length
 SEGMENT_BYTES = 64 * 1024 * 1024
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
@@ -75,7 +83,9 @@ class _Frame:
     records: int
     segment: Path
     position: int  # of the frame header in the segment
-    length: int  # payload length
+    length: int  # meta + payload length
+    meta_len: int
+    meta: dict | None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -112,21 +122,34 @@ class _Topic:
         return sorted(self.dir.glob("*.seg"))
 
     def _recover(self) -> None:
+        """Index every frame; verify CRCs of the newest segment and cut a torn tail.
+
+        Older segments were closed cleanly (a segment only rolls after a
+        complete frame), so only their headers are walked.
+        """
         segs = self._segments()
         for i, seg in enumerate(segs):
-            data = seg.read_bytes()
+            last = i == len(segs) - 1
+            size = seg.stat().st_size
             pos = 0
-            while pos + HEADER.size <= len(data):
-                magic, length, crc, base, records = HEADER.unpack_from(data, pos)
-                end = pos + HEADER.size + length
-                if magic != MAGIC or end > len(data) or zlib.crc32(data[pos + HEADER.size : end]) != crc:
-                    break
-                self.frames.append(_Frame(base, records, seg, pos, length))
-                pos = end
-            if pos < len(data):
-                if i != len(segs) - 1:
+            with open(seg, "rb") as f:
+                while pos + HEADER.size <= size:
+                    f.seek(pos)
+                    head = f.read(HEADER.size)
+                    magic, length, crc, base, records, meta_len = HEADER.unpack(head)
+                    end = pos + HEADER.size + length
+                    if magic != MAGIC or end > size or meta_len > length:
+                        break
+                    body = f.read(length) if last else f.read(meta_len)
+                    if last and zlib.crc32(body) != crc:
+                        break
+                    meta = json.loads(body[:meta_len]) if meta_len else None
+                    self.frames.append(_Frame(base, records, seg, pos, length, meta_len, meta))
+                    pos = end
+            if pos < size:
+                if not last:
                     raise IOError(f"corrupt bus segment {seg} at byte {pos} (not the tail)")
-                self.truncated_bytes = len(data) - pos
+                self.truncated_bytes = size - pos
                 with open(seg, "r+b") as f:
                     f.truncate(pos)
                     f.flush()
@@ -140,27 +163,35 @@ class _Topic:
         segs = self._segments()
         return int(segs[0].stem) if segs else 0
 
-    def append(self, table: pa.Table) -> tuple[int, int]:
+    def append(self, table: pa.Table, meta: dict | None) -> tuple[int, int]:
         sink = io.BytesIO()
         with ipc.new_stream(sink, table.schema) as w:
             w.write_table(table)
-        payload = sink.getvalue()
+        meta_bytes = json.dumps(meta, separators=(",", ":")).encode() if meta else b""
+        body = meta_bytes + sink.getvalue()
         with self.lock:
             base = self.end
             segs = self._segments()
             seg = segs[-1] if segs else None
-            if seg is None or seg.stat().st_size + len(payload) > SEGMENT_BYTES:
+            if seg is None or seg.stat().st_size + len(body) > SEGMENT_BYTES:
                 seg = self.dir / f"{base:020d}.seg"
-            header = HEADER.pack(MAGIC, len(payload), zlib.crc32(payload), base, table.num_rows)
+            header = HEADER.pack(MAGIC, len(body), zlib.crc32(body), base, table.num_rows, len(meta_bytes))
             with open(seg, "ab") as f:
                 pos = f.tell()
-                f.write(header)
-                f.write(payload)
+                f.write(header + body)
                 f.flush()
                 if self.fsync:
                     os.fsync(f.fileno())
-            self.frames.append(_Frame(base, table.num_rows, seg, pos, len(payload)))
+            self.frames.append(_Frame(base, table.num_rows, seg, pos, len(body), len(meta_bytes), meta))
             return base, base + table.num_rows
+
+    def last_meta(self, key: str, value: str) -> dict | None:
+        """The meta of the newest frame whose meta has ``key == value``."""
+        with self.lock:
+            for fr in reversed(self.frames):
+                if fr.meta and fr.meta.get(key) == value:
+                    return fr.meta
+        return None
 
     def read(self, offset: int, max_records: int | None) -> Iterator[Batch]:
         with self.lock:
@@ -170,8 +201,8 @@ class _Topic:
             if max_records is not None and taken >= max_records:
                 return
             with open(fr.segment, "rb") as f:
-                f.seek(fr.position + HEADER.size)
-                payload = f.read(fr.length)
+                f.seek(fr.position + HEADER.size + fr.meta_len)
+                payload = f.read(fr.length - fr.meta_len)
             table = ipc.open_stream(pa.BufferReader(payload)).read_all()
             skip = max(0, offset - fr.base)
             if skip:
@@ -217,12 +248,20 @@ class Bus:
     def topics(self) -> list[str]:
         return sorted(p.name for p in (self.root / "topics").iterdir() if p.is_dir())
 
-    def produce(self, topic: str, table: pa.Table) -> tuple[int, int]:
-        """Append a batch durably; returns (first offset, next offset)."""
-        if table.num_rows == 0:
+    def produce(self, topic: str, table: pa.Table, meta: dict | None = None) -> tuple[int, int]:
+        """Append a batch durably; returns (first offset, next offset).
+
+        An empty batch writes nothing unless it carries ``meta`` (a producer
+        recording progress over input that yielded no records).
+        """
+        if table.num_rows == 0 and not meta:
             end = self.end_offset(topic)
             return end, end
-        return self._topic(topic).append(table)
+        return self._topic(topic).append(table, meta)
+
+    def last_meta(self, topic: str, key: str, value: str) -> dict | None:
+        """The meta of the newest frame of ``topic`` whose meta has ``key == value``."""
+        return self._topic(topic).last_meta(key, value)
 
     def read(self, topic: str, offset: int, max_records: int | None = None) -> Iterator[Batch]:
         """Batches from ``offset`` on (the first may be cut to start exactly there)."""

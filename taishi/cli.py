@@ -107,7 +107,7 @@ def _run_ingest(cfg: config_mod.Config, paths: list[Path], fmt: str, from_start:
     missing = [p for p in files if not p.exists()]
     if missing:
         raise click.BadParameter(f"no such file: {missing[0]}")
-    pipe = Pipeline(cfg)
+    pipe = Pipeline(cfg, bounded=True)
     total = sum(p.stat().st_size for p in files)
     try:
         if quiet:

@@ -107,9 +107,23 @@ def _rules_fingerprint(ruleset: RuleSet) -> str:
     return h.hexdigest()[:16]
 
 
+BOUNDED = float("inf")  # allowed lateness of a bounded run: windows close at the end of input
+CHECKPOINT_EVERY_S = 5.0
+
+
 class Pipeline:
-    def __init__(self, cfg: Config, ruleset: RuleSet | None = None) -> None:
+    """The embedded executor.
+
+    ``bounded=True`` is for finite input (``taishi ingest``, ``taishi demo``):
+    correlation windows are evaluated in event-time order at the end of the
+    run, so the order in which files are given does not matter and nothing is
+    late. A streaming run (collectors tailing live input) uses the watermark
+    with the configured allowed lateness instead.
+    """
+
+    def __init__(self, cfg: Config, ruleset: RuleSet | None = None, *, bounded: bool = False) -> None:
         self.cfg = cfg
+        self.lateness = BOUNDED if bounded else float(cfg.allowed_lateness_s)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.bus = Bus(cfg.bus_dir)
@@ -119,10 +133,11 @@ class Pipeline:
         self._detect_ckpt = cfg.state_dir / "detect.ckpt"
         self._fingerprint = _rules_fingerprint(self.ruleset)
         self.detector, self._detect_offset = self._restore_detector()
+        self._saved_at = time.monotonic()
 
     # -- detect checkpoint: state and offset together ------------------------
     def _restore_detector(self) -> tuple[Detector, int]:
-        lateness = self.cfg.allowed_lateness_s
+        lateness = self.lateness
         if self._detect_ckpt.exists():
             data = self._detect_ckpt.read_bytes()
             (hlen,) = struct.unpack(">I", data[:4])
@@ -138,11 +153,12 @@ class Pipeline:
     def _save_detector(self) -> None:
         header = json.dumps({"offset": self._detect_offset, "rules": self._fingerprint}).encode()
         atomic_write(self._detect_ckpt, struct.pack(">I", len(header)) + header + self.detector.snapshot())
+        self._saved_at = time.monotonic()
 
     # -- collector ------------------------------------------------------------
-    def checkpoint_path(self, path: Path) -> Path:
-        key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:24]
-        return self.cfg.state_dir / "files" / f"{key}.json"
+    @staticmethod
+    def file_key(path: Path) -> str:
+        return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:24]
 
     def collect_file(
         self,
@@ -152,7 +168,14 @@ class Pipeline:
         from_start: bool = False,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Read a file (from its checkpoint) onto ``raw.<format>``; returns records read.
+        """Read a file onto ``raw.<format>``, resuming after what the bus already holds.
+
+        The raw topic is the collector's checkpoint: every frame's meta names the
+        file, a read *epoch* and the offset of the last record in it, written in
+        the same fsync'd frame as the records. A restarted collector resumes
+        after the newest such frame, so a crash at any point neither loses nor
+        repeats a record. ``from_start`` opens a new epoch (a deliberate re-read;
+        ids stay the same, so the store still holds each event once).
 
         An unreadable file or an unknown format is a dead letter, not an error.
         """
@@ -167,22 +190,31 @@ class Pipeline:
         if fmt == "unknown":
             self._deadletter_input(path, "unknown format: no parser recognises this file (use --format)")
             return 0
-        ckpt = self.checkpoint_path(path)
-        if from_start and ckpt.exists():
-            ckpt.unlink()
-        tailer = ingest_files.FileTailer(path, fmt, ckpt)
+        topic = raw_topic(fmt)
+        key = self.file_key(path)
+        prev = self.bus.last_meta(topic, "file", key)
+        epoch = int(prev["epoch"]) if prev else 0
+        last = int(prev["last"]) if prev else -1
+        if from_start and prev:
+            epoch, last = epoch + 1, -1
         n = 0
         try:
-            for batch in tailer.poll(final=True):
-                self.bus.produce(raw_topic(fmt), batch)
-                tailer.commit()
+            for batch in ingest_files.read_records(path, fmt, start=max(last, 0), batch_size=self.cfg.batch_size):
+                offsets = batch.column("log.offset")
+                if last >= 0:
+                    batch = batch.filter(pc.greater(offsets, last))
+                    if batch.num_rows == 0:
+                        continue
+                    offsets = batch.column("log.offset")
+                last = int(pc.max(offsets).as_py())
+                self.bus.produce(topic, batch, meta={"file": key, "epoch": epoch, "last": last, "path": str(path)})
                 n += batch.num_rows
                 if progress:
-                    progress(tailer.position)
+                    progress(last)
         except OSError as exc:
             self._deadletter_input(path, f"read failed after {n} records: {exc}")
         self.stats.records += n
-        self.stats.bytes_read += tailer.position
+        self.stats.bytes_read += path.stat().st_size if path.exists() else 0
         return n
 
     def _deadletter_input(self, path: Path, reason: str) -> None:
@@ -199,16 +231,26 @@ class Pipeline:
         self.bus.produce(TOPIC_DEADLETTER, deadletters_table([row]))
 
     # -- stages ---------------------------------------------------------------
+    def parse_position(self, topic: str) -> int:
+        """Where parsing of ``topic`` resumes: after the newest events frame it produced.
+
+        The events frame is written last (after the batch's dead letters) and
+        carries the input offset it covers, so the events topic, not the
+        committed offset alone, is the truth after a crash.
+        """
+        meta = self.bus.last_meta(TOPIC_EVENTS, "src", topic)
+        return max(self.bus.committed(GROUP_PARSE, topic), int(meta["next"]) if meta else 0)
+
     def step_parse(self) -> int:
         done = 0
         for topic in self.bus.topics():
             if not topic.startswith("raw."):
                 continue
             fmt = topic[4:]
-            for batch in self.bus.poll(GROUP_PARSE, topic, self.cfg.batch_size * 4):
+            for batch in self.bus.read(topic, self.parse_position(topic), self.cfg.batch_size * 4):
                 res = parse_raw(fmt, batch.table)
-                self.bus.produce(TOPIC_EVENTS, res.events)
                 self.bus.produce(TOPIC_DEADLETTER, res.deadletters)
+                self.bus.produce(TOPIC_EVENTS, res.events, meta={"src": topic, "next": batch.next_offset})
                 self.bus.commit(GROUP_PARSE, topic, batch.next_offset)
                 done += batch.table.num_rows
         return done
@@ -218,8 +260,9 @@ class Pipeline:
         for batch in self.bus.read(TOPIC_EVENTS, self._detect_offset, self.cfg.batch_size * 4):
             self._detected(self.detector.process(batch.table))
             self._detect_offset = batch.next_offset
-            self._save_detector()
             done += batch.table.num_rows
+            if time.monotonic() - self._saved_at > CHECKPOINT_EVERY_S:
+                self._save_detector()
         return done
 
     def _detected(self, result) -> None:

@@ -109,3 +109,17 @@ def test_killed_producer_leaves_a_clean_prefix(tmp_path: Path) -> None:
     assert values, "the producer wrote something before it was killed"
     assert values == list(range(len(values))), "what survives is an exact, ordered prefix"
     assert len(values) % 100 == 0
+
+
+def test_meta_survives_reopen_and_last_meta_finds_newest(tmp_path: Path) -> None:
+    bus = Bus(tmp_path)
+    bus.produce("events", _tbl(0, 2), meta={"src": "raw.zeek", "next": 10})
+    bus.produce("events", _tbl(2, 2), meta={"src": "raw.syslog", "next": 4})
+    bus.produce("events", _tbl(4, 0), meta={"src": "raw.zeek", "next": 12})  # progress, no records
+    bus.produce("events", _tbl(4, 0))  # no meta, nothing written
+    bus2 = Bus(tmp_path)
+    assert bus2.end_offset("events") == 4
+    assert bus2.last_meta("events", "src", "raw.zeek") == {"src": "raw.zeek", "next": 12}
+    assert bus2.last_meta("events", "src", "raw.syslog") == {"src": "raw.syslog", "next": 4}
+    assert bus2.last_meta("events", "src", "raw.cef") is None
+    assert _all(bus2, "events") == [0, 1, 2, 3]
