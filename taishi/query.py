@@ -41,6 +41,9 @@ Semantics, following Elasticsearch's ``query_string`` query:
   be installed offline.
 * List columns (``related.ip``, ``tags`` ...) match when any element matches;
   ``_exists_:field`` and ``field:*`` need a non-empty list.
+* Field names are the schema's column names, exactly (``timestamp`` is also
+  accepted for ``@timestamp``); an unknown name is a :class:`QueryError` that
+  suggests close names.
 * ``AND``/``OR``/``NOT``, ``+term``/``-term``, parentheses, ``field:(a OR b)``.
   Implicit operator between terms is ``OR`` (``default_operator``); as in
   Lucene, when a group has ``+required`` clauses, its plain clauses are optional.
@@ -126,7 +129,7 @@ def ip_key(text: str | None) -> str | None:
     """
     if text is None:
         return None
-    s = text.strip()
+    s = text
     if "%" in s:  # zone index (fe80::1%eth0) does not take part in comparison
         s = s.split("%", 1)[0]
     try:
@@ -154,13 +157,36 @@ def _ip_key_arrow(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pc.take(keys, enc.indices)
 
 
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE = _OCTET + r"(\." + _OCTET + "){3}"
+# IPv4 in plain SQL (fast, vectorised); anything with a ':' goes to the Python UDF.
+_IP_MACRO = f"""
+CREATE OR REPLACE TEMP MACRO {IP_FUNCTION}(s) AS
+CASE
+  WHEN s IS NULL THEN NULL
+  WHEN contains(s, ':') THEN {IP_FUNCTION}_py(s)
+  WHEN regexp_full_match(s, '{_IPV4_RE}') THEN
+    '00000000000000000000ffff' || lower(lpad(hex(
+      (CAST(split_part(s, '.', 1) AS BIGINT) << 24)
+      + (CAST(split_part(s, '.', 2) AS BIGINT) << 16)
+      + (CAST(split_part(s, '.', 3) AS BIGINT) << 8)
+      + CAST(split_part(s, '.', 4) AS BIGINT)), 8, '0'))
+  ELSE NULL
+END
+"""
+
+
 def register_functions(con: Any) -> None:
-    """Register the SQL functions compiled queries use on a DuckDB connection."""
+    """Register the SQL functions compiled queries use on a DuckDB connection.
+
+    ``taishi_ip_key(varchar) -> varchar`` is a temporary macro: IPv4 is
+    computed in SQL, IPv6 by a vectorised Python UDF (``ipaddress``).
+    """
     import duckdb
 
     try:
         con.create_function(
-            IP_FUNCTION,
+            IP_FUNCTION + "_py",
             _ip_key_arrow,
             [duckdb.sqltype("VARCHAR")],
             duckdb.sqltype("VARCHAR"),
@@ -171,6 +197,7 @@ def register_functions(con: Any) -> None:
     except duckdb.Error as e:  # already registered on this connection
         if "already" not in str(e).lower():
             raise
+    con.execute(_IP_MACRO)
 
 
 # ------------------------------------------------------------------------- times
@@ -265,11 +292,18 @@ def _time_interval(text: str, now: datetime) -> tuple[datetime, datetime | None]
     return anchor, (_add(anchor, 1, unit) if unit else None)
 
 
+_AGO = re.compile(r"^(\d+)([smhdw])$")
+
+
 def parse_time_value(value: datetime | str, now: datetime | None = None) -> datetime:
-    """A ``since``/``until`` argument (datetime, ISO string or date math) -> UTC datetime."""
+    """A ``since``/``until`` argument -> UTC datetime: a datetime, an ISO string,
+    date math (``now-24h``) or a bare duration meaning that long ago (``24h``)."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     now = now or datetime.now(timezone.utc)
+    m = _AGO.match(str(value).strip())
+    if m:
+        return _add(now, -int(m.group(1)), m.group(2))
     try:
         return _time_interval(str(value), now)[0]
     except (ValueError, OverflowError, OSError) as e:
@@ -293,6 +327,32 @@ def _unescape_parts(raw: str) -> list[tuple[str, bool]]:
             out.append((c, False))
             i += 1
     return out
+
+
+_RE_CHECK: Any = None
+_RE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1024)
+def _regex_error(pattern: str) -> str | None:
+    """DuckDB's (RE2's) complaint about ``pattern``, or None if it compiles."""
+    global _RE_CHECK
+    import duckdb
+
+    with _RE_LOCK:
+        if _RE_CHECK is None:
+            _RE_CHECK = duckdb.connect()
+        try:
+            _RE_CHECK.execute("SELECT regexp_matches('', ?)", [pattern]).fetchone()
+        except duckdb.Error as e:
+            return str(e).split("Error: ", 1)[-1]
+    return None
+
+
+def _check_regex(pattern: str, pos: int | None) -> None:
+    err = _regex_error(pattern)
+    if err:
+        raise QueryError(f"bad regular expression /{pattern[:80]}/: {err}", pos)
 
 
 class _Value:
@@ -446,6 +506,8 @@ class _Compiler:
         v = _Value(n)
         if v.star:
             return "TRUE"
+        if v.regex:
+            _check_regex(v.text, n.pos)
         if not self.defaults:
             return "FALSE"
 
@@ -471,6 +533,7 @@ class _Compiler:
         t = self.types[col]
         elem = t.value_type if pa.types.is_list(t) else t
         if v.regex:
+            _check_regex(v.text, pos)
             text_like = col in TEXT_FIELDS
             fn = "regexp_matches" if text_like else "regexp_full_match"
 
@@ -583,7 +646,7 @@ class _Compiler:
             if pa.types.is_integer(elem) or pa.types.is_floating(elem):
                 return f"{e} {op} {self.p(self.number(col, text, pos))}"
             if self._is_ip(col):
-                key = ip_key(text)
+                key = ip_key(text.strip())
                 if key is None:
                     raise QueryError(f"{col} is an IP field; {text[:80]!r} is not an IP address", pos)
                 return f"{IP_FUNCTION}({e}) {op} {self.p(key)}"
@@ -633,6 +696,8 @@ def compile_query(
         raise QueryError(f"syntax error: {e}", int(m.group(1)) if m else len(text)) from None
     except RecursionError:
         raise QueryError("query nests too deeply") from None
+    except Exception as e:  # luqum can fail inside its own actions (e.g. "a^.")
+        raise QueryError(f"syntax error: {type(e).__name__}: {e}", None) from None
     now = now or datetime.now(timezone.utc)
     if now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
