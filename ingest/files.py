@@ -29,8 +29,10 @@ import re
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ingest.parsers import INVALID_UTF8_HINT, RAW_SCHEMA
 
@@ -99,10 +101,8 @@ class _Framer:
         key, _, value = text[1:].partition(sep)
         if key in ("set_separator", "empty_field", "unset_field", "path"):
             self.header[key] = value
-        elif key == "fields":
-            self.header[key] = value.split(sep)
-        elif key == "types":
-            self.header[key] = value.split(sep)
+        elif key in ("fields", "types"):
+            self.header["raw_" + key] = value.split(sep)
         # open/close/other comments: not records
         if key in ("fields", "types"):
             self._fix_header()
@@ -111,24 +111,23 @@ class _Framer:
     def _fix_header(self) -> None:
         h = self.header
         assert h is not None
-        fields = h.get("fields")
+        fields = h.get("raw_fields")
         if fields is None:
             return
+        types = h.get("raw_types")
         # Some labelled Stratosphere files put 'tunnel_parents   label   detailed-label'
         # in one #fields entry; the data lines have one value per name.
-        if any(re.search(r"\s", f) for f in fields):
-            types = h.get("types")
-            new_f: list[str] = []
-            new_t: list[str] = []
-            for i, f in enumerate(fields):
-                parts = f.split()
-                new_f.extend(parts)
-                if types is not None:
-                    t = types[i] if i < len(types) else "string"
-                    new_t.extend([t] + ["string"] * (len(parts) - 1))
-            h["fields"] = new_f
+        new_f: list[str] = []
+        new_t: list[str] = []
+        for i, f in enumerate(fields):
+            parts = f.split() if re.search(r"\s", f) else [f]
+            new_f.extend(parts)
             if types is not None:
-                h["types"] = new_t + types[len(fields) :]
+                t = types[i] if i < len(types) else "string"
+                new_t.extend([t] + ["string"] * (len(parts) - 1))
+        h["fields"] = new_f
+        if types is not None:
+            h["types"] = new_t + types[len(fields) :]
         h.setdefault("set_separator", ",")
         h.setdefault("empty_field", "(empty)")
         h.setdefault("unset_field", "-")
@@ -138,7 +137,7 @@ class _Framer:
     def feed(self, offset: int, line: bytes) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]
-        if not line.strip():
+        if not line:
             return
         try:
             text = line.decode("utf-8")
@@ -146,6 +145,8 @@ class _Framer:
         except UnicodeDecodeError:
             text = line.decode("utf-8", errors="replace")
             bad = True
+        if text.isspace():
+            return
         hint: str | None = None
         if self.fmt == "zeek":
             if text.startswith("#") and self._header_line(text):
@@ -160,6 +161,66 @@ class _Framer:
         self.offsets.append(offset)
         self.hints.append(hint)
         self.originals.append(text)
+
+    def feed_chunk(self, base: int, buf: bytes, batch_size: int) -> list[tuple[pa.Table, int]] | None:
+        """Frame a buffer of complete ('\\n'-terminated) lines at file offset ``base``
+        without a python loop per line; None when the chunk needs the per-line
+        path (header or comment lines, JSON lines in a TSV file, bad UTF-8)."""
+        if len(self.originals) or not buf:
+            return None
+        a = np.frombuffer(buf, dtype=np.uint8)
+        nl = np.flatnonzero(a == 10)
+        if len(nl) == 0 or nl[-1] != len(a) - 1:
+            return None
+        starts = np.empty(len(nl), dtype=np.int64)
+        starts[0] = 0
+        starts[1:] = nl[:-1] + 1
+        lengths = nl - starts
+        nonempty = lengths > 0
+        first = a[np.minimum(starts, len(a) - 1)]
+        if self.fmt == "zeek":
+            if np.any(first[nonempty] == 35):  # '#'
+                return None
+            if self._hint is not None and np.any(first[nonempty] == 123):  # '{' in a TSV file
+                return None
+            hint = self._hint if self._hint is not None else self.zeek_name
+        else:
+            hint = None
+        if np.any(a == 13) or len(buf) >= (1 << 31) - 1:
+            return None
+        offs = np.empty(len(nl) + 1, dtype=np.int32)
+        offs[0] = 0
+        offs[1:] = nl + 1
+        arr = pa.StringArray.from_buffers(len(nl), pa.py_buffer(offs), pa.py_buffer(buf))
+        try:
+            arr.validate(full=True)
+        except pa.ArrowInvalid:
+            return None
+        text = pc.utf8_slice_codeunits(arr, 0, -1)  # drop the '\\n'
+        blank = pc.utf8_is_space(text).to_numpy(zero_copy_only=False)
+        if blank.any():  # whitespace-only lines are no records (as in feed())
+            nonempty &= ~blank
+        if not np.all(nonempty):
+            keep = pa.array(nonempty)
+            text = text.filter(keep)
+            starts = starts[nonempty]
+            nl = nl[nonempty]
+        n = len(text)
+        if n == 0:
+            return []
+        offsets = pa.array(starts + base, pa.int64())
+        out = []
+        src = pa.scalar(self.source, pa.string())
+        pth = pa.scalar(self.path, pa.string())
+        hnt = pa.scalar(hint, pa.string())
+        for i in range(0, n, batch_size):
+            m = min(batch_size, n - i)
+            t = pa.Table.from_arrays(
+                [pa.repeat(src, m), offsets.slice(i, m), pa.repeat(pth, m), pa.repeat(hnt, m), text.slice(i, m)],
+                schema=RAW_SCHEMA,
+            )
+            out.append((t, base + int(nl[i + m - 1]) + 1))
+        return out
 
     def __len__(self) -> int:
         return len(self.originals)
@@ -222,6 +283,48 @@ def _read_zeek_header(path: str, upto: int) -> dict[str, Any] | None:
                 framer._header_line(line.rstrip(b"\r\n").decode("utf-8", "replace"))
             pos += len(line)
     return framer.header if framer._hint else None
+
+
+def _iter_chunks(f: IO[bytes], pos: int, final: bool) -> Iterator[tuple[int, bytes]]:
+    """(offset, buffer of complete lines) from ``pos``; a trailing unterminated line
+    is yielded alone at the end (without '\\n') only when ``final``."""
+    rest = b""
+    rest_pos = pos
+    while True:
+        chunk = f.read(CHUNK)
+        if not chunk:
+            break
+        buf = rest + chunk if rest else chunk
+        cut = buf.rfind(b"\n") + 1
+        if cut:
+            yield rest_pos, buf[:cut]
+            rest_pos += cut
+        rest = buf[cut:]
+    if rest and final:
+        yield rest_pos, rest
+
+
+def _frame(
+    framer: _Framer, chunks: Iterator[tuple[int, bytes]], batch_size: int
+) -> Iterator[tuple[pa.Table | None, int]]:
+    """(raw batch or None, offset after the last line it covers) for the chunks;
+    a None batch only moves the position (a chunk's tail without records)."""
+    for base, buf in chunks:
+        end = base + len(buf)
+        tables = framer.feed_chunk(base, buf, batch_size)
+        if tables is not None:
+            yield from tables
+            yield None, end
+            continue
+        off = base
+        for line in buf.split(b"\n"):
+            if off >= end:
+                break
+            framer.feed(off, line)
+            off += len(line) + 1
+            if len(framer) >= batch_size:
+                yield framer.flush(), min(off, end)
+        yield (framer.flush() if len(framer) else None), end
 
 
 def _iter_lines(f: IO[bytes], pos: int, final: bool) -> Iterator[tuple[int, bytes]]:
@@ -289,12 +392,9 @@ def read_records(
     framer = _Framer(path, fmt, header)
     with _open(path) as f:
         _skip(f, start)
-        for off, line in _iter_lines(f, start, final=True):
-            framer.feed(off, line)
-            if len(framer) >= batch_size:
-                yield framer.flush()
-    if len(framer):
-        yield framer.flush()
+        for table, _end in _frame(framer, _iter_chunks(f, start, final=True), batch_size):
+            if table is not None:
+                yield table
 
 
 class FileTailer:
@@ -308,7 +408,8 @@ class FileTailer:
     argument commits what the last ``poll()`` returned). A new tailer on the same
     checkpoint resumes there: nothing lost, nothing read twice. If the file was
     truncated or replaced (inode/device change, or size below the offset) it is
-    read again from 0.
+    read again from 0. Lines only: a top-level JSON array file is read with
+    :func:`read_records`.
     """
 
     def __init__(
@@ -319,6 +420,8 @@ class FileTailer:
         batch_size: int = 8192,
     ) -> None:
         self.path = os.fspath(path)
+        if self.path.endswith(".gz"):
+            raise ValueError("FileTailer follows plain growing files; read .gz files with read_records")
         self.fmt = fmt
         self.checkpoint_path = os.fspath(checkpoint_path)
         self.batch_size = batch_size
@@ -381,15 +484,8 @@ class FileTailer:
         framer = _Framer(self.path, self.fmt, self.header)
         with open(self.path, "rb") as f:
             f.seek(self.offset)
-            end = self.offset
-            for off, line in _iter_lines(f, self.offset, final=False):
-                framer.feed(off, line)
-                end = off + len(line) + 1
-                if len(framer) >= self.batch_size:
-                    self.header = framer.header
-                    self.offset = end
-                    yield framer.flush()
-            self.header = framer.header
-            self.offset = end
-        if len(framer):
-            yield framer.flush()
+            for table, end in _frame(framer, _iter_chunks(f, self.offset, final=False), self.batch_size):
+                self.header = framer.header
+                self.offset = end
+                if table is not None:
+                    yield table

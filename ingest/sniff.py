@@ -25,21 +25,32 @@ _RFC3164 = re.compile(rf"^(?:<\d{{1,3}}>)?(?:{_MONTHS}) [ \d]?\d \d\d:\d\d:\d\d(
 _RFC5424 = re.compile(r"^<\d{1,3}>\d{1,2} (?:-|\d{4}-\d\d-\d\dT\S+) \S+ \S+ \S+ \S+ ")
 _ISO_SYSLOG = re.compile(r"^(?:<\d{1,3}>)?\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S* \S+ [^\s:]+(?:\[\d+\])?: ")
 _CEF = re.compile(r"(?:^|\s)CEF:\d+\|")
-_ZEEK_KEYS = ("_path", "id.orig_h", "uid", "_write_ts")
+_ZEEK_KEYS = ("_path", "id.orig_h", "id.resp_h", "uid", "uids", "fuid", "conn_uids", "_write_ts",
+              "certificate.serial", "software_type", "tx_hosts")
+# Zeek log names: a JSON line with a numeric ``ts`` in a file named like one is Zeek
+ZEEK_LOGS = frozenset(
+    "conn dns http ssl ssh x509 files notice weird dhcp smtp software tunnel sip rdp arp pe ftp irc kerberos ntlm "
+    "smb_files smb_mapping dce_rpc dpd modbus dnp3 snmp syslog socks mysql radius rfb known_hosts known_services "
+    "known_certs ldap ldap_search quic ocsp intel signatures traceroute capture_loss stats reporter loaded_scripts "
+    "packet_filter analyzer conn_long ntp".split()
+)
 
 
-def _classify_json(obj: object) -> str:
+def _classify_json(obj: object, name: str | None = None) -> str:
     if isinstance(obj, dict):
         if "event_type" in obj:
             return "suricata"
         if any(k in obj for k in _ZEEK_KEYS):
             return "zeek"
+        if name in ZEEK_LOGS and isinstance(obj.get("ts"), (int, float, str)):
+            return "zeek"
         return "json"
     return "unknown"
 
 
-def sniff_lines(lines: list[str]) -> str:
-    """Classify a few non-empty lines (see module doc)."""
+def sniff_lines(lines: list[str], zeek_name: str | None = None) -> str:
+    """Classify a few non-empty lines (see module doc); ``zeek_name`` is the Zeek
+    log type the file name suggests (``conn`` for conn.log), if any."""
     votes: Counter[str] = Counter()
     for line in lines[:MAX_LINES]:
         s = line.strip()
@@ -51,7 +62,7 @@ def sniff_lines(lines: list[str]) -> str:
             continue
         if s.startswith("{"):
             try:
-                votes[_classify_json(orjson.loads(s))] += 1
+                votes[_classify_json(orjson.loads(s), zeek_name)] += 1
             except orjson.JSONDecodeError:
                 votes["json" if s.endswith("}") else "unknown"] += 0
             continue
@@ -94,7 +105,7 @@ def sniff(path: str | os.PathLike[str]) -> str:
     except (OSError, EOFError):
         return "unknown"
     text = head.lstrip()
-    if text.startswith(b"["):
+    if re.match(rb"\[\s*(?:\{|\]|$)", text):
         # a top-level JSON array (pretty-printed or not): look at the first element
         if _ARRAY_EVENT_TYPE.search(text):
             return "suricata"
@@ -105,4 +116,6 @@ def sniff(path: str | os.PathLike[str]) -> str:
     if len(head) == PEEK_BYTES and len(lines) > 1:
         lines = lines[:-1]  # the last one may be cut
     nonempty = [ln for ln in lines if ln.strip()][: MAX_LINES * 2]
-    return sniff_lines(nonempty)
+    from ingest.files import zeek_path_from_name
+
+    return sniff_lines(nonempty, zeek_path_from_name(path))

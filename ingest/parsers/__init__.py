@@ -10,6 +10,12 @@ anywhere, on a Spark executor as well as here.
 Every parser is a function ``parse(raw: pa.Table) -> ParseResult`` registered
 by format name in ``PARSERS``. It never raises on bad input: a record it cannot
 read becomes a dead-letter row with the reason.
+
+Registered formats: ``zeek``, ``suricata``, ``syslog``, ``cef``, ``json`` (and
+its alias ``jsonl``); call ``parse(fmt, raw)``. Records over
+``MAX_RECORD_BYTES`` (1 MiB) and records framed with the ``invalid-utf8`` hint
+are dead-lettered by every parser. The helpers below (dead letters, lenient row
+-> column conversion, vectorised event ids) are shared by the parser modules.
 """
 
 from __future__ import annotations
@@ -38,14 +44,14 @@ class ParseResult:
 
 Parser = Callable[[pa.Table], ParseResult]
 
-# format name -> parser; filled in by the parser modules (see _register below).
+# format name -> parser; filled in by the parser modules (see _register below),
+# which are imported at the end of this module.
 PARSERS: dict[str, Parser] = {}
 
 # --------------------------------------------------------------------------
 # Shared helpers for the parser modules (keep them import-light: the parser
 # modules import from here, and this module imports them at the bottom).
 
-import re as _re
 from datetime import datetime as _datetime, timezone as _timezone
 from typing import Any, Iterable, Mapping
 
@@ -151,6 +157,12 @@ def to_utc(value: Any) -> _datetime | None:
             return _datetime.fromtimestamp(float(value), tz=_timezone.utc)
         except (OverflowError, OSError, ValueError):
             return None
+    if isinstance(value, str) and len(value) > 9 and value[4] == "-":
+        try:  # fast path: python 3.11 reads ISO 8601 with Z / +hh:mm / +hhmm
+            dt = _datetime.fromisoformat(value)
+            return dt.replace(tzinfo=_timezone.utc) if dt.tzinfo is None else dt.astimezone(_timezone.utc)
+        except ValueError:
+            pass
     try:
         return parse_time(str(value))
     except (ValueError, OverflowError, OSError):
@@ -175,9 +187,6 @@ def related(*values: Any) -> list[str] | None:
         elif str(v) not in out:
             out.append(str(v))
     return out or None
-
-
-_INT_TYPES = frozenset(n for n, t in EVENT_FIELDS.items() if t == pa.int64())
 
 
 def _clean(name: str, v: Any) -> Any:
@@ -219,22 +228,43 @@ def events_from_rows(rows: list[dict[str, Any]]) -> pa.Table:
     n = len(rows)
     if n == 0:
         return EVENT_SCHEMA.empty_table()
-    cols: dict[str, list[Any]] = {}
-    for i, row in enumerate(rows):
-        for k, v in row.items():
-            if v is None:
-                continue
-            col = cols.get(k)
-            if col is None:
-                if k not in EVENT_FIELDS:
-                    raise KeyError(f"{k!r} is not an event field")
-                col = cols[k] = [None] * n
-            col[i] = _clean(k, v)
+    keys: set[str] = set()
+    for row in rows:
+        keys.update(row)
+    unknown = keys - EVENT_FIELDS.keys()
+    if unknown:
+        raise KeyError(f"{sorted(unknown)[0]!r} is not an event field")
+    cols: dict[str, list[Any]] = {k: [row.get(k) for row in rows] for k in keys}
     arrays = []
     for f in EVENT_SCHEMA:
         vals = cols.get(f.name)
-        arrays.append(pa.nulls(n, f.type) if vals is None else pa.array(vals, type=f.type))
+        if vals is None:
+            arrays.append(pa.nulls(n, f.type))
+            continue
+        try:  # values are usually of the right type already
+            if f.type == _TS and any(v is not None and not isinstance(v, _datetime) for v in vals):
+                raise TypeError
+            arrays.append(pa.array(vals, type=f.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            arrays.append(pa.array([_clean(f.name, v) for v in vals], type=f.type))
     return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
+
+
+_RAW_COPIED = ("taishi.source", "log.offset", "log.file.path", "event.original")
+
+
+def events_from_raw(raw: pa.Table, idx: list[int], rows: list[dict[str, Any]]) -> pa.Table:
+    """EVENT_SCHEMA batch: mapped ``rows`` for raw rows ``idx``, with event.id,
+    event.original, taishi.source, log.offset and log.file.path taken from ``raw``."""
+    t = events_from_rows(rows)
+    if not rows:
+        return t
+    take = raw.take(pa.array(idx, pa.int64())) if len(idx) != raw.num_rows else raw
+    cols = {n: take.column(n).combine_chunks() for n in _RAW_COPIED}
+    cols["event.id"] = event_ids(cols["taishi.source"], cols["log.offset"], cols["event.original"])
+    for name, arr in cols.items():
+        t = t.set_column(t.schema.get_field_index(name), name, arr)
+    return t
 
 
 def result(events: pa.Table | list[dict[str, Any]], deadletters: list[dict[str, Any]]) -> ParseResult:
@@ -280,6 +310,63 @@ def safe_parser(fn: Callable[[pa.Table], ParseResult]) -> Callable[[pa.Table], P
 
 def _register_all() -> None:
     from . import cef, jsonl, suricata, syslog, zeek  # noqa: F401
+
+
+
+class _FastCompute:
+    """``pyarrow.compute`` with python literals turned into cached Arrow scalars.
+
+    Converting a python literal to an Arrow scalar retries a failing optional
+    import (``dateutil``) inside pyarrow on every call (~70 us); vectorised
+    parsers make thousands of such calls, so the literals are cached here.
+    """
+
+    _DATA = frozenset(
+        {"equal", "not_equal", "multiply", "if_else", "binary_join_element_wise", "greater", "less", "add",
+         "coalesce", "fill_null", "subtract", "divide", "greater_equal", "less_equal"}
+    )
+
+    def __getattr__(self, name: str) -> Any:
+        f = getattr(_pc, name)
+        if name in self._DATA:
+            def call(*args: Any, **kw: Any) -> Any:
+                return f(*[lit(a) if isinstance(a, (str, int, float, bool)) else a for a in args], **kw)
+
+            call.__name__ = name
+            setattr(self, name, call)
+            return call
+        setattr(self, name, f)
+        return f
+
+
+_LITS: dict[tuple[type, Any], pa.Scalar] = {}
+
+
+def lit(value: Any, typ: pa.DataType | None = None) -> pa.Scalar:
+    """Cached ``pa.scalar(value, typ)`` for python literals."""
+    key = (type(value), value, typ)
+    s = _LITS.get(key)
+    if s is None:
+        if len(_LITS) > 4096:
+            _LITS.clear()
+        s = _LITS[key] = pa.scalar(value, typ)
+    return s
+
+
+fast_pc = _FastCompute()
+
+
+def event_ids(sources: pa.Array, offsets: pa.Array, originals: pa.Array) -> pa.Array:
+    """Vector of :func:`taishi.ids.event_id` (the same digest, one loop, no per-row decode)."""
+    import hashlib
+
+    blake = hashlib.blake2b
+    sep = lit("\x1f")
+    msgs = fast_pc.binary_join_element_wise(
+        lit("ev1"), sources, _pc.cast(offsets, pa.string()), originals, lit(""), sep
+    )
+    out = [blake(b, digest_size=16).hexdigest() for b in _pc.cast(msgs, pa.binary()).to_pylist()]
+    return pa.array(out, pa.string())
 
 
 _register_all()
