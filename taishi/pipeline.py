@@ -127,7 +127,7 @@ class Pipeline:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.bus = Bus(cfg.bus_dir)
-        self.store = Store(cfg.data_dir)
+        self.store = Store(cfg.data_dir, keep_open=True)
         self.ruleset = ruleset if ruleset is not None else RuleSet.load(cfg.rules)
         self.stats = RunStats()
         self._detect_ckpt = cfg.state_dir / "detect.ckpt"

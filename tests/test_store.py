@@ -329,7 +329,10 @@ def test_reopen_keeps_data(data_dir, clock):
         assert s.stats()["events"] == 5
 
 
-def test_schema_evolution_adds_missing_columns(data_dir):
+def test_old_events_table_migrates_to_parquet_with_every_column(data_dir):
+    """A store from the older layout (events in a narrow DuckDB table) opens:
+    its rows move into the Parquet store, gain every current column, keep
+    their ids (so they are not written twice), and the old table is gone."""
     con = duckdb.connect(str(data_dir / "store.duckdb"))
     con.execute(
         'CREATE TABLE events ("event.id" VARCHAR PRIMARY KEY, "@timestamp" TIMESTAMPTZ, '
@@ -341,16 +344,36 @@ def test_schema_evolution_adds_missing_columns(data_dir):
         cols = s.search_events().column_names
         assert cols == EVENT_SCHEMA.names
         assert s.search_events("message:v0").to_pylist()[0]["source.ip"] is None
+        assert s.write_events(events_table([{"event.id": "old1", "@timestamp": "2024-01-01T00:00:00Z"}])) == 0
         assert s.write_events(events([1, 2])) == 2
         assert s.write_events(events([1])) == 0
         assert s.count("events", "source.ip:10.0.0.0/8") == 2
-        assert s.count("events", "event.ingested:*") == 2  # added column, set on new rows
+        assert s.count("events", "event.ingested:*") == 3  # migrated rows are stamped at migration
+        assert s.stats()["events"] == 3
     con = duckdb.connect(str(data_dir / "store.duckdb"), read_only=True)
-    have = {r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name='events'"
-    ).fetchall()}
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     con.close()
-    assert set(EVENT_SCHEMA.names) | {"event.ingested"} == have
+    assert "events" not in tables and "event_ids" in tables
+    files = list((data_dir / "events").glob("ingest_date=*/*.parquet"))
+    assert files, "events are Parquet files partitioned by ingest date"
+
+
+def test_events_parquet_files_are_idempotent_and_schema_file_adds_new_columns(data_dir):
+    with Store(data_dir) as s:
+        s.write_events(events(range(4)))
+    files = sorted((data_dir / "events").glob("ingest_date=*/*.parquet"))
+    assert len(files) == 1
+    # a file written by an older Taishi without some column still reads, with nulls
+    import pyarrow.parquet as pq
+
+    narrow = pq.read_table(files[0]).drop_columns(["dns.question.name"])
+    pq.write_table(narrow, files[0])
+    (data_dir / "events" / "_schema.parquet").unlink()
+    with Store(data_dir) as s:
+        got = s.search_events("dns.question.name:*", limit=None)
+        assert got.num_rows == 0
+        assert s.count("events") == 4
+        assert s.search_events(limit=None).column("dns.question.name").null_count == 4
 
 
 @pytest.mark.parametrize("keep_open", [False, True])
