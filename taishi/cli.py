@@ -479,6 +479,11 @@ def demo(ctx: click.Context, no_serve: bool, seed: int, as_json: bool) -> None:
         _serve(cfg, cfg.api_host, cfg.api_port)
 
 
+def _quote(value: str) -> str:
+    """Escape a value for a quoted Lucene term."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def _stage_report(cfg: config_mod.Config, manifest) -> list[dict]:
     """For each campaign stage, the alerts whose rule the stage expects, inside its time window."""
     store = _open_store(cfg)
@@ -489,9 +494,10 @@ def _stage_report(cfg: config_mod.Config, manifest) -> list[dict]:
             fired: dict[str, int] = {}
             total = 0
             for rid in rule_ids:
-                n = store.count("alerts", f'rule.id:"{rid}"')
+                q = f'rule.id:"{_quote(rid)}"'
+                n = store.count("alerts", q)
                 if n:
-                    tbl = store.search_alerts(f'rule.id:"{rid}"', limit=1)
+                    tbl = store.search_alerts(q, limit=1)
                     fired[tbl.column("rule.name")[0].as_py()] = n
                     total += n
             out.append({"name": st.name, "technique": st.technique, "attacker": st.attacker, "victim": st.victim,
@@ -514,10 +520,13 @@ def users() -> None:
 @click.pass_context
 def users_add(ctx: click.Context, name: str, role: str) -> None:
     """Create a user and print its token (shown once)."""
-    from taishi.api.auth import UserDB
+    from taishi.api.auth import AuthError, UserDB
 
     cfg = _cfg(ctx.find_root())
-    token = UserDB(cfg.data_dir / "users.json").add_user(name, role)
+    try:
+        token = UserDB(cfg.data_dir / "users.json").add_user(name, role)
+    except (AuthError, ValueError) as exc:
+        raise click.ClickException(str(exc))
     click.echo(token)
 
 

@@ -436,9 +436,7 @@ class Store:
         days = pc.strftime(tbl.column(INGESTED), format="%Y-%m-%d")
         for day in pc.unique(days).to_pylist():
             part = tbl.filter(pc.equal(days, day))
-            digest = hashlib.blake2b(digest_size=12)
-            for i in part.column("event.id").to_pylist():
-                digest.update(i.encode())
+            digest = hashlib.blake2b("\x1f".join(part.column("event.id").to_pylist()).encode(), digest_size=12)
             _write_parquet(self.events_dir / f"ingest_date={day}" / f"{digest.hexdigest()}.parquet", part)
             ids = part.select(["event.id", TIME, INGESTED])
             view = f"_taishi_new_{os.getpid()}_{threading.get_ident()}"
