@@ -11,49 +11,90 @@ Time model
   forward. It is *exclusive*: events with ``@timestamp < watermark`` are
   final, so an event that arrives with ``@timestamp < watermark`` is late --
   counted in ``late_events`` and returned in ``ProcessResult.late`` (never
-  silently dropped), not correlated.
+  silently dropped), not correlated. An infinite allowed lateness means
+  bounded input: nothing is evaluated before ``flush()``.
 * Matched events wait in a buffer until the watermark passes them, then are
   evaluated in ``(@timestamp, event.id)`` order. That, and not the arrival
   order, decides the result, so any batching of the same events (as long as
   disorder stays within the allowed lateness) gives the same alerts.
 * ``flush()`` (end of input) evaluates everything buffered.
 
-Semantics per correlation and group-by value
---------------------------------------------
+Semantics per correlation and group-by value: one alert per burst
+------------------------------------------------------------------
 * Conditions with a lower bound (gt/gte/eq, alone or in a range with lt/lte):
   a sliding window of ``timespan`` ending at each event, both ends inclusive
   (an event exactly ``timespan`` older is still in). When the condition first
-  holds, one alert; its window starts at the first event in the window.
-  Then the group's window is reset: the next alert needs fresh events.
+  holds, one alert; its window starts at the first event in the window and
+  ends at the event that made the condition hold.
 * Conditions with only upper bounds (lt/lte): a window opens at a group's
   first event and closes ``timespan`` later; at close the condition is
   evaluated once (needs the watermark to pass the close time, or flush()).
+* Once a group has fired, its alert stays *open*: further matching events of
+  that group are absorbed by it -- they start no window and raise nothing --
+  until the group has been quiet for a full ``timespan``, i.e. the next event
+  comes ``timespan`` or more after the group's previous matching event (event
+  time). That event starts counting afresh (an empty window) and a new burst
+  may raise a new alert. So a 48-attempt brute force with a threshold of 10 in
+  5m gives one alert, as does a long port scan; the same attacker coming back
+  after at least ``timespan`` of silence gives a second one. An alert is
+  emitted when its window fires (it is not updated by the events it absorbs
+  afterwards); its id is ``correlation_alert_id(rule id, group, start of the
+  window that fired)``; its ``event.count``/``event.ids`` are the window's,
+  not the absorbed events'. This holds for both kinds of condition (for an
+  upper-bound window that fired at its close, the burst runs on from the
+  window's last event). A burst still open at ``flush()`` ends there.
 * event_count counts events; value_count counts distinct non-null values of
   ``field`` in the window.
+* ``taishi.group`` (and the id) use the group-by values as a compact JSON
+  object with sorted keys, e.g. ``{"source.ip":"10.0.0.5"}``.
 
-Other correlation types (value_sum, temporal, ...) slot in as another
-``_Metric`` and an entry in ``SUPPORTED_CORRELATION_TYPES``.
+Implementation notes
+--------------------
+Per batch and correlation the matched rows are taken column-wise with Arrow
+(group key built vectorised as that JSON text, value key as JSON text, event
+id, the alert-copy fields) into a *chunk* sorted by ``(@timestamp, event.id)``.
+Chunks wait for the watermark; the ready part of every chunk is merged and
+walked once in event-time order by a small per-event loop over per-group
+windows (lists of ``(ts, value, rows, index)``); event ids and alert-copy
+fields are only read back (from the chunk's Arrow columns) for windows that
+fire. Idle groups are dropped through a per-correlation timer heap, so an
+advance costs the ready events, not the number of groups. Cyclic GC is
+paused while evaluating (many small acyclic objects; with a large heap the
+collector would otherwise dominate).
+
+Snapshots are JSON, column-wise: pending chunks (serialised once per chunk and
+cached, so frequent snapshots of a large bounded-mode buffer are cheap) and,
+per correlation, the open windows and bursts.
+
+Other correlation types (value_sum, temporal, ...) slot in as another metric
+in the evaluation loop and an entry in ``SUPPORTED_CORRELATION_TYPES``.
 """
 
 from __future__ import annotations
 
+import gc
+import heapq
 import json
 import math
+import operator
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Iterable
+from itertools import repeat
+from json.encoder import encode_basestring_ascii
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from taishi.ids import correlation_alert_id
-from taishi.schema import ALERT_SCHEMA, EVENT_SCHEMA, LEVEL_SEVERITY, alerts_table
+from taishi.schema import ALERT_SCHEMA, EVENT_FIELDS, EVENT_SCHEMA, LEVEL_SEVERITY, alerts_table
 
 SUPPORTED_CORRELATION_TYPES = ("event_count", "value_count")
 OPS = ("gt", "gte", "lt", "lte", "eq", "neq")
 MAX_EVENT_IDS = 1000
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
 #: event fields copied onto correlation alerts (from the group when grouped by them,
 #: else the most common value among the window's events)
@@ -92,6 +133,43 @@ def _holds(ops: list[tuple[str, float]], x: float) -> bool:
         if not ok:
             return False
     return True
+
+
+_OPF = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le,
+        "eq": operator.eq, "neq": operator.ne}
+
+
+def _lower_bound(ops: list[tuple[str, float]]) -> int:
+    """Smallest integer count that can satisfy the lower bounds of ``ops`` (0 when none)."""
+    lo = 0
+    for op, v in ops:
+        if op == "gt":
+            lo = max(lo, math.floor(v) + 1)
+        elif op in ("gte", "eq"):
+            lo = max(lo, math.ceil(v))
+    return lo
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic GC while building many small acyclic objects (groups, windows):
+    with a large live heap the collector would otherwise dominate."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _predicate(ops: list[tuple[str, float]]) -> Callable[[float], bool]:
+    """``_holds(ops, .)`` as one fast callable."""
+    pairs = [(_OPF[op], v) for op, v in ops]
+    if len(pairs) == 1:
+        (f, v), = pairs
+        return lambda x: f(x, v)
+    return lambda x: all(f(x, v) for f, v in pairs)
 
 
 @dataclass
@@ -136,37 +214,8 @@ class ProcessResult:
     late: pa.Table  # the input events that arrived behind the watermark (dead-letter them)
 
 
-# a buffered event: [ts_us, event_id, value_key|None, attrs(list aligned with ALERT_COPY_FIELDS)]
-Rec = list
-
-
-class _Group:
-    __slots__ = ("events", "values")
-
-    def __init__(self) -> None:
-        self.events: list[Rec] = []
-        self.values: Counter = Counter()
-
-    def add(self, r: Rec) -> None:
-        self.events.append(r)
-        if r[2] is not None:
-            self.values[r[2]] += 1
-
-    def evict_before(self, ts: int) -> None:
-        i = 0
-        while i < len(self.events) and self.events[i][0] < ts:
-            v = self.events[i][2]
-            if v is not None:
-                self.values[v] -= 1
-                if self.values[v] == 0:
-                    del self.values[v]
-            i += 1
-        if i:
-            del self.events[:i]
-
-    def clear(self) -> None:
-        self.events.clear()
-        self.values.clear()
+_NULL_TS = int(np.iinfo(np.int64).min)
+_CONTROL = r"[\x00-\x1f]"
 
 
 def _jsonable(v: Any) -> Any:
@@ -182,7 +231,176 @@ def _ts_us(col: pa.Array) -> np.ndarray:
     if not pa.types.is_timestamp(col.type):
         col = col.cast(pa.timestamp("us", tz="UTC"))
     col = col.cast(pa.timestamp("us", tz=col.type.tz)).cast(pa.int64())
-    return pc.fill_null(col, np.iinfo(np.int64).min).to_numpy(zero_copy_only=False)
+    return pc.fill_null(col, _NULL_TS).to_numpy(zero_copy_only=False)
+
+
+def _plain(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array, dictionaries decoded."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    return col
+
+
+def _column(events: pa.Table, name: str, idx: pa.Array) -> pa.Array:
+    if name in events.column_names:
+        return _plain(events.column(name).take(idx))
+    return pa.nulls(len(idx))
+
+
+def _json_text(col: pa.Array, group: bool) -> pa.Array:
+    """Each value as the JSON text the group key (``group``) or the value key uses.
+
+    Group: ``json.dumps(_jsonable(v), separators=(",", ":"), ensure_ascii=False)``,
+    null -> ``"null"``. Value: ``json.dumps(_jsonable(v), ensure_ascii=False)``,
+    null and ``[]`` -> null. Vectorised for strings, integers and booleans
+    (the result is the same text); per value otherwise.
+    """
+    t = col.type
+    out = None
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        col = col.cast(pa.string())
+        if not pc.any(pc.match_substring_regex(col, _CONTROL)).as_py():
+            esc = pc.replace_substring(pc.replace_substring(col, "\\", "\\\\"), '"', '\\"')
+            out = pc.binary_join_element_wise('"', esc, '"', "")
+    elif pa.types.is_integer(t) or pa.types.is_boolean(t):
+        out = col.cast(pa.string())
+    elif pa.types.is_null(t):
+        out = pa.nulls(len(col), pa.string())
+    if out is None:  # floats, lists, timestamps, strings with control characters ...
+        vals = []
+        for v in col.to_pylist():
+            v = _jsonable(v)
+            if group:
+                vals.append(json.dumps(v, separators=(",", ":"), ensure_ascii=False))
+            else:
+                vals.append(None if v is None or v == [] else json.dumps(v, ensure_ascii=False))
+        return pa.array(vals, pa.string())
+    return pc.fill_null(out, "null") if group else out
+
+
+def _group_keys(fields: list[str], events: pa.Table, idx: pa.Array) -> pa.Array:
+    """The group's JSON object per row (sorted keys, compact), as json.dumps would write it."""
+    if not fields:
+        return pa.array(["{}"] * len(idx), pa.string())
+    parts: list[Any] = []
+    for j, f in enumerate(fields):
+        parts.append(("{" if j == 0 else ",") + json.dumps(f, ensure_ascii=False) + ":")
+        parts.append(_json_text(_column(events, f, idx), group=True))
+    parts.append("}")
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def _attr_column(col: pa.Array, name: str) -> pa.Array:
+    want = EVENT_FIELDS.get(name, pa.string())
+    if col.type == want:
+        return col
+    try:
+        return col.cast(want)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # a batch with this field of an unexpected, unconvertible type: it is not
+        # copied onto alerts (the alert columns have the ECS type)
+        return pa.nulls(len(col), want)
+
+
+def _sort_by_time(ts: np.ndarray, table: pa.Table) -> tuple[np.ndarray, pa.Table]:
+    """Order rows by (ts, event id) -- the evaluation order."""
+    if len(ts) < 2 or bool((ts[1:] > ts[:-1]).all()):
+        return ts, table
+    order = pc.sort_indices(pa.table({"t": ts, "e": table.column("eid")}),
+                            sort_keys=[("t", "ascending"), ("e", "ascending")])
+    return ts[order.to_numpy()], table.take(order)
+
+
+class _Chunk:
+    """Matched events of one correlation from one batch, waiting for the watermark.
+
+    ``ts`` (int64 us) and ``table`` (eid, key, [val], alert-copy fields) are
+    sorted by (ts, eid). Immutable; its snapshot text is made once.
+    """
+
+    __slots__ = ("ts", "table", "_json")
+
+    def __init__(self, ts: np.ndarray, table: pa.Table):
+        self.ts = ts
+        self.table = table
+        self._json: str | None = None
+
+    def to_json(self) -> str:
+        if self._json is None:
+            d: dict[str, list] = {"ts": self.ts.tolist()}
+            for name in self.table.column_names:
+                d[name] = self.table.column(name).to_pylist()
+            self._json = json.dumps(d, separators=(",", ":"), ensure_ascii=False)
+        return self._json
+
+
+class _Rows:
+    """The evaluated events a window's records point into (read back only for alerts, snapshots)."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+
+
+# a record in a window: (ts_us, value key | None, _Rows, row in it)
+Rec = tuple
+
+
+class _Group:
+    __slots__ = ("ev", "vals", "open")
+
+    def __init__(self, vc: bool) -> None:
+        self.ev: list[Rec] = []  # the window, oldest first
+        self.vals: dict[str, int] | None = {} if vc else None
+        self.open: int | None = None  # ts of the last event of the open (fired) burst
+
+
+class _Corr:
+    """Runtime state of one correlation."""
+
+    __slots__ = ("spec", "span", "eager", "vc", "holds", "least", "fields", "attrs", "rule_ids", "pending", "groups", "timers")
+
+    def __init__(self, spec: CorrelationSpec):
+        self.spec = spec
+        self.span = spec.timespan_s * 1_000_000
+        self.eager = spec.eager
+        if spec.type not in SUPPORTED_CORRELATION_TYPES:
+            raise NotImplementedError(spec.type)
+        self.vc = spec.type == "value_count"
+        self.holds = _predicate(spec.conditions)
+        self.least = _lower_bound(spec.conditions)  # the metric is an integer: below this it cannot hold
+        self.fields = sorted(set(spec.group_by))
+        self.attrs = [f for f in ALERT_COPY_FIELDS if f not in self.fields]
+        self.rule_ids = pa.array(sorted(set(spec.rule_ids)), pa.string())
+        self.pending: list[_Chunk] = []
+        self.groups: dict[str, _Group] = {}
+        # (due ts, group key): one entry per group, never later than the group
+        # next needs the watermark (window close, state expiry); stale ones re-armed
+        self.timers: list[tuple[int, str]] = []
+
+    def due(self, g: _Group) -> int | None:
+        """When the watermark must pass to close g's window / forget g (None: nothing left)."""
+        if g.ev:
+            return (g.ev[-1][0] if self.eager else g.ev[0][0]) + self.span
+        if g.open is not None:
+            return g.open + self.span
+        return None
+
+    def chunk_from_lists(self, d: dict[str, list], sort: bool = False) -> _Chunk:
+        n = len(d["ts"])
+        cols = {"eid": pa.array(d["eid"], pa.string()), "key": pa.array(d["key"], pa.string())}
+        if self.vc:
+            cols["val"] = pa.array(d.get("val") or [None] * n, pa.string())
+        for f in self.attrs:
+            cols[f] = pa.array(d[f], EVENT_FIELDS.get(f, pa.string())) if f in d else pa.nulls(n, EVENT_FIELDS.get(f, pa.string()))
+        ts = np.asarray(d["ts"], dtype=np.int64)
+        table = pa.table(cols)
+        if sort:
+            ts, table = _sort_by_time(ts, table)
+        return _Chunk(ts, table)
 
 
 class CorrelationEngine:
@@ -192,68 +410,54 @@ class CorrelationEngine:
         # infinite lateness = bounded input: the watermark never passes an event
         # before flush(), so the result is independent of input order entirely.
         self._lateness_us = None if math.isinf(allowed_lateness_s) else int(allowed_lateness_s * 1_000_000)
-        self._by_rule: dict[str, list[int]] = {}
-        for ci, c in enumerate(self.correlations):
-            for rid in c.rule_ids:
-                self._by_rule.setdefault(rid, []).append(ci)
+        self._c = [_Corr(c) for c in self.correlations]
         self.watermark_us: int | None = None
         self.max_ts_us: int | None = None
-        self.pending: list[tuple[int, str, int, str, Rec]] = []  # (ts, eid, corr idx, group, rec)
-        self.groups: dict[tuple[int, str], _Group] = {}
         self.late_events = 0  # matched events that arrived behind the watermark
         self.untimed_events = 0  # matched events without @timestamp (also returned as late)
+        self.ungrouped_events = 0  # matched events missing a group-by field (not counted)
         self.alerts_emitted = 0
 
     # ---------------------------------------------------------------- input
 
     def process(self, events: pa.Table, matches: pa.Table) -> ProcessResult:
-        alerts: list[dict] = []
-        late_rows: set[int] = set()
         n = events.num_rows
-        nullts = np.iinfo(np.int64).min
         if "@timestamp" in events.column_names and n:
-            ts = _ts_us(events.column("@timestamp").combine_chunks())
+            ts = _ts_us(_plain(events.column("@timestamp")))
         else:
-            ts = np.full(n, nullts, dtype=np.int64)
-        if matches.num_rows and self.correlations:
+            ts = np.full(n, _NULL_TS, dtype=np.int64)
+        late_idx = None
+        if matches.num_rows and self._c:
             wm = self.watermark_us
-            mrule = matches.column("rule.id").to_pylist()
-            mrow = matches.column("event.row").to_pylist()
-            wanted: dict[int, set[int]] = {}
-            for rid, row in zip(mrule, mrow):
-                for ci in self._by_rule.get(rid, ()):
-                    wanted.setdefault(ci, set()).add(row)
-            all_rows = sorted(set().union(*wanted.values())) if wanted else []
-            if all_rows:
-                cols = self._columns(events, all_rows)
-                pos = {row: i for i, row in enumerate(all_rows)}
-                late_counted: set[int] = set()
-                for ci in sorted(wanted):
-                    c = self.correlations[ci]
-                    for row in sorted(wanted[ci]):
-                        t = int(ts[row])
-                        if t == nullts or (wm is not None and t < wm):
-                            late_rows.add(row)
-                            if row not in late_counted:
-                                late_counted.add(row)
-                                if t == nullts:
-                                    self.untimed_events += 1
-                                else:
-                                    self.late_events += 1
-                            continue
-                        i = pos[row]
-                        eid = cols["event.id"][i] or ""
-                        group = json.dumps(
-                            {g: _jsonable(cols[g][i]) for g in c.group_by},
-                            sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                        )
-                        value = None
-                        if c.field:
-                            v = _jsonable(cols[c.field][i])
-                            value = None if v is None or v == [] else json.dumps(v, ensure_ascii=False)
-                        rec = [t, eid, value, [_jsonable(cols[f][i]) for f in ALERT_COPY_FIELDS]]
-                        self.pending.append((t, eid, ci, group, rec))
-        valid = ts[ts != nullts]
+            mrule = matches.column("rule.id")
+            mrow = _plain(matches.column("event.row")).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            late = np.zeros(n, dtype=bool)
+            for cr in self._c:
+                if not len(cr.rule_ids):
+                    continue
+                sel = _plain(pc.fill_null(pc.is_in(mrule, value_set=cr.rule_ids), False)).to_numpy(zero_copy_only=False)
+                if not sel.any():
+                    continue
+                rows = np.unique(mrow[sel])
+                rows = self._grouped_rows(cr, events, rows)
+                if not len(rows):
+                    continue
+                t = ts[rows]
+                bad = t == _NULL_TS
+                if wm is not None:
+                    bad |= t < wm
+                if bad.any():
+                    late[rows[bad]] = True
+                    keep = ~bad
+                    rows, t = rows[keep], t[keep]
+                if len(rows):
+                    cr.pending.append(self._chunk(cr, events, rows, t))
+            if late.any():
+                late_idx = np.flatnonzero(late)
+                untimed = int((ts[late_idx] == _NULL_TS).sum())
+                self.untimed_events += untimed
+                self.late_events += len(late_idx) - untimed
+        valid = ts[ts != _NULL_TS]
         if len(valid):
             mx = int(valid.max())
             self.max_ts_us = mx if self.max_ts_us is None else max(self.max_ts_us, mx)
@@ -261,96 +465,220 @@ class CorrelationEngine:
                 new_wm = self.max_ts_us - self._lateness_us
                 if self.watermark_us is None or new_wm > self.watermark_us:
                     self.watermark_us = new_wm
-        if self.watermark_us is not None:
-            alerts += self._advance(self.watermark_us)
-        late = events.take(pa.array(sorted(late_rows), pa.int64())) if late_rows else events.schema.empty_table()
-        return ProcessResult(self._alerts(alerts), late)
+        alerts = self._advance(self.watermark_us) if self.watermark_us is not None else []
+        late_t = events.take(pa.array(late_idx, pa.int64())) if late_idx is not None else events.schema.empty_table()
+        return ProcessResult(self._alerts(alerts), late_t)
 
     def flush(self) -> ProcessResult:
-        """End of input: evaluate everything buffered and close every open window."""
+        """End of input: evaluate everything buffered and close every open window and burst."""
         alerts = self._advance(None)
         return ProcessResult(self._alerts(alerts), EVENT_SCHEMA.empty_table())
 
-    def _columns(self, events: pa.Table, rows: list[int]) -> dict[str, list]:
-        need = {"event.id", *ALERT_COPY_FIELDS}
-        for c in self.correlations:
-            need.update(c.group_by)
-            if c.field:
-                need.add(c.field)
+    def _grouped_rows(self, cr: _Corr, events: pa.Table, rows: np.ndarray) -> np.ndarray:
+        """Rows that have a value for every group-by field.
+
+        An event without one cannot be attributed to a group (a brute force
+        "from nowhere"), so, as Elasticsearch's terms aggregation ignores
+        documents missing the field, it does not count toward the correlation.
+        """
+        if not cr.fields or not len(rows):
+            return rows
         idx = pa.array(rows, pa.int64())
-        out: dict[str, list] = {}
-        for name in need:
-            if name in events.column_names:
-                out[name] = pc.take(events.column(name), idx).to_pylist()
-            else:
-                out[name] = [None] * len(rows)
-        return out
+        keep = np.ones(len(rows), dtype=bool)
+        for f in cr.fields:
+            if f not in events.column_names:
+                return rows[:0]
+            col = pc.take(events.column(f), idx)
+            ok = pc.is_valid(col)
+            if pa.types.is_list(col.type):
+                ok = pc.and_(ok, pc.greater(pc.fill_null(pc.list_value_length(col), 0), 0))
+            keep &= _plain(pc.fill_null(ok, False)).to_numpy(zero_copy_only=False)
+        self.ungrouped_events += int((~keep).sum())
+        return rows[keep]
+
+    def _chunk(self, cr: _Corr, events: pa.Table, rows: np.ndarray, t: np.ndarray) -> _Chunk:
+        idx = pa.array(rows, pa.int64())
+        eid = _column(events, "event.id", idx)
+        eid = pc.fill_null(eid if eid.type == pa.string() else eid.cast(pa.string()), "")
+        cols = {"eid": eid, "key": _group_keys(cr.fields, events, idx)}
+        if cr.vc:
+            cols["val"] = _json_text(_column(events, cr.spec.field, idx), group=False)
+        for f in cr.attrs:
+            cols[f] = _attr_column(_column(events, f, idx), f)
+        ts, table = _sort_by_time(t, pa.table(cols))
+        return _Chunk(ts, table)
 
     # ---------------------------------------------------------------- evaluation
 
     def _advance(self, wm: int | None) -> list[dict]:
         """Evaluate buffered events with ts < wm (all if wm is None), in event-time order."""
-        if wm is None:
-            ready, self.pending = self.pending, []
-        else:
-            ready = [p for p in self.pending if p[0] < wm]
-            self.pending = [p for p in self.pending if p[0] >= wm]
-        ready.sort(key=lambda p: (p[0], p[1], p[2]))
-        out: list[dict] = []
-        for t, eid, ci, group, rec in ready:
-            c = self.correlations[ci]
-            key = (ci, group)
-            st = self.groups.get(key)
-            if st is None:
-                st = self.groups[key] = _Group()
-            span = c.timespan_s * 1_000_000
-            if c.eager:
-                st.evict_before(t - span)
-                st.add(rec)
-                if _holds(c.conditions, self._metric(c, st)):
-                    out.append(self._alert(c, group, st.events))
-                    st.clear()
-            else:
-                if st.events and t > st.events[0][0] + span:
-                    a = self._close(c, group, st)
-                    if a:
-                        out.append(a)
-                st.add(rec)
-        # close windows / evict state the watermark has passed
-        for key in list(self.groups):
-            ci, group = key
-            c = self.correlations[ci]
-            st = self.groups[key]
-            span = c.timespan_s * 1_000_000
-            if not c.eager and st.events and (wm is None or st.events[0][0] + span < wm):
-                a = self._close(c, group, st)
-                if a:
-                    out.append(a)
-            elif c.eager and wm is not None:
-                st.evict_before(wm - span)
-            elif c.eager and wm is None:
-                st.clear()
-            if not st.events:
-                del self.groups[key]
-        return out
-
-    def _close(self, c: CorrelationSpec, group: str, st: _Group) -> dict | None:
-        a = self._alert(c, group, st.events) if _holds(c.conditions, self._metric(c, st)) else None
-        st.clear()
-        return a
+        fired: list[tuple[_Corr, str, list[Rec]]] = []
+        with _gc_paused():
+            for cr in self._c:
+                ready = self._take_ready(cr, wm)
+                if ready is not None:
+                    self._evaluate(cr, ready[0], ready[1], fired)
+                if wm is None:
+                    self._close_all(cr, fired)
+                else:
+                    self._expire(cr, wm, fired)
+            rows = self._build_alerts(fired)
+        rows.sort(key=lambda r: r["@timestamp"])
+        return rows
 
     @staticmethod
-    def _metric(c: CorrelationSpec, st: _Group) -> float:
-        if c.type == "event_count":
-            return float(len(st.events))
-        if c.type == "value_count":
-            return float(len(st.values))
-        raise NotImplementedError(c.type)
+    def _take_ready(cr: _Corr, wm: int | None) -> tuple[np.ndarray, pa.Table] | None:
+        parts: list[tuple[np.ndarray, pa.Table]] = []
+        keep: list[_Chunk] = []
+        for ch in cr.pending:
+            n = len(ch.ts)
+            k = n if wm is None else int(np.searchsorted(ch.ts, wm, "left"))
+            if k == 0:
+                keep.append(ch)
+            elif k == n:
+                parts.append((ch.ts, ch.table))
+            else:
+                parts.append((ch.ts[:k], ch.table.slice(0, k)))
+                keep.append(_Chunk(ch.ts[k:], ch.table.slice(k)))
+        cr.pending = keep
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        return _sort_by_time(np.concatenate([p[0] for p in parts]), pa.concat_tables([p[1] for p in parts]))
 
-    def _alert(self, c: CorrelationSpec, group: str, evs: list[Rec]) -> dict:
+    @staticmethod
+    def _evaluate(cr: _Corr, ts: np.ndarray, table: pa.Table, fired: list) -> None:
+        """Walk ready events (sorted by ts, eid) through their groups' windows."""
+        n = len(ts)
+        keys = table.column("key").to_pylist()
+        rows = _Rows(table)
+        vc = cr.vc
+        vals = table.column("val").to_pylist() if vc else repeat(None, n)
+        recs = zip(ts.tolist(), vals, repeat(rows, n), range(n))
+        groups, timers, span, holds, least = cr.groups, cr.timers, cr.span, cr.holds, cr.least
+        push = heapq.heappush
+        if cr.eager:
+            for key, rec in zip(keys, recs):
+                t = rec[0]
+                g = groups.get(key)
+                if g is None:
+                    g = groups[key] = _Group(vc)
+                    push(timers, (t + span, key))
+                else:
+                    o = g.open
+                    if o is not None:
+                        if t - o < span:  # absorbed by the open alert
+                            g.open = t
+                            continue
+                        g.open = None  # quiet for a full timespan: a new burst
+                ev = g.ev
+                lo = t - span
+                if ev and ev[0][0] < lo:
+                    _evict(ev, g.vals, lo)
+                ev.append(rec)
+                if vc:
+                    cnt = g.vals
+                    v = rec[1]
+                    if v is not None:
+                        cnt[v] = cnt.get(v, 0) + 1
+                    m = len(cnt)
+                else:
+                    m = len(ev)
+                if m >= least and holds(m):
+                    fired.append((cr, key, ev))  # the window goes to the alert
+                    g.ev = []
+                    if vc:
+                        cnt.clear()
+                    g.open = t
+        else:
+            for key, rec in zip(keys, recs):
+                t = rec[0]
+                g = groups.get(key)
+                if g is None:
+                    g = groups[key] = _Group(vc)
+                    push(timers, (t + span, key))
+                ev = g.ev
+                if ev and t > ev[0][0] + span:
+                    w = _close_window(cr, g)
+                    if w:
+                        fired.append((cr, key, w))
+                    ev = g.ev
+                o = g.open
+                if o is not None:
+                    if t - o < span:
+                        g.open = t
+                        continue
+                    g.open = None
+                ev.append(rec)
+                if vc:
+                    v = rec[1]
+                    if v is not None:
+                        g.vals[v] = g.vals.get(v, 0) + 1
+
+    @staticmethod
+    def _expire(cr: _Corr, wm: int, fired: list) -> None:
+        """Close windows and forget state the watermark has passed (groups whose timer is due)."""
+        timers, groups, span = cr.timers, cr.groups, cr.span
+        while timers and timers[0][0] < wm:
+            _, key = heapq.heappop(timers)
+            g = groups.get(key)
+            if g is None:
+                continue
+            ev = g.ev
+            if cr.eager:
+                lo = wm - span  # no future event (ts >= wm) has these in its window
+                if ev and ev[0][0] < lo:
+                    _evict(ev, g.vals, lo)
+            elif ev and ev[0][0] + span < wm:
+                w = _close_window(cr, g)
+                if w:
+                    fired.append((cr, key, w))
+            if g.open is not None and g.open + span <= wm:
+                g.open = None  # every future event comes a full timespan later
+            due = cr.due(g)
+            if due is None:
+                del groups[key]
+            else:
+                heapq.heappush(timers, (due, key))
+
+    @staticmethod
+    def _close_all(cr: _Corr, fired: list) -> None:
+        if not cr.eager:
+            for key, g in cr.groups.items():
+                if g.ev:
+                    w = _close_window(cr, g)
+                    if w:
+                        fired.append((cr, key, w))
+        cr.groups.clear()
+        cr.timers.clear()
+
+    # ---------------------------------------------------------------- alerts
+
+    def _build_alerts(self, fired: list[tuple[_Corr, str, list[Rec]]]) -> list[dict]:
+        if not fired:
+            return []
+        by_corr: dict[int, list[int]] = {}
+        for i, (cr, _, _) in enumerate(fired):
+            by_corr.setdefault(id(cr), []).append(i)
+        out: list[dict | None] = [None] * len(fired)
+        for ii in by_corr.values():
+            cr = fired[ii[0]][0]
+            cols = _stored_columns(cr, [r for i in ii for r in fired[i][2]])
+            off = 0
+            for i in ii:
+                _, key, w = fired[i]
+                out[i] = self._alert(cr, key, w, {k: v[off:off + len(w)] for k, v in cols.items()})
+                off += len(w)
+        return out  # type: ignore[return-value]
+
+    def _alert(self, cr: _Corr, group: str, evs: list[Rec], cols: dict[str, list]) -> dict:
+        """The alert of window ``evs``; ``cols``: the stored columns (eid, alert-copy fields) of its events."""
+        c = cr.spec
         self.alerts_emitted += 1
         start, end = evs[0][0], evs[-1][0]
         gvals = json.loads(group)
+        eids = cols["eid"][:MAX_EVENT_IDS]
         row: dict[str, Any] = {
             "id": correlation_alert_id(c.id, group, start),
             "@timestamp": end,
@@ -367,18 +695,25 @@ class CorrelationEngine:
             "event.start": start,
             "event.end": end,
             "event.count": len(evs),
-            "event.ids": [e[1] for e in evs[:MAX_EVENT_IDS]],
+            "event.ids": eids,
             "taishi.group": group,
         }
-        for j, f in enumerate(ALERT_COPY_FIELDS):
+        for f in ALERT_COPY_FIELDS:
             if f in gvals:
                 v = gvals[f]
             else:
-                cnt = Counter(json.dumps(e[3][j]) for e in evs if e[3][j] is not None)
-                v = json.loads(min(cnt, key=lambda k: (-cnt[k], k))) if cnt else None
+                cnt = Counter(cols[f]) if f in cols else Counter()
+                cnt.pop(None, None)
+                if cnt:
+                    best = max(cnt.values())
+                    tied = [x for x, k in cnt.items() if k == best]
+                    # the most common value; ties: the smallest JSON text
+                    v = tied[0] if len(tied) == 1 else min(tied, key=_json_sort_key(tied))
+                else:
+                    v = None
             row[f] = v if not isinstance(v, list) else (v[0] if v else None)
         if c.type == "value_count":
-            distinct = len({e[2] for e in evs if e[2] is not None})
+            distinct = len({r[1] for r in evs if r[1] is not None})
             row["message"] = f"{c.title}: {distinct} distinct {c.field} in {len(evs)} events"
         else:
             row["message"] = f"{c.title}: {len(evs)} events"
@@ -400,8 +735,8 @@ class CorrelationEngine:
     # ---------------------------------------------------------------- state
 
     def snapshot(self) -> bytes:
-        ids = [c.id for c in self.correlations]
-        state = {
+        """The whole state as JSON (column-wise); pending chunks are serialised once each."""
+        head = json.dumps({
             "version": SNAPSHOT_VERSION,
             "allowed_lateness_s": self.allowed_lateness_s,
             "watermark_us": self.watermark_us,
@@ -409,39 +744,197 @@ class CorrelationEngine:
             "late_events": self.late_events,
             "untimed_events": self.untimed_events,
             "alerts_emitted": self.alerts_emitted,
-            "pending": [[t, e, ids[ci], g, r] for t, e, ci, g, r in self.pending],
-            "groups": [[ids[ci], g, st.events] for (ci, g), st in self.groups.items()],
-        }
-        return json.dumps(state, separators=(",", ":")).encode()
+        }, separators=(",", ":"))
+        parts = []
+        with _gc_paused():
+            for cr in self._c:
+                pending = ",".join(ch.to_json() for ch in cr.pending)
+                parts.append(f'{{"id":{json.dumps(cr.spec.id)},"pending":[{pending}],"groups":{self._groups_json(cr)}}}')
+        return (head[:-1] + ',"correlations":[' + ",".join(parts) + "]}").encode()
+
+    @staticmethod
+    def _groups_json(cr: _Corr) -> str:
+        keys: list[str] = []
+        opens: list[int | None] = []
+        lens: list[int] = []
+        recs: list[Rec] = []
+        for key, g in cr.groups.items():
+            keys.append(key)
+            opens.append(g.open)
+            lens.append(len(g.ev))
+            recs.extend(g.ev)
+        d: dict[str, list] = {"key": keys, "open": opens, "n": lens, "ts": [r[0] for r in recs]}
+        if cr.vc:
+            d["val"] = [r[1] for r in recs]
+        d.update(_stored_columns(cr, recs))
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def restore(
-        cls, correlations: Iterable[CorrelationSpec], data: bytes, allowed_lateness_s: float | None = None
+        cls, correlations: Iterable[CorrelationSpec], data: bytes | str | dict, allowed_lateness_s: float | None = None
     ) -> "CorrelationEngine":
-        """Engine continuing from :meth:`snapshot` (lateness from the snapshot unless given)."""
-        state = json.loads(data)
+        """Engine continuing from :meth:`snapshot` (lateness from the snapshot unless given).
+
+        ``data`` is the snapshot (bytes or text) or it already parsed; version 1
+        snapshots (before one-alert-per-burst) are read too (no open bursts).
+        """
+        state = data if isinstance(data, dict) else json.loads(data)
         if allowed_lateness_s is None:
             allowed_lateness_s = state.get("allowed_lateness_s", 60)
         eng = cls(correlations, allowed_lateness_s)
-        if state.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"unknown correlation snapshot version {state.get('version')}")
-        index = {c.id: i for i, c in enumerate(eng.correlations)}
+        version = state.get("version")
+        if version == 1:
+            state = _upgrade_v1(state)
+        elif version != SNAPSHOT_VERSION:
+            raise ValueError(f"unknown correlation snapshot version {version}")
         eng.watermark_us = state["watermark_us"]
         eng.max_ts_us = state["max_ts_us"]
         eng.late_events = state["late_events"]
         eng.untimed_events = state["untimed_events"]
         eng.alerts_emitted = state["alerts_emitted"]
-        for t, e, cid, g, r in state["pending"]:
-            if cid in index:  # a correlation removed since the snapshot is dropped
-                eng.pending.append((t, e, index[cid], g, r))
-        for cid, g, evs in state["groups"]:
-            if cid in index:
-                st = _Group()
-                for r in evs:
-                    st.add(r)
-                eng.groups[(index[cid], g)] = st
+        by_id = {cr.spec.id: cr for cr in eng._c}
+        with _gc_paused():
+            for entry in state["correlations"]:
+                cr = by_id.get(entry["id"])
+                if cr is None:  # a correlation removed since the snapshot is dropped
+                    continue
+                for d in entry["pending"]:
+                    cr.pending.append(cr.chunk_from_lists(d, sort=version == 1))
+                _restore_groups(cr, entry["groups"])
         return eng
 
     def state_size(self) -> int:
         """Buffered events (pending + in windows): what bounds memory."""
-        return len(self.pending) + sum(len(s.events) for s in self.groups.values())
+        return sum(len(ch.ts) for cr in self._c for ch in cr.pending) + sum(
+            len(g.ev) for cr in self._c for g in cr.groups.values()
+        )
+
+    @property
+    def groups(self) -> dict[tuple[int, str], _Group]:
+        """Live groups by (correlation index, group key) -- for inspection."""
+        return {(ci, k): g for ci, cr in enumerate(self._c) for k, g in cr.groups.items()}
+
+
+def _json_sort_key(values: list) -> Callable[[Any], str]:
+    """A key giving ``json.dumps(x)`` for these values (C-speed for all-str / all-int)."""
+    t = type(values[0])
+    if all(type(x) is t for x in values):
+        if t is str:
+            return encode_basestring_ascii
+        if t is int:
+            return int.__repr__
+    return lambda x: json.dumps(_jsonable(x))
+
+
+def _close_window(cr: _Corr, g: _Group) -> list[Rec] | None:
+    """Evaluate and empty g's window; the window's records if the condition held (g's burst opens)."""
+    ev = g.ev
+    m = len(g.vals) if cr.vc else len(ev)
+    g.ev = []
+    if g.vals is not None:
+        g.vals.clear()
+    if cr.holds(m):
+        g.open = ev[-1][0]
+        return ev
+    return None
+
+
+def _evict(ev: list[Rec], vals: dict[str, int] | None, lo: int) -> None:
+    """Drop the window's records older than ``lo`` (and their values' counts)."""
+    k = 1
+    n = len(ev)
+    while k < n and ev[k][0] < lo:
+        k += 1
+    if vals is not None:
+        for r in ev[:k]:
+            v = r[1]
+            if v is not None:
+                c = vals[v] - 1
+                if c:
+                    vals[v] = c
+                else:
+                    del vals[v]
+    del ev[:k]
+
+
+def _stored_columns(cr: _Corr, recs: list[Rec]) -> dict[str, list]:
+    """Event id and alert-copy fields of ``recs``, as lists aligned with them (one take per rows)."""
+    names = ["eid", *cr.attrs]
+    if not recs:
+        return {n: [] for n in names}
+    idx = np.fromiter((r[3] for r in recs), np.int64, len(recs))
+    first = recs[0][2]
+    if all(r[2] is first for r in recs):
+        t = first.table.select(names).take(pa.array(idx))
+    else:
+        where: dict[int, list[int]] = {}
+        rows: dict[int, _Rows] = {}
+        for p, r in enumerate(recs):
+            k = id(r[2])
+            if k not in rows:
+                rows[k] = r[2]
+                where[k] = []
+            where[k].append(p)
+        order = np.concatenate([np.asarray(ps, np.int64) for ps in where.values()])
+        t = pa.concat_tables([rows[k].table.select(names).take(pa.array(idx[ps])) for k, ps in where.items()])
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        t = t.take(pa.array(inv))
+    return {n: t.column(n).to_pylist() for n in names}
+
+
+def _restore_groups(cr: _Corr, d: dict[str, list]) -> None:
+    n = len(d["ts"])
+    cols = {"eid": pa.array(d["eid"], pa.string())}
+    for f in cr.attrs:
+        typ = EVENT_FIELDS.get(f, pa.string())
+        cols[f] = pa.array(d[f], typ) if f in d else pa.nulls(n, typ)
+    rows = _Rows(pa.table(cols))
+    vals = d.get("val") if cr.vc else None
+    i = 0
+    for key, o, k in zip(d["key"], d["open"], d["n"]):
+        g = _Group(cr.vc)
+        g.open = o
+        for j in range(i, i + k):
+            v = vals[j] if vals is not None else None
+            g.ev.append((d["ts"][j], v, rows, j))
+            if cr.vc and v is not None:
+                g.vals[v] = g.vals.get(v, 0) + 1
+        i += k
+        due = cr.due(g)
+        if due is not None:
+            cr.groups[key] = g
+            heapq.heappush(cr.timers, (due, key))
+
+
+def _upgrade_v1(state: dict) -> dict:
+    """A version 1 snapshot (a dict per event) in the version 2 layout."""
+    corrs: dict[str, dict] = {}
+
+    def entry(cid: str) -> dict:
+        if cid not in corrs:
+            corrs[cid] = {"id": cid, "pending": [{"ts": [], "eid": [], "key": [], "val": [], **{f: [] for f in ALERT_COPY_FIELDS}}],
+                          "groups": {"key": [], "open": [], "n": [], "ts": [], "eid": [], "val": [],
+                                     **{f: [] for f in ALERT_COPY_FIELDS}}}
+        return corrs[cid]
+
+    def add(d: dict, group: str | None, rec: list) -> None:
+        t, eid, value, attrs = rec
+        d["ts"].append(t)
+        d["eid"].append(eid or "")
+        d["val"].append(value)
+        if group is not None:
+            d["key"].append(group)
+        for f, a in zip(ALERT_COPY_FIELDS, attrs):
+            d[f].append(a[0] if isinstance(a, list) and a else (None if isinstance(a, list) else a))
+
+    for _t, _e, cid, g, rec in state["pending"]:
+        add(entry(cid)["pending"][0], g, rec)
+    for cid, g, evs in state["groups"]:
+        d = entry(cid)["groups"]
+        d["key"].append(g)
+        d["open"].append(None)
+        d["n"].append(len(evs))
+        for rec in evs:
+            add(d, None, rec)
+    return {**state, "version": SNAPSHOT_VERSION, "correlations": list(corrs.values())}

@@ -70,15 +70,19 @@ class Detector:
         return DetectResult(corr.alerts, corr.late)
 
     def snapshot(self) -> bytes:
-        return json.dumps(
-            {"engine": self.engine.snapshot().decode(), "counters": self.counters.as_dict()}
-        ).encode()
+        # the engine's JSON is embedded as an object, not re-escaped as a string
+        # (it can be tens of MB with a large bounded-mode buffer)
+        counters = json.dumps(self.counters.as_dict()).encode()
+        return b'{"counters":' + counters + b',"engine":' + self.engine.snapshot() + b"}"
 
     @classmethod
     def restore(cls, ruleset: RuleSet, data: bytes, allowed_lateness_s: float = 60) -> "Detector":
         state = json.loads(data)
         det = cls(ruleset, allowed_lateness_s)
-        det.engine = CorrelationEngine.restore(ruleset.correlations, state["engine"].encode(), allowed_lateness_s)
+        engine = state["engine"]  # an object; a string in snapshots before the embedding
+        det.engine = CorrelationEngine.restore(
+            ruleset.correlations, engine.encode() if isinstance(engine, str) else engine, allowed_lateness_s
+        )
         det.counters = DetectCounters(**state["counters"])
         return det
 
