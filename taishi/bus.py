@@ -53,6 +53,9 @@ import pyarrow.ipc as ipc
 MAGIC = b"TSB1"
 HEADER = struct.Struct(">4sIIQII")  # magic, length (meta+payload), crc32, base offset, records, meta length
 SEGMENT_BYTES = 64 * 1024 * 1024
+# Frames are LZ4-compressed Arrow IPC: wide event batches are mostly nulls and
+# repeated strings, and compressing costs less CPU than writing them out raw.
+_IPC_OPTIONS = ipc.IpcWriteOptions(compression="lz4")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 TOPIC_EVENTS = "events"
@@ -165,7 +168,7 @@ class _Topic:
 
     def append(self, table: pa.Table, meta: dict | None) -> tuple[int, int]:
         sink = io.BytesIO()
-        with ipc.new_stream(sink, table.schema) as w:
+        with ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as w:
             w.write_table(table)
         meta_bytes = json.dumps(meta, separators=(",", ":")).encode() if meta else b""
         body = meta_bytes + sink.getvalue()

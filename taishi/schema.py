@@ -298,6 +298,8 @@ def deadletters_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
 
 def conform(table: pa.Table, schema: pa.Schema = EVENT_SCHEMA) -> pa.Table:
     """Return ``table`` with exactly ``schema``'s columns, in order (missing -> null)."""
+    if table.schema.equals(schema, check_metadata=False):
+        return table
     n = table.num_rows
     arrays = []
     for f in schema:
