@@ -947,10 +947,11 @@ def _campaign(w: _World, t0: int) -> list[Stage]:
 
 
 def default_start(now: datetime | None = None) -> datetime:
-    """Yesterday 02:00 UTC (the night before the demo is run)."""
-    now = now or datetime.now(timezone.utc)
-    d = (now.astimezone(timezone.utc) - timedelta(days=1)).date()
-    return datetime(d.year, d.month, d.day, 2, 0, tzinfo=timezone.utc)
+    """20 hours before the current whole hour: the 20-hour capture ends now, so
+    the whole campaign lies inside the default 24-hour views of the CLI and
+    the console."""
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=20)
 
 
 def generate_campaign(out_dir: Path, seed: int = 7, start: datetime | None = None) -> CampaignManifest:
@@ -963,7 +964,7 @@ def generate_campaign(out_dir: Path, seed: int = 7, start: datetime | None = Non
         start = start.replace(tzinfo=timezone.utc)
     start = start.astimezone(timezone.utc).replace(microsecond=0)
     t0 = int(start.timestamp()) * US
-    span = 20 * 3600 * US  # the capture: 02:00 -> 22:00 UTC
+    span = 20 * 3600 * US  # the capture: 20 hours from start
 
     w = _World(random.Random(f"taishi-demo:{seed}"))
     w.t0 = t0

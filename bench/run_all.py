@@ -1,0 +1,26 @@
+"""Run every benchmark in turn and print its figures (``make bench``).
+
+Each script can also run alone; see its docstring. Results are appended to
+bench/out/results.jsonl as JSON lines.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = [
+    ["bench_parse.py", "--records", "300000"],
+    ["bench_detect.py", "--records", "200000"],
+    ["bench_correlate.py"],
+    ["bench_pipeline.py", "--records", "300000"],
+]
+
+if __name__ == "__main__":
+    failed = 0
+    for script, *args in SCRIPTS:
+        print(f"== {script} {' '.join(args)}", flush=True)
+        failed |= subprocess.call([sys.executable, str(HERE / script), *args])
+    sys.exit(failed)
