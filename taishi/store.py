@@ -433,9 +433,13 @@ class Store:
     def _append_events(self, con: duckdb.DuckDBPyConnection, tbl: pa.Table, ingested: pa.Array) -> None:
         """Write new events as one Parquet file per ingest day, then record their ids."""
         tbl = tbl.append_column(pa.field(INGESTED, TS), ingested)
-        days = pc.strftime(tbl.column(INGESTED), format="%Y-%m-%d")
-        for day in pc.unique(days).to_pylist():
-            part = tbl.filter(pc.equal(days, day))
+        lo, hi = pc.min_max(tbl.column(INGESTED)).values()
+        if lo.as_py().date() == hi.as_py().date():  # the usual case: one write, one day
+            parts = [(lo.as_py().strftime("%Y-%m-%d"), tbl)]
+        else:
+            days = pc.strftime(tbl.column(INGESTED), format="%Y-%m-%d")
+            parts = [(d, tbl.filter(pc.equal(days, d))) for d in pc.unique(days).to_pylist()]
+        for day, part in parts:
             digest = hashlib.blake2b("\x1f".join(part.column("event.id").to_pylist()).encode(), digest_size=12)
             _write_parquet(self.events_dir / f"ingest_date={day}" / f"{digest.hexdigest()}.parquet", part)
             ids = part.select(["event.id", TIME, INGESTED])
