@@ -466,17 +466,30 @@ def demo(ctx: click.Context, no_serve: bool, seed: int, as_json: bool) -> None:
         return
     print_summary(stats, store_stats, title="Demo summary")
     t = Table(title="Campaign stages and the alerts they raised", title_justify="left")
-    for col in ("#", "stage", "ATT&CK", "attacker → victim", "alerts", "rules that fired"):
-        t.add_column(col, overflow="fold")
+    for col, kw in (("#", {}), ("stage", {"no_wrap": True}), ("ATT&CK", {"no_wrap": True}),
+                    ("attacker → victim", {}), ("alerts", {"justify": "right"}), ("rules that fired", {})):
+        t.add_column(col, **kw)
     for i, s in enumerate(stages, 1):
         ok = "[green]✔[/]" if s["alerts"] else "[red]✘[/]"
-        t.add_row(str(i), f"{ok} {s['name']}", s["technique"], f"{s['attacker']} → {s['victim']}",
+        victims = s["victim"].split(", ")
+        victim = victims[0] + (f" (+{len(victims) - 1})" if len(victims) > 1 else "")
+        t.add_row(str(i), f"{ok} {s['name'].replace('_', ' ')}", s["technique"], f"{s['attacker']} → {victim}",
                   str(s["alerts"]), "\n".join(s["rules"]))
     console.print(t)
-    console.print(f"Look further: [bold]taishi --data-dir {cfg.data_dir} alerts --since all[/], "
-                  f"[bold]taishi --data-dir {cfg.data_dir} search 'source.ip:{stages[0]['attacker'] if stages else '*'}'[/]")
+    prog = _prog()
+    console.print(f"Look further: [bold]{prog} --data-dir {cfg.data_dir} alerts --since all[/]  ·  "
+                  f"[bold]{prog} --data-dir {cfg.data_dir} search 'source.ip:{stages[0]['attacker'] if stages else '*'}'[/]")
     if not no_serve:
         _serve(cfg, cfg.api_host, cfg.api_port)
+
+
+def _prog() -> str:
+    """How the user ran us (``.venv/bin/taishi`` after ``make demo``), for hints we print."""
+    arg0 = sys.argv[0] if sys.argv else "taishi"
+    if os.path.basename(arg0) == "taishi" and os.sep in arg0:
+        rel = os.path.relpath(arg0)
+        return rel if not rel.startswith("..") else arg0
+    return "taishi"
 
 
 def _quote(value: str) -> str:
