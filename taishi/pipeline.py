@@ -354,11 +354,12 @@ class Pipeline:
                 return
 
     def finish(self) -> None:
-        """End of input: close every open correlation window, then drain."""
+        """End of input: close every open correlation window, drain, apply retention."""
         self.drain()
         self._detected(self.detector.flush())
         self._save_detector()
         self.drain()
+        self.retention_deleted = self.store.apply_retention(self.cfg.retention_days)
 
     def run_files(
         self,
