@@ -628,7 +628,7 @@ def _day_times(w: _World, t0: int, span: int, n: int, business: float = 0.75) ->
 def _background(w: _World, t0: int, span: int) -> None:
     rng = w.rng
     workstations = [f"10.20.1.{i}" for i in range(11, 81)] + [f"10.20.2.{i}" for i in range(11, 31)]
-    dns01, dc01, fs01 = HOSTS["dns01"], HOSTS["dc01"], HOSTS["fs01"]
+    dc01, fs01 = HOSTS["dc01"], HOSTS["fs01"]
 
     # web browsing: DNS lookup, then HTTPS (mostly) or HTTP
     for t in _day_times(w, t0, span, 900):

@@ -274,6 +274,30 @@ def result(events: pa.Table | list[dict[str, Any]], deadletters: list[dict[str, 
     return ParseResult(events=events, deadletters=dl)
 
 
+def parse_lines(
+    raw: pa.Table,
+    parse_line: Callable[[str, int, str | None, str, _datetime], "dict[str, Any] | str"],
+) -> ParseResult:
+    """Run a per-line parser over a raw batch: each line gives an ECS row, or the
+    reason it could not (a dead letter). ``parse_line(source, offset, path, line, now)``."""
+    now = now_utc()
+    events: list[dict[str, Any]] = []
+    dls: list[dict[str, Any]] = []
+    idx: list[int] = []
+    for i, (source, offset, path, hint, line) in enumerate(raw_rows(raw)):
+        line = line or ""
+        why = precheck(source, offset, hint, line)
+        if why is None:
+            out = parse_line(source, offset, path, line, now)
+            if isinstance(out, dict):
+                events.append(out)
+                idx.append(i)
+                continue
+            why = out
+        dls.append(deadletter(source, offset, line, why))
+    return result(events_from_raw(raw, idx, events), dls)
+
+
 def concat_results(parts: list[ParseResult]) -> ParseResult:
     if not parts:
         return ParseResult(EVENT_SCHEMA.empty_table(), DEADLETTER_SCHEMA.empty_table())

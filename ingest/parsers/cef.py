@@ -23,14 +23,9 @@ import pyarrow as pa
 from . import (
     ParseResult,
     _register,
-    deadletter,
     extra_json,
-    events_from_raw,
-    now_utc,
-    precheck,
-    raw_rows,
+    parse_lines,
     related,
-    result,
     safe_parser,
     to_utc,
 )
@@ -265,22 +260,7 @@ def _parse_line(source: str, offset: int, path: str | None, line: str, now: date
 
 def parse(raw: pa.Table) -> ParseResult:
     """CEF lines -> ECS; lines without a CEF header are dead-lettered."""
-    now = now_utc()
-    events: list[dict[str, Any]] = []
-    dls: list[dict[str, Any]] = []
-    idx: list[int] = []
-    for i, (source, offset, path, hint, line) in enumerate(raw_rows(raw)):
-        line = line or ""
-        why = precheck(source, offset, hint, line)
-        if why is None:
-            out = _parse_line(source, offset, path, line, now)
-            if isinstance(out, dict):
-                events.append(out)
-                idx.append(i)
-                continue
-            why = out
-        dls.append(deadletter(source, offset, line, why))
-    return result(events_from_raw(raw, idx, events), dls)
+    return parse_lines(raw, _parse_line)
 
 
 _register("cef")(safe_parser(parse))

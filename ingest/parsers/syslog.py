@@ -22,13 +22,9 @@ import pyarrow as pa
 from . import (
     ParseResult,
     _register,
-    deadletter,
-    events_from_raw,
+    parse_lines,
     now_utc,
-    precheck,
-    raw_rows,
     related,
-    result,
     safe_parser,
     to_utc,
 )
@@ -335,22 +331,7 @@ def _parse_line(source: str, offset: int, path: str | None, line: str, now: date
 
 def parse(raw: pa.Table) -> ParseResult:
     """Syslog lines -> ECS; a line without a syslog header is dead-lettered."""
-    now = now_utc()
-    events: list[dict[str, Any]] = []
-    dls: list[dict[str, Any]] = []
-    idx: list[int] = []
-    for i, (source, offset, path, hint, line) in enumerate(raw_rows(raw)):
-        line = line or ""
-        why = precheck(source, offset, hint, line)
-        if why is None:
-            out = _parse_line(source, offset, path, line, now)
-            if isinstance(out, dict):
-                events.append(out)
-                idx.append(i)
-                continue
-            why = out
-        dls.append(deadletter(source, offset, line, why))
-    return result(events_from_raw(raw, idx, events), dls)
+    return parse_lines(raw, _parse_line)
 
 
 _register("syslog")(safe_parser(parse))
