@@ -240,6 +240,30 @@ def _query_or_exit(fn, *args, **kwargs):
         sys.exit(2)
 
 
+def _fetch(ctx: click.Context, method: str, query: str, **kwargs: Any) -> list[dict]:
+    """Run one store search for a CLI command; a bad query exits with status 2."""
+    cfg = _cfg(ctx)
+    _require_embedded(cfg)
+    store = _open_store(cfg)
+    try:
+        return _rows(_query_or_exit(getattr(store, method), query, **kwargs))
+    finally:
+        store.close()
+
+
+def _emit(rows: list[dict], as_json: bool, title: str, columns: tuple[str, ...], cells) -> None:
+    """Print rows as JSON, or as a table whose cells ``cells(row)`` gives."""
+    if as_json:
+        click.echo(dumps(rows))
+        return
+    t = Table(title=title, title_justify="left")
+    for col in columns:
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(*cells(r))
+    console.print(t)
+
+
 @main.command()
 @click.argument("query", required=False, default="")
 @click.option("--since", default="24h", show_default=True, help="Only alerts from this far back (24h, 7d, ISO time, or 'all').")
@@ -248,32 +272,16 @@ def _query_or_exit(fn, *args, **kwargs):
 @click.pass_context
 def alerts(ctx: click.Context, query: str, since: str, limit: int, as_json: bool) -> None:
     """List alerts matching a Lucene QUERY (e.g. 'rule.level:high AND source.ip:203.0.113.0/24')."""
-    cfg = _cfg(ctx)
-    _require_embedded(cfg)
-    store = _open_store(cfg)
-    try:
-        tbl = _query_or_exit(store.search_alerts, query, since=None if since == "all" else parse_since(since), limit=limit)
-    finally:
-        store.close()
-    rows = _rows(tbl)
-    if as_json:
-        click.echo(dumps(rows))
-        return
-    t = Table(title=f"{len(rows)} alert(s)", title_justify="left")
-    for col in ("time", "level", "rule", "source", "destination", "technique", "events"):
-        t.add_column(col)
-    for r in rows:
+    rows = _fetch(ctx, "search_alerts", query, since=None if since == "all" else parse_since(since), limit=limit)
+
+    def cells(r: dict) -> tuple[str, ...]:
         lvl = r.get("rule.level", "")
-        t.add_row(
-            _fmt_time(r.get("@timestamp")),
-            f"[{LEVEL_STYLE.get(lvl, '')}]{lvl}[/]",
-            r.get("rule.name", ""),
-            str(r.get("source.ip", "")),
-            str(r.get("destination.ip", "")),
-            ",".join(r.get("threat.technique.id", [])),
-            str(r.get("event.count", "")),
-        )
-    console.print(t)
+        return (_fmt_time(r.get("@timestamp")), f"[{LEVEL_STYLE.get(lvl, '')}]{lvl}[/]", r.get("rule.name", ""),
+                str(r.get("source.ip", "")), str(r.get("destination.ip", "")),
+                ",".join(r.get("threat.technique.id", [])), str(r.get("event.count", "")))
+
+    _emit(rows, as_json, f"{len(rows)} alert(s)",
+          ("time", "level", "rule", "source", "destination", "technique", "events"), cells)
 
 
 def _fmt_time(v: Any) -> str:
@@ -288,26 +296,15 @@ def _fmt_time(v: Any) -> str:
 @click.pass_context
 def search(ctx: click.Context, query: str, since: str | None, limit: int, as_json: bool) -> None:
     """Search events with a Lucene QUERY (e.g. 'event.dataset:zeek.dns AND dns.question.name:*.cn')."""
-    cfg = _cfg(ctx)
-    _require_embedded(cfg)
-    store = _open_store(cfg)
-    try:
-        tbl = _query_or_exit(store.search_events, query, since=parse_since(since), limit=limit)
-    finally:
-        store.close()
-    rows = _rows(tbl)
-    if as_json:
-        click.echo(dumps(rows))
-        return
-    t = Table(title=f"{len(rows)} event(s)", title_justify="left")
-    for col in ("time", "dataset", "source", "destination", "summary"):
-        t.add_column(col, overflow="fold")
-    for r in rows:
+    rows = _fetch(ctx, "search_events", query, since=parse_since(since), limit=limit)
+
+    def cells(r: dict) -> tuple[str, ...]:
         src = f"{r.get('source.ip', '')}:{r.get('source.port', '')}".strip(":")
         dst = f"{r.get('destination.ip', '')}:{r.get('destination.port', '')}".strip(":")
         summary = r.get("message") or r.get("dns.question.name") or r.get("url.original") or r.get("event.action") or ""
-        t.add_row(_fmt_time(r.get("@timestamp")), r.get("event.dataset", ""), src, dst, str(summary)[:80])
-    console.print(t)
+        return (_fmt_time(r.get("@timestamp")), r.get("event.dataset", ""), src, dst, str(summary)[:80])
+
+    _emit(rows, as_json, f"{len(rows)} event(s)", ("time", "dataset", "source", "destination", "summary"), cells)
 
 
 @main.command()
@@ -317,23 +314,10 @@ def search(ctx: click.Context, query: str, since: str | None, limit: int, as_jso
 @click.pass_context
 def deadletters(ctx: click.Context, query: str, limit: int, as_json: bool) -> None:
     """List dead letters (bad input, with where it came from and why)."""
-    cfg = _cfg(ctx)
-    store = _open_store(cfg)
-    try:
-        tbl = _query_or_exit(store.search_deadletters, query, limit=limit)
-    finally:
-        store.close()
-    rows = _rows(tbl)
-    if as_json:
-        click.echo(dumps(rows))
-        return
-    t = Table(title=f"{len(rows)} dead letter(s)", title_justify="left")
-    for col in ("source", "offset", "stage", "reason", "record"):
-        t.add_column(col, overflow="fold")
-    for r in rows:
-        t.add_row(str(r.get("taishi.source", "")), str(r.get("log.offset", "")), r.get("stage", ""),
-                  r.get("reason", ""), str(r.get("event.original", ""))[:60])
-    console.print(t)
+    rows = _fetch(ctx, "search_deadletters", query, limit=limit)
+    _emit(rows, as_json, f"{len(rows)} dead letter(s)", ("source", "offset", "stage", "reason", "record"),
+          lambda r: (str(r.get("taishi.source", "")), str(r.get("log.offset", "")), r.get("stage", ""),
+                     r.get("reason", ""), str(r.get("event.original", ""))[:60]))
 
 
 # --------------------------------------------------------------------------- rules
