@@ -505,6 +505,108 @@ def _stage_report(cfg: config_mod.Config, manifest) -> list[dict]:
     return out
 
 
+@main.command()
+@click.option("--syslog-udp", metavar="HOST:PORT", help="Receive syslog over UDP.")
+@click.option("--syslog-tcp", metavar="HOST:PORT", help="Receive syslog over TCP (newline or octet-counted frames).")
+@click.option("--syslog-tls", metavar="HOST:PORT", help="Receive syslog over TLS (RFC 5425); needs --tls-cert/--tls-key.")
+@click.option("--tls-cert", type=click.Path(path_type=Path, exists=True))
+@click.option("--tls-key", type=click.Path(path_type=Path, exists=True))
+@click.option("--metrics", "metrics_addr", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@click.option("--duration", type=float, help="Stop after this many seconds (default: until interrupted).")
+@click.pass_context
+def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, tls_cert, tls_key, metrics_addr, duration) -> None:
+    """Run the collectors and the streaming pipeline until interrupted.
+
+    Listeners come from the flags or from taishi.yaml's `collectors:` section.
+    Correlation runs on event time with the configured allowed lateness; state
+    is checkpointed, so a restart continues open windows.
+    """
+    import signal
+    import threading
+    import time as _time
+
+    from ingest.collectors.syslog import Listener, SyslogCollector
+    from taishi.pipeline import Pipeline
+
+    cfg = _cfg(ctx)
+    _require_embedded(cfg)
+    conf = dict(cfg.collectors.get("syslog") or {})
+    for proto, flag in (("udp", syslog_udp), ("tcp", syslog_tcp), ("tls", syslog_tls)):
+        if flag:
+            conf[proto] = flag
+    listeners = [Listener.parse(p, conf[p]) for p in ("udp", "tcp", "tls") if conf.get(p)]
+    if not listeners:
+        raise click.UsageError("no collector configured: give --syslog-udp/--syslog-tcp/--syslog-tls or a collectors: section")
+    cert = tls_cert or (Path(conf["cert"]) if conf.get("cert") else None)
+    key = tls_key or (Path(conf["key"]) if conf.get("key") else None)
+    pipe = Pipeline(cfg)
+    collector = SyslogCollector(pipe.bus, listeners, certfile=cert, keyfile=key).start()
+    for proto, (host, port) in collector.bound.items():
+        console.print(f"listening for syslog on {proto}://{host}:{port}")
+    metrics_addr = metrics_addr or cfg.collectors.get("metrics")
+    if metrics_addr:
+        _serve_metrics(metrics_addr, lambda: collector.prometheus() + _pipeline_metrics(pipe))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    deadline = _time.monotonic() + duration if duration else None
+    last_report = 0.0
+    try:
+        while not stop.is_set() and (deadline is None or _time.monotonic() < deadline):
+            pipe.drain()
+            if _time.monotonic() - last_report > 10:
+                m = collector.metrics()
+                err.print(f"[dim]received {m['received']:,}  dropped {m['dropped']:,}  dead letters {m['deadlettered']:,}  "
+                          f"events {pipe.stats.events:,}  alerts {len(pipe.stats.alert_ids):,}[/]")
+                last_report = _time.monotonic()
+            stop.wait(0.5)
+    finally:
+        collector.stop()
+        pipe.drain()
+        pipe._save_detector()
+        pipe.close()
+    click.echo(dumps({"collector": collector.metrics(), **pipe.stats.as_dict()}))
+
+
+def _pipeline_metrics(pipe) -> str:
+    lines = ["# TYPE taishi_pipeline_events_total counter", f"taishi_pipeline_events_total {pipe.stats.events}",
+             "# TYPE taishi_pipeline_alerts_total counter", f"taishi_pipeline_alerts_total {len(pipe.stats.alert_ids)}",
+             "# TYPE taishi_pipeline_deadletters_total counter", f"taishi_pipeline_deadletters_total {pipe.stats.deadletters}",
+             "# TYPE taishi_bus_lag gauge"]
+    for topic in pipe.bus.topics():
+        for group in pipe.bus.groups():
+            if (pipe.bus.root / "offsets" / group / topic).exists():
+                lines.append(f'taishi_bus_lag{{topic="{topic}",group="{group}"}} {pipe.bus.lag(group, topic)}')
+    return "\n".join(lines) + "\n"
+
+
+def _serve_metrics(addr: str, render) -> None:
+    """Prometheus text exposition on http://addr/metrics, in a daemon thread."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    host, _, port = addr.rpartition(":")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path != "/metrics":
+                self.send_error(404)
+                return
+            body = render().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    srv = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    console.print(f"metrics at http://{host or '127.0.0.1'}:{srv.server_address[1]}/metrics")
+
+
 # --------------------------------------------------------------------------- admin
 @main.group()
 def users() -> None:

@@ -12,6 +12,10 @@ With no file and no flags, everything works: data goes to ``./taishi-data``
     allowed_lateness_s: 60
     batch_size: 8192
     api: {host: 127.0.0.1, port: 8765}
+    collectors:               # what `taishi run` starts
+      syslog: {udp: "0.0.0.0:514", tcp: "0.0.0.0:514", tls: "0.0.0.0:6514",
+               cert: /etc/taishi/tls.crt, key: /etc/taishi/tls.key}
+      metrics: "127.0.0.1:9108"
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class Config:
     batch_size: int = 8192
     api_host: str = "127.0.0.1"
     api_port: int = 8765
+    collectors: dict = field(default_factory=dict)
     source: Path | None = None  # the file this was loaded from
 
     @property
@@ -111,6 +116,10 @@ def _apply(cfg: Config, raw: dict[str, Any], file: Path) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{file}: retention_days must map table -> days")
             cfg.retention_days.update({str(k): int(v) for k, v in value.items()})
+        elif key == "collectors":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{file}: collectors must be a mapping")
+            cfg.collectors = value
         elif key == "api":
             cfg.api_host = str(value.get("host", cfg.api_host))
             cfg.api_port = int(value.get("port", cfg.api_port))

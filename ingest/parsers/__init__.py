@@ -58,6 +58,8 @@ from typing import Any, Iterable, Mapping
 import orjson as _orjson
 import pyarrow.compute as _pc
 
+import json as _json
+
 from taishi.ids import deadletter_id as _deadletter_id, event_id as _event_id
 from taishi.schema import (
     DEADLETTER_SCHEMA,
@@ -279,7 +281,11 @@ def parse_lines(
     parse_line: Callable[[str, int, str | None, str, _datetime], "dict[str, Any] | str"],
 ) -> ParseResult:
     """Run a per-line parser over a raw batch: each line gives an ECS row, or the
-    reason it could not (a dead letter). ``parse_line(source, offset, path, line, now)``."""
+    reason it could not (a dead letter). ``parse_line(source, offset, path, line, now)``.
+
+    A network collector may attach fields it knows and the line does not (the
+    sender's address as ``observer.ip``) as a hint ``{"set": {field: value}}``;
+    they fill the row where the line left them empty."""
     now = now_utc()
     events: list[dict[str, Any]] = []
     dls: list[dict[str, Any]] = []
@@ -290,6 +296,10 @@ def parse_lines(
         if why is None:
             out = parse_line(source, offset, path, line, now)
             if isinstance(out, dict):
+                if hint and hint.startswith('{"set"'):
+                    for k, v in _json.loads(hint)["set"].items():
+                        if k in EVENT_FIELDS and out.get(k) is None:
+                            out[k] = v
                 events.append(out)
                 idx.append(i)
                 continue

@@ -1,0 +1,1 @@
+"""Long-running network collectors that feed the bus (``taishi run`` starts them)."""

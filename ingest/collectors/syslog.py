@@ -1,0 +1,318 @@
+"""Syslog receiver: UDP, TCP and TLS listeners feeding ``raw.syslog``.
+
+RFC 3164 and RFC 5424 messages are accepted on any listener; the parser
+(``ingest.parsers.syslog``) tells them apart. TCP and TLS streams are framed
+per RFC 6587: a frame that starts with a digit is *octet-counted*
+(``LEN SP MSG``, what RFC 5425 prescribes for TLS), anything else is
+*newline*-delimited. The sender's address becomes ``observer.ip``.
+
+Delivery: received messages wait in a bounded buffer and are written to the
+bus every ``flush_interval`` seconds (or when ``batch_size`` are waiting),
+each frame carrying the listener's sequence number in its meta. A restarted
+receiver continues the sequence from the bus, so ``event.id``
+(listener name, sequence, text) never repeats. ``stop()`` flushes what is in
+flight.
+
+Flood: when the buffer holds ``max_pending`` messages, UDP datagrams are
+dropped and *counted* (UDP has no backpressure), while TCP/TLS readers wait
+for room (backpressure to the sender). Nothing is dropped silently.
+
+Bad input: an octet count that is not a number, a frame over
+``MAX_RECORD_BYTES``, or an empty datagram is dead-lettered with the reason;
+the connection is closed when its framing cannot be trusted any more.
+
+Metrics (``metrics()`` and Prometheus text via ``prometheus()``): received,
+dropped, deadlettered, bytes, connections, pending (the lag), flushed batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ingest.parsers import MAX_RECORD_BYTES, RAW_SCHEMA
+from taishi import ids
+from taishi.bus import TOPIC_DEADLETTER, Bus, raw_topic
+from taishi.schema import deadletters_table
+
+import pyarrow as pa
+
+TOPIC = raw_topic("syslog")
+UDP_RCVBUF = 8 * 1024 * 1024  # a burst of datagrams must not overflow the kernel buffer
+
+
+@dataclass
+class Listener:
+    """One listening socket: ``proto`` udp, tcp or tls on host:port."""
+
+    proto: str
+    host: str = "127.0.0.1"
+    port: int = 5514
+
+    @classmethod
+    def parse(cls, proto: str, spec: str) -> "Listener":
+        host, _, port = spec.rpartition(":")
+        if not port.isdigit():
+            raise ValueError(f"{proto} listener {spec!r}: expected HOST:PORT")
+        return cls(proto, host or "0.0.0.0", int(port))
+
+
+@dataclass
+class Metrics:
+    received: int = 0
+    dropped: int = 0
+    deadlettered: int = 0
+    bytes: int = 0
+    connections: int = 0
+    batches: int = 0
+    by_listener: dict[str, int] = field(default_factory=dict)
+
+
+class SyslogCollector:
+    def __init__(
+        self,
+        bus: Bus,
+        listeners: list[Listener],
+        *,
+        name: str = "syslog",
+        certfile: Path | None = None,
+        keyfile: Path | None = None,
+        max_pending: int = 100_000,
+        batch_size: int = 8192,
+        flush_interval: float = 0.5,
+    ) -> None:
+        self.bus = bus
+        self.listeners = listeners
+        self.name = name
+        self.certfile, self.keyfile = certfile, keyfile
+        self.max_pending = max_pending
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.m = Metrics()
+        self._pending: list[tuple[str, str, str]] = []  # (listener source, sender ip, text)
+        self._dead: list[dict] = []
+        meta = bus.last_meta(TOPIC, "listener", name)
+        self._seq = int(meta["seq"]) + 1 if meta else 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopping: asyncio.Event | None = None
+        self._room: asyncio.Condition | None = None
+        self.bound: dict[str, tuple[str, int]] = {}  # proto -> actual (host, port)
+        self._error: BaseException | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> "SyslogCollector":
+        """Start listening in a background thread; returns once the sockets are bound."""
+        self._thread = threading.Thread(target=self._run, name=f"taishi-{self.name}", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and flush everything received to the bus."""
+        if self._loop and self._stopping:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._room = asyncio.Condition()
+        servers: list = []
+        transports: list = []
+        for ls in self.listeners:
+            if ls.proto == "udp":
+                sock = socket.socket(socket.AF_INET6 if ":" in ls.host else socket.AF_INET, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((ls.host, ls.port))
+                tr, _ = await self._loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
+                transports.append(tr)
+                self.bound["udp"] = sock.getsockname()[:2]
+            elif ls.proto in ("tcp", "tls"):
+                ctx = None
+                if ls.proto == "tls":
+                    if not (self.certfile and self.keyfile):
+                        raise ValueError("a TLS syslog listener needs a certificate and key")
+                    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+                    ctx.load_cert_chain(str(self.certfile), str(self.keyfile))
+                srv = await asyncio.start_server(
+                    lambda r, w, p=ls.proto: self._stream(r, w, p), ls.host, ls.port, ssl=ctx, limit=MAX_RECORD_BYTES + 1024
+                )
+                servers.append(srv)
+                self.bound[ls.proto] = srv.sockets[0].getsockname()[:2]
+            else:
+                raise ValueError(f"unknown syslog listener protocol {ls.proto!r}")
+        self._ready.set()
+        flusher = asyncio.create_task(self._flush_loop())
+        await self._stopping.wait()
+        for srv in servers:
+            srv.close()
+            await srv.wait_closed()
+        for tr in transports:
+            tr.close()
+        flusher.cancel()
+        self._flush()
+
+    # -- receiving -------------------------------------------------------------------
+    def _accept(self, proto: str, sender: str, text: str) -> bool:
+        """Queue one message; False when the buffer is full."""
+        if len(self._pending) >= self.max_pending:
+            return False
+        self._pending.append((f"{self.name}-{proto}", sender, text))
+        self.m.received += 1
+        self.m.by_listener[proto] = self.m.by_listener.get(proto, 0) + 1
+        if len(self._pending) >= self.batch_size:
+            self._flush()
+        return True
+
+    def _reject(self, proto: str, sender: str, data: bytes | str, reason: str) -> None:
+        text = data if isinstance(data, str) else data[:65536].decode("utf-8", "replace")
+        now = datetime.now(timezone.utc)
+        source = f"{self.name}-{proto}"
+        self._dead.append({
+            "id": ids.deadletter_id(source, self._seq + len(self._dead), "read", f"{sender}\x1f{time.time_ns()}\x1f{text}"),
+            "@timestamp": now,
+            "taishi.source": source,
+            "log.offset": -1,
+            "stage": "read",
+            "reason": f"{reason} (from {sender})",
+            "event.original": text,
+        })
+        self.m.deadlettered += 1
+
+    def datagram(self, data: bytes, addr: tuple) -> None:
+        self.m.bytes += len(data)
+        sender = addr[0]
+        text = data.decode("utf-8", "replace").rstrip("\r\n\x00")
+        if not text.strip():
+            self._reject("udp", sender, data, "empty datagram")
+        elif len(data) > MAX_RECORD_BYTES:
+            self._reject("udp", sender, data, f"datagram exceeds {MAX_RECORD_BYTES} bytes")
+        elif not self._accept("udp", sender, text):
+            self.m.dropped += 1
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proto: str) -> None:
+        peer = writer.get_extra_info("peername")
+        sender = peer[0] if peer else "?"
+        self.m.connections += 1
+        try:
+            while True:
+                first = await reader.read(1)
+                if not first:
+                    return
+                if first in b" \r\n":
+                    continue
+                if first.isdigit():
+                    head = first + await reader.readuntil(b" ")
+                    count = head[:-1]
+                    if not count.isdigit() or int(count) > MAX_RECORD_BYTES:
+                        self._reject(proto, sender, head, f"bad octet count {count[:20]!r}; connection closed")
+                        return
+                    data = await reader.readexactly(int(count))
+                    self.m.bytes += len(head) + len(data)
+                else:
+                    try:
+                        line = first + await reader.readuntil(b"\n")
+                    except asyncio.IncompleteReadError as exc:  # last line without newline
+                        line = first + exc.partial
+                    except asyncio.LimitOverrunError:
+                        self._reject(proto, sender, first, f"frame exceeds {MAX_RECORD_BYTES} bytes; connection closed")
+                        return
+                    self.m.bytes += len(line)
+                    data = line
+                text = data.decode("utf-8", "replace").rstrip("\r\n")
+                if "\ufffd" in text and b"\xef\xbf\xbd" not in data:
+                    self._reject(proto, sender, data, "invalid UTF-8 in message")
+                    continue
+                if not text:
+                    continue
+                while not self._accept(proto, sender, text):  # backpressure: wait for room
+                    async with self._room:
+                        await self._room.wait()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            return
+        except asyncio.LimitOverrunError:
+            self._reject(proto, sender, b"", "octet count without a terminating space; connection closed")
+        finally:
+            writer.close()
+
+    # -- delivery --------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            self._flush()
+            async with self._room:
+                self._room.notify_all()
+
+    def _flush(self) -> None:
+        if self._dead:
+            self.bus.produce(TOPIC_DEADLETTER, deadletters_table(self._dead))
+            self._dead = []
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        seq0 = self._seq
+        n = len(batch)
+        table = pa.table(
+            {
+                "taishi.source": [s for s, _, _ in batch],
+                "log.offset": list(range(seq0, seq0 + n)),
+                "log.file.path": [None] * n,
+                "hint": [json.dumps({"set": {"observer.ip": ip}}) for _, ip, _ in batch],
+                "event.original": [t for _, _, t in batch],
+            },
+            schema=RAW_SCHEMA,
+        )
+        self._seq += n
+        self.bus.produce(TOPIC, table, meta={"listener": self.name, "seq": self._seq - 1})
+        self.m.batches += 1
+
+    # -- metrics ---------------------------------------------------------------------
+    def metrics(self) -> dict:
+        return {
+            "received": self.m.received,
+            "dropped": self.m.dropped,
+            "deadlettered": self.m.deadlettered,
+            "bytes": self.m.bytes,
+            "connections": self.m.connections,
+            "batches": self.m.batches,
+            "pending": len(self._pending),
+        }
+
+    def prometheus(self) -> str:
+        """The metrics in Prometheus text exposition format."""
+        out = []
+        for key, value in self.metrics().items():
+            kind = "gauge" if key == "pending" else "counter"
+            name = f"taishi_syslog_{key}" + ("_total" if kind == "counter" else "")
+            out.append(f"# TYPE {name} {kind}")
+            out.append(f'{name}{{collector="{self.name}"}} {value}')
+        return "\n".join(out) + "\n"
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, owner: SyslogCollector) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.owner.datagram(data, addr)
