@@ -7,7 +7,11 @@ BIN    := $(VENV)/bin
 DEMO_STAMP := $(VENV)/.stamp-demo
 TEST_STAMP := $(VENV)/.stamp-test
 
-.PHONY: demo test bench install clean lint
+.PHONY: demo test bench install clean lint system-deps
+
+# Real exporters and packet tools the collector tests drive (Debian packages).
+SYSTEM_TOOLS := tshark softflowd nfdump tcpreplay logger
+SYSTEM_PKGS  := tshark softflowd nfdump tcpreplay bsdutils
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +31,15 @@ install: $(DEMO_STAMP)
 demo: $(DEMO_STAMP)
 	$(BIN)/taishi --data-dir taishi-data demo
 
-test: $(TEST_STAMP)
+system-deps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system tools:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PKGS) >/dev/null; \
+	fi
+
+test: $(TEST_STAMP) system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(TEST_STAMP)

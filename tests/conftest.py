@@ -38,3 +38,16 @@ def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "taishi-data"
     d.mkdir()
     return d
+
+
+def require_tool(name: str) -> str:
+    """Path of a system tool a test drives; skip when absent, but fail under CI=true."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} is not installed (make test installs it: make system-deps)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
