@@ -196,7 +196,16 @@ class Pipeline:
         prev = self.bus.last_meta(topic, "file", key)
         epoch = int(prev["epoch"]) if prev else 0
         last = int(prev["last"]) if prev else -1
-        if from_start and prev:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            self._deadletter_input(path, f"cannot read file: {exc}")
+            return 0
+        identity = f"{st.st_dev}:{st.st_ino}"
+        replaced = prev is not None and (
+            prev.get("inode", identity) != identity or (path.suffix != ".gz" and last >= st.st_size)
+        )
+        if prev and (from_start or replaced):  # a deliberate re-read, or a rotated/truncated file
             epoch, last = epoch + 1, -1
         n = 0
         try:
@@ -208,7 +217,9 @@ class Pipeline:
                         continue
                     offsets = batch.column("log.offset")
                 last = int(pc.max(offsets).as_py())
-                self.bus.produce(topic, batch, meta={"file": key, "epoch": epoch, "last": last, "path": str(path)})
+                self.bus.produce(
+                    topic, batch, meta={"file": key, "epoch": epoch, "last": last, "path": str(path), "inode": identity}
+                )
                 n += batch.num_rows
                 if progress:
                     progress(last)

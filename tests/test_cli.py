@@ -202,3 +202,21 @@ def test_demo_raises_alerts_for_every_stage(tmp_path: Path) -> None:
     first = [min(a["@timestamp"] for a in run_json(tmp_path / "data", "alerts", " OR ".join(
         f'rule.id:"{r}"' for r in s["expected_rules"]), "--since", "all", "--json")) for s in stages]
     assert first == sorted(first)
+
+
+def test_appended_lines_are_read_once_and_a_replaced_file_is_read_afresh(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    log = tmp_path / "auth.log"
+    line = "Nov 29 10:00:0{i} jump01 sshd[1{i}]: Failed password for root from 203.0.113.{i} port 22 ssh2\n"
+    log.write_text("".join(line.format(i=i) for i in range(3)))
+    assert run_json(d, "ingest", "--json", str(log))["events"] == 3
+    with open(log, "a") as f:
+        f.write(line.format(i=3))
+    again = run_json(d, "ingest", "--json", str(log))
+    assert again["records"] == 1 and again["events_stored"] == 1, "only the appended line"
+    replacement = tmp_path / "auth.log.new"
+    replacement.write_text(line.format(i=7) + line.format(i=8))
+    replacement.replace(log)  # rotation: a new file under the old name
+    rotated = run_json(d, "ingest", "--json", str(log))
+    assert rotated["records"] == 2 and rotated["events_stored"] == 2
+    assert run_json(d, "status", "--json")["store"]["events"] == 6
