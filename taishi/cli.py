@@ -100,7 +100,8 @@ def main(ctx: click.Context, config: Path | None, data_dir: Path | None, rules: 
 
 
 # --------------------------------------------------------------------------- ingest
-def _run_ingest(cfg: config_mod.Config, paths: list[Path], fmt: str, from_start: bool, quiet: bool):
+def _run_ingest(cfg: config_mod.Config, paths: list[Path], fmt: str, from_start: bool, quiet: bool,
+                logsource: str | None = None):
     from taishi.pipeline import Pipeline, expand_paths
 
     files = expand_paths(paths)
@@ -111,7 +112,7 @@ def _run_ingest(cfg: config_mod.Config, paths: list[Path], fmt: str, from_start:
     total = sum(p.stat().st_size for p in files)
     try:
         if quiet:
-            stats = pipe.run_files(files, fmt, from_start=from_start)
+            stats = pipe.run_files(files, fmt, from_start=from_start, logsource=logsource)
         else:
             with Progress(
                 TextColumn("[bold blue]{task.description}"),
@@ -132,7 +133,7 @@ def _run_ingest(cfg: config_mod.Config, paths: list[Path], fmt: str, from_start:
                         done_before["file"] = path
                     prog.update(task, completed=min(total, done_before["base"] + pos), description=path.name[:30])
 
-                stats = pipe.run_files(files, fmt, from_start=from_start, progress=progress)
+                stats = pipe.run_files(files, fmt, from_start=from_start, progress=progress, logsource=logsource)
         store_stats = pipe.store.stats()
     finally:
         pipe.close()
@@ -205,9 +206,12 @@ def print_summary(stats, store_stats: dict, title: str = "Ingest summary") -> No
 @click.option("--format", "fmt", default="auto", show_default=True,
               type=click.Choice(["auto", "zeek", "suricata", "syslog", "cef", "json"]), help="Input format.")
 @click.option("--from-start", is_flag=True, help="Ignore saved file checkpoints and read the files from the beginning.")
+@click.option("--logsource", metavar="PRODUCT/CATEGORY/SERVICE",
+              help="Tag the events with a Sigma logsource (json, syslog, cef, suricata), e.g. windows/process_creation/.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def ingest(ctx: click.Context, paths: tuple[Path, ...], fmt: str, from_start: bool, as_json: bool) -> None:
+def ingest(ctx: click.Context, paths: tuple[Path, ...], fmt: str, from_start: bool, logsource: str | None,
+           as_json: bool) -> None:
     """Run files (or directories) once through the whole pipeline and summarise.
 
     Files resume from their checkpoint, so running the same command again after
@@ -216,7 +220,14 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], fmt: str, from_start: bo
     """
     cfg = _cfg(ctx)
     _require_embedded(cfg)
-    stats, store_stats = _run_ingest(cfg, list(paths), fmt, from_start, quiet=as_json)
+    if logsource:
+        from taishi.pipeline import check_logsource
+
+        try:
+            check_logsource(logsource)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--logsource")
+    stats, store_stats = _run_ingest(cfg, list(paths), fmt, from_start, quiet=as_json, logsource=logsource)
     if as_json:
         click.echo(dumps({**stats.as_dict(), "store": store_stats}))
     else:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import time
 from collections import Counter
@@ -39,7 +40,7 @@ import pyarrow.compute as pc
 from detect import Detector
 from detect.sigma import RuleSet
 from ingest import files as ingest_files
-from ingest.parsers import parse as parse_raw
+from ingest.parsers import parse as parse_raw, set_hint
 from ingest.sniff import sniff
 from taishi import ids
 from taishi.bus import (
@@ -168,6 +169,7 @@ class Pipeline:
         *,
         from_start: bool = False,
         progress: Callable[[int], None] | None = None,
+        logsource: str | None = None,
     ) -> int:
         """Read a file onto ``raw.<format>``, resuming after what the bus already holds.
 
@@ -178,10 +180,15 @@ class Pipeline:
         repeats a record. ``from_start`` opens a new epoch (a deliberate re-read;
         ids stay the same, so the store still holds each event once).
 
+        ``logsource`` ("product/category/service") tags the file's events with
+        a Sigma logsource, so rules for sources Taishi has no ECS mapping for
+        (e.g. Windows process creation exported as JSON) apply to them.
+
         An unreadable file or an unknown format is a dead letter, not an error.
         """
         path = Path(path)
         self.stats.files += 1
+        tag = set_hint({"taishi.logsource": check_logsource(logsource)}) if logsource else None
         if fmt == "auto":
             try:
                 fmt = sniff(path)
@@ -217,6 +224,11 @@ class Pipeline:
                         continue
                     offsets = batch.column("log.offset")
                 last = int(pc.max(offsets).as_py())
+                if tag is not None:
+                    if fmt == "zeek":
+                        raise ValueError("--logsource does not apply to Zeek logs (their log type is their logsource)")
+                    hints = batch.column("hint")
+                    batch = batch.set_column(batch.schema.get_field_index("hint"), "hint", pc.fill_null(hints, tag))
                 self.bus.produce(
                     topic, batch, meta={"file": key, "epoch": epoch, "last": last, "path": str(path), "inode": identity}
                 )
@@ -379,10 +391,12 @@ class Pipeline:
         *,
         from_start: bool = False,
         progress: Callable[[Path, int], None] | None = None,
+        logsource: str | None = None,
     ) -> RunStats:
         t0 = time.perf_counter()
         for p in paths:
-            self.collect_file(p, fmt, from_start=from_start, progress=(lambda pos, p=p: progress(p, pos)) if progress else None)
+            self.collect_file(p, fmt, from_start=from_start, logsource=logsource,
+                              progress=(lambda pos, p=p: progress(p, pos)) if progress else None)
             self.drain()
         self.finish()
         self.stats.seconds = time.perf_counter() - t0
@@ -405,6 +419,16 @@ def _value_counts(t: pa.Table, column: str) -> list[tuple[str, int]]:
 def _reason_kind(reason: str) -> str:
     """The reason's first clause ('invalid JSON', 'late event' ...), for summary counts."""
     return reason.split(":", 1)[0].strip()[:60]
+
+
+_LOGSOURCE = re.compile(r"^[a-z0-9_.-]*/[a-z0-9_.-]*/[a-z0-9_.-]*$")
+
+
+def check_logsource(text: str) -> str:
+    """A Sigma logsource as ``product/category/service`` (parts may be empty)."""
+    if not _LOGSOURCE.match(text):
+        raise ValueError(f"logsource {text!r}: expected product/category/service, e.g. windows/process_creation/")
+    return text
 
 
 def expand_paths(paths: Iterable[Path]) -> list[Path]:

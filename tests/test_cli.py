@@ -220,3 +220,16 @@ def test_appended_lines_are_read_once_and_a_replaced_file_is_read_afresh(tmp_pat
     rotated = run_json(d, "ingest", "--json", str(log))
     assert rotated["records"] == 2 and rotated["events_stored"] == 2
     assert run_json(d, "status", "--json")["store"]["events"] == 6
+
+
+def test_logsource_tags_generic_json_events(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    f = tmp_path / "proc.json"
+    f.write_text('{"@timestamp":"2026-11-29T10:00:00Z","Image":"C:\\\\Windows\\\\System32\\\\cmd.exe"}\n'
+                 '{"@timestamp":"2026-11-29T10:00:01Z","Image":"C:\\\\Windows\\\\notepad.exe"}\n')
+    run_json(d, "ingest", "--json", "--format", "json", "--logsource", "windows/process_creation/", str(f))
+    tagged = run_json(d, "search", 'taishi.logsource:"windows/process_creation/"', "--json")
+    assert len(tagged) == 2
+    assert all('"Image"' in e["taishi.extra"] for e in tagged)
+    bad = CliRunner().invoke(main, ["--data-dir", str(d), "ingest", "--logsource", "windows; rm -rf /", str(f)])
+    assert bad.exit_code == 2 and "product/category/service" in bad.output

@@ -28,7 +28,6 @@ dropped, deadlettered, bytes, connections, pending (the lag), flushed batches.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import ssl
 import threading
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ingest.parsers import MAX_RECORD_BYTES, RAW_SCHEMA
+from ingest.parsers import MAX_RECORD_BYTES, RAW_SCHEMA, set_hint
 from taishi import ids
 from taishi.bus import TOPIC_DEADLETTER, Bus, raw_topic
 from taishi.schema import deadletters_table
@@ -278,7 +277,7 @@ class SyslogCollector:
                 "taishi.source": [s for s, _, _ in batch],
                 "log.offset": list(range(seq0, seq0 + n)),
                 "log.file.path": [None] * n,
-                "hint": [json.dumps({"set": {"observer.ip": ip}}) for _, ip, _ in batch],
+                "hint": [set_hint({"observer.ip": ip}) for _, ip, _ in batch],
                 "event.original": [t for _, _, t in batch],
             },
             schema=RAW_SCHEMA,

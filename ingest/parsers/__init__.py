@@ -84,13 +84,54 @@ def _register(name: str) -> Callable[[Parser], Parser]:
     return deco
 
 
+SET_HINT = '{"set"'  # a hint that starts so carries fields to fill: {"set": {field: value}}
+
+
+def set_hint(fields: Mapping[str, Any]) -> str:
+    """A raw record hint asking the parse step to fill ``fields`` where the record left them empty.
+
+    Collectors use it for what the wire told them and the text does not say
+    (the sender's address as ``observer.ip``); ``taishi ingest --logsource``
+    uses it to tag a file's events with a Sigma logsource.
+    """
+    unknown = set(fields) - EVENT_FIELDS.keys()
+    if unknown:
+        raise KeyError(f"{sorted(unknown)[0]!r} is not an event field")
+    return _json.dumps({"set": dict(fields)}, separators=(",", ":"))
+
+
 def parse(fmt: str, raw: pa.Table) -> ParseResult:
-    """Parse a ``RAW_SCHEMA`` batch with the parser registered as ``fmt``."""
+    """Parse a ``RAW_SCHEMA`` batch with the parser registered as ``fmt``,
+    then apply the records' ``set`` hints (see :func:`set_hint`)."""
     try:
         parser = PARSERS[fmt]
     except KeyError:
         raise ValueError(f"no parser for format {fmt!r}; known: {sorted(PARSERS)}") from None
-    return parser(raw)
+    res = parser(raw)
+    return ParseResult(_apply_set_hints(raw, res.events), res.deadletters)
+
+
+def _apply_set_hints(raw: pa.Table, events: pa.Table) -> pa.Table:
+    hints = raw.column("hint")
+    if events.num_rows == 0 or hints.null_count == len(hints):
+        return events
+    is_set = _pc.fill_null(_pc.starts_with(hints, SET_HINT), False)
+    if not _pc.any(is_set).as_py():
+        return events
+    key = lambda t: _pc.binary_join_element_wise(  # noqa: E731 - (source, offset) identifies a record
+        _pc.fill_null(t.column("taishi.source"), ""), _pc.cast(t.column("log.offset"), pa.string()), "\x1f"
+    )
+    raw_keys, ev_keys = key(raw), key(events)
+    for hint in _pc.unique(hints.filter(is_set)).to_pylist():
+        rows = _pc.is_in(ev_keys, value_set=raw_keys.filter(_pc.equal(hints, hint)))
+        for name, value in _json.loads(hint)["set"].items():
+            if name not in EVENT_FIELDS:
+                continue
+            i = events.schema.get_field_index(name)
+            col = events.column(i)
+            fill = _pc.and_(rows, _pc.is_null(col))
+            events = events.set_column(i, name, _pc.if_else(fill, pa.scalar(value, col.type), col))
+    return events
 
 
 def now_utc() -> _datetime:
@@ -281,11 +322,7 @@ def parse_lines(
     parse_line: Callable[[str, int, str | None, str, _datetime], "dict[str, Any] | str"],
 ) -> ParseResult:
     """Run a per-line parser over a raw batch: each line gives an ECS row, or the
-    reason it could not (a dead letter). ``parse_line(source, offset, path, line, now)``.
-
-    A network collector may attach fields it knows and the line does not (the
-    sender's address as ``observer.ip``) as a hint ``{"set": {field: value}}``;
-    they fill the row where the line left them empty."""
+    reason it could not (a dead letter). ``parse_line(source, offset, path, line, now)``."""
     now = now_utc()
     events: list[dict[str, Any]] = []
     dls: list[dict[str, Any]] = []
@@ -296,10 +333,6 @@ def parse_lines(
         if why is None:
             out = parse_line(source, offset, path, line, now)
             if isinstance(out, dict):
-                if hint and hint.startswith('{"set"'):
-                    for k, v in _json.loads(hint)["set"].items():
-                        if k in EVENT_FIELDS and out.get(k) is None:
-                            out[k] = v
                 events.append(out)
                 idx.append(i)
                 continue
