@@ -271,12 +271,15 @@ class Pipeline:
             if not topic.startswith("raw."):
                 continue
             fmt = topic[4:]
+            end = None
             for batch in self.bus.read(topic, self.parse_position(topic), self.cfg.batch_size * 4):
                 res = parse_raw(fmt, batch.table)
                 self.bus.produce(TOPIC_DEADLETTER, res.deadletters)
                 self.bus.produce(TOPIC_EVENTS, res.events, meta={"src": topic, "next": batch.next_offset})
-                self.bus.commit(GROUP_PARSE, topic, batch.next_offset)
+                end = batch.next_offset
                 done += batch.table.num_rows
+            if end is not None:  # progress is in the events frames' meta; the commit is for `taishi status`
+                self.bus.commit(GROUP_PARSE, topic, end)
         return done
 
     def step_detect(self) -> int:
