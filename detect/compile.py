@@ -18,6 +18,12 @@ Case: plain strings and wildcards are case-insensitive (Sigma default),
 ``|cased`` is case-sensitive, ``|re`` is case-sensitive unless ``|i``.
 Regular expressions run on RE2 (Arrow): look-around and back-references are
 rejected at compile time as unsupported.
+
+Time parts (``|minute |hour |day |week |month |year``) read the field as a UTC
+time: a timestamp column, ISO 8601 text (naive = UTC) or epoch seconds; ``week``
+is the ISO 8601 week. ``|expand`` placeholders are resolved before compiling
+(detect/placeholders.yaml, see :mod:`detect.sigma`). ``|fieldref`` with a list
+field matches if any element equals the other field.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 import numpy as np
@@ -53,7 +60,9 @@ from sigma.types import (
     SigmaRegularExpression,
     SigmaRegularExpressionFlag,
     SigmaString,
+    SigmaTimestampPart,
     SpecialChars,
+    TimestampPart,
 )
 
 #: fields a keyword (field-less) detection searches
@@ -65,7 +74,7 @@ SUPPORTED_MODIFIERS = frozenset(
         "contains", "startswith", "endswith", "all", "re", "i", "ignorecase", "m",
         "multiline", "s", "dotall", "cidr", "gt", "gte", "lt", "lte", "neq", "exists",
         "cased", "base64", "base64offset", "wide", "utf16", "utf16le", "utf16be",
-        "windash", "fieldref",
+        "windash", "fieldref", "expand", "minute", "hour", "day", "week", "month", "year",
     }
 )
 
@@ -319,7 +328,7 @@ def string_matcher(s: SigmaString, cased: bool) -> tuple[Any, Callable[[pa.Array
     parts: list = []
     for p in s.s:
         if isinstance(p, Placeholder):
-            raise Unsupported(f"placeholder %{p.name}% (|expand) is not supported")
+            raise Unsupported(f"placeholder %{p.name}% (|expand) has no values in detect/placeholders.yaml")
         parts.append(p)
     norm = (lambda x: x) if cased else (lambda x: x.lower())
     parts = [norm(p) if isinstance(p, str) else p for p in parts]
@@ -424,6 +433,60 @@ def _num_leaf(fld: str, op: str, number: float) -> Node:
     return leaf(("num", fld, op, number), run, {fld})
 
 
+_TIME_PARTS = {
+    TimestampPart.MINUTE: ("minute", pc.minute),
+    TimestampPart.HOUR: ("hour", pc.hour),
+    TimestampPart.DAY: ("day", pc.day),
+    TimestampPart.WEEK: ("week", pc.iso_week),
+    TimestampPart.MONTH: ("month", pc.month),
+    TimestampPart.YEAR: ("year", pc.year),
+}
+
+
+def _parse_time(s: str | None) -> datetime | None:
+    """ISO 8601 text (``Z`` or offset; naive = UTC) or epoch seconds -> aware UTC datetime."""
+    if s is None:
+        return None
+    t = s.strip()
+    try:
+        if re.fullmatch(r"-?\d+(\.\d+)?", t):
+            return datetime.fromtimestamp(float(t), tz=timezone.utc)
+        d = datetime.fromisoformat(t[:-1] + "+00:00" if t.endswith(("Z", "z")) else t)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return d.replace(tzinfo=timezone.utc) if d.tzinfo is None else d.astimezone(timezone.utc)
+
+
+def _time_part_leaf(fld: str, v: SigmaTimestampPart) -> Node:
+    """``field|hour: 3`` ... the field read as a UTC timestamp (timestamp column, ISO 8601 text or
+    epoch seconds); ``week`` is the ISO 8601 week number."""
+    name, fn = _TIME_PARTS[v.timestamp_part]
+    want = int(v.number)
+
+    def per_value(d: datetime) -> int:
+        if name == "week":
+            return d.isocalendar()[1]
+        return getattr(d, name)
+
+    def run(ctx: BatchContext) -> np.ndarray:
+        col = ctx.column(fld)
+        if col is None:
+            return ctx.false
+        if pa.types.is_timestamp(col.type):
+            if col.type.tz is not None and col.type.tz.upper() not in ("UTC", "Z", "+00:00"):
+                col = col.cast(pa.timestamp(col.type.unit, "UTC"))
+            return _np_bool(pc.equal(fn(col), want))
+        v = ctx.view(fld)
+        assert v is not None
+        on = np.zeros(len(v.dict), dtype=bool)
+        for i, text in enumerate(v.dict.to_pylist()):
+            d = _parse_time(text)
+            on[i] = d is not None and per_value(d) == want
+        return v.rows(on)
+
+    return leaf(("timepart", fld, name, want), run, {fld})
+
+
 def _null_leaf(fld: str) -> Node:
     return leaf(("null", fld), lambda ctx: ctx.null_mask(fld), {fld})
 
@@ -435,13 +498,26 @@ def _exists_leaf(fld: str, exists: bool) -> Node:
 
 def _fieldref_leaf(fld: str, ref: SigmaFieldReference) -> Node:
     if ref.starts_with or ref.ends_with:
-        raise Unsupported("|fieldref combined with startswith/endswith is not supported")
+        raise Unsupported("|fieldref combined with startswith/endswith/contains is not supported")
     other = ref.field
 
     def run(ctx: BatchContext) -> np.ndarray:
         a, b = ctx.column(fld), ctx.column(other)
-        if a is None or b is None or ctx.is_list(fld) or ctx.is_list(other):
+        if a is None or b is None:
             return ctx.false
+        la_list, lb_list = ctx.is_list(fld), ctx.is_list(other)
+        if la_list and lb_list:
+            return ctx.false  # element pairs of two lists: not defined by Sigma, never matches
+        if la_list or lb_list:
+            # a list on one side: any element equal to the other field's value
+            lst, scalar = (a, b) if la_list else (b, a)
+            parents = pc.list_parent_indices(lst)
+            elems = pc.utf8_lower(pc.list_flatten(lst).cast(pa.string()))
+            other_vals = pc.utf8_lower(pc.take(scalar, parents).cast(pa.string()))
+            hit = _np_bool(pc.equal(elems, other_vals))
+            mask = np.zeros(ctx.n, dtype=bool)
+            mask[parents.to_numpy(zero_copy_only=False)[hit]] = True
+            return mask
         la = pc.utf8_lower(a.cast(pa.string()))
         lb = pc.utf8_lower(b.cast(pa.string()))
         return _np_bool(pc.equal(la, lb))
@@ -480,6 +556,8 @@ def value_node(fld: str | None, value: Any) -> Node:
         return _str_leaf(fld, value, cased=isinstance(value, SigmaCasedString))
     if isinstance(value, SigmaBool):
         return _str_leaf(fld, literal("true" if value.boolean else "false"), cased=False)
+    if isinstance(value, SigmaTimestampPart):
+        return _time_part_leaf(fld, value)
     if type(value) is SigmaNumber:
         return _number_eq_node(fld, value.number)
     raise Unsupported(f"value type {type(value).__name__} ({value}) is not supported")

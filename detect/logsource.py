@@ -57,7 +57,7 @@ def _tag_node(key: str) -> Node:
 class LogsourceTable:
     def __init__(self, table: Mapping[str, Mapping[str, Any]]):
         self.table = {k.lower(): dict(v or {}) for k, v in table.items()}
-        self._nodes: dict[str, Node] = {}
+        self._nodes: dict[Any, Node] = {}
 
     @classmethod
     def load(cls, path: Path = DEFAULT_TABLE) -> "LogsourceTable":
@@ -65,6 +65,13 @@ class LogsourceTable:
 
     def known(self, key: str) -> bool:
         return key in self.table
+
+    def tag_node(self, key: str) -> Node:
+        """Filter for a logsource with no ECS mapping: only events tagged ``taishi.logsource == key``."""
+        k = ("tag", key)
+        if k not in self._nodes:
+            self._nodes[k] = _tag_node(key)
+        return self._nodes[k]
 
     def node(self, key: str) -> Node | None:
         """Filter for ``key``: the table's ECS filter OR taishi.logsource == key. None if unknown."""

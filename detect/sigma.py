@@ -3,7 +3,11 @@
 pySigma parses the rules; :mod:`detect.compile` turns each detection into a
 vectorised predicate, compiled once at load time. ``RuleSet.match`` runs every
 rule on a batch and returns ``(rule.id, event.row)`` pairs; ``to_alerts``
-turns them into ALERT_SCHEMA rows. Correlation rules are parsed here into
+turns them into ALERT_SCHEMA rows. Sigma filter documents (spec v2.1) in any loaded file are ANDed to the rules they
+name (pySigma semantics, :class:`FilterSpec`); ``|expand`` placeholders take their
+values from ``detect/placeholders.yaml``. A rule whose logsource has no entry in
+``detect/logsources.yaml`` matches only events tagged with it in ``taishi.logsource``.
+Correlation rules are parsed here into
 :class:`correlate.sigma_correlation.CorrelationSpec` and run by
 :class:`correlate.sigma_correlation.CorrelationEngine`.
 
@@ -36,9 +40,12 @@ import pyarrow.compute as pc
 import yaml
 
 from sigma.collection import SigmaCollection
+from sigma.conditions import ConditionFieldEqualsValueExpression
 from sigma.correlations import SigmaCorrelationRule
+from sigma.filters import SigmaFilter
 from sigma.modifiers import reverse_modifier_mapping
 from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaRule
+from sigma.types import Placeholder, SigmaExpansion, SigmaString
 
 from correlate.sigma_correlation import (
     SUPPORTED_CORRELATION_TYPES,
@@ -49,6 +56,8 @@ from detect.compile import SUPPORTED_MODIFIERS, BatchContext, Node, Unsupported,
 from detect.logsource import LogsourceTable, logsource_key
 from taishi.ids import alert_id
 from taishi.schema import ALERT_SCHEMA, EVENT_FIELDS, LEVEL_SEVERITY
+
+DEFAULT_PLACEHOLDERS = Path(__file__).with_name("placeholders.yaml")
 
 MATCH_SCHEMA = pa.schema([pa.field("rule.id", pa.string()), pa.field("event.row", pa.int64())])
 
@@ -128,12 +137,15 @@ class Rule:
     generate: bool = True  # False: only feeds correlations (Sigma v2 generate: false)
     techniques: list[str] = field(default_factory=list)
     tactics: list[str] = field(default_factory=list)
+    filters: list[str] = field(default_factory=list)  # ids of the Sigma filters applied
+    logsource_parts: tuple[str, str, str] = ("", "", "")  # product, category, service (lower)
 
     def describe(self) -> dict[str, Any]:
         return {
             "id": self.id, "title": self.title, "name": self.name, "level": self.level, "type": "sigma",
             "description": self.description, "tags": self.tags, "techniques": self.techniques,
             "tactics": self.tactics, "logsource": self.logsource, "path": self.path, "generate": self.generate,
+            "filters": self.filters,
         }
 
     def mask(self, ctx: BatchContext) -> np.ndarray:
@@ -141,6 +153,31 @@ class Rule:
         if not ls.any():
             return ctx.false
         return ls & self.predicate.eval(ctx)
+
+
+@dataclass
+class FilterSpec:
+    """A Sigma filter document (spec v2.1 "global filter"), compiled.
+
+    As in pySigma (``SigmaFilter.apply_on_rule``), the filter's condition is ANDed to the
+    condition of every rule it applies to -- so an exclusion is written ``condition: not
+    selection``. It applies to the rules named in ``filter.rules`` (id or name; ``any`` or an
+    empty list: every rule) whose logsource is within the filter's logsource (each part the
+    filter sets must equal the rule's).
+    """
+
+    id: str
+    title: str
+    path: str
+    rules: list[str] | None  # None: any rule
+    logsource: tuple[str, str, str]  # product, category, service; "" = any
+    node: Node
+    applied_to: list[str] = field(default_factory=list)
+
+    def applies(self, rule: "Rule") -> bool:
+        if any(f and f != r for f, r in zip(self.logsource, rule.logsource_parts)):
+            return False
+        return self.rules is None or rule.id in self.rules or (rule.name is not None and rule.name in self.rules)
 
 
 def _rule_id(rule: Any, path: str, index: int) -> str:
@@ -171,6 +208,39 @@ def _unsupported_modifiers(rule: SigmaRule) -> list[str]:
     return bad
 
 
+def _expand_placeholders(tree: Any, values: dict[str, list[str]]) -> None:
+    """Replace ``|expand`` placeholders in a parsed condition by the values from
+    detect/placeholders.yaml (an OR of the expanded strings). Unknown name: Unsupported."""
+    stack = [tree]
+    while stack:
+        c = stack.pop()
+        if isinstance(c, ConditionFieldEqualsValueExpression):
+            v = c.value
+            if isinstance(v, SigmaString) and v.contains_placeholder():
+                missing = sorted({p.name for p in v.s if isinstance(p, Placeholder) and p.name not in values})
+                if missing:
+                    raise Unsupported(
+                        "placeholder(s) " + ", ".join(f"%{m}%" for m in missing)
+                        + " (|expand) have no values in detect/placeholders.yaml"
+                    )
+                expanded = v.replace_placeholders(lambda p: [SigmaString(str(x)) for x in values[p.name]])
+                c.value = expanded[0] if len(expanded) == 1 else SigmaExpansion(expanded)
+            continue
+        stack.extend(getattr(c, "args", None) or [])
+
+
+def load_placeholders(path: Path = DEFAULT_PLACEHOLDERS) -> dict[str, list[str]]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of placeholder name -> list of values")
+    out: dict[str, list[str]] = {}
+    for k, v in data.items():
+        vals = v if isinstance(v, list) else [v]
+        out[str(k)] = [str(x) for x in vals if x is not None]
+    return out
+
+
 def _split_range_conditions(doc: dict) -> tuple[dict, dict | None]:
     """pySigma accepts one operator per correlation condition; Taishi also allows ranges
     (``gte: 5, lt: 10``). Keep the full condition aside and give pySigma the first operator."""
@@ -191,10 +261,12 @@ class RuleSet:
     specs; ``errors``: (path, reason) of files/documents that did not load; ``issues``: what
     :meth:`check` reports."""
 
-    def __init__(self, logsources: LogsourceTable | None = None):
+    def __init__(self, logsources: LogsourceTable | None = None, placeholders: dict[str, list[str]] | None = None):
         self.logsources = logsources or LogsourceTable.load()
+        self.placeholders = load_placeholders() if placeholders is None else placeholders
         self.rules: list[Rule] = []
         self.correlations: list[CorrelationSpec] = []
+        self.filters: list[FilterSpec] = []
         self.errors: list[tuple[str, str]] = []
         self.issues: list[Issue] = []
         self.files: list[str] = []
@@ -216,8 +288,13 @@ class RuleSet:
         return out
 
     @classmethod
-    def load(cls, paths: Iterable[Path | str], logsources: LogsourceTable | None = None) -> "RuleSet":
-        rs = cls(logsources)
+    def load(
+        cls,
+        paths: Iterable[Path | str],
+        logsources: LogsourceTable | None = None,
+        placeholders: dict[str, list[str]] | None = None,
+    ) -> "RuleSet":
+        rs = cls(logsources, placeholders)
         for f in cls.rule_files(paths):
             try:
                 text = f.read_text(encoding="utf-8")
@@ -229,8 +306,14 @@ class RuleSet:
         return rs
 
     @classmethod
-    def from_yaml(cls, text: str, path: str = "<string>", logsources: LogsourceTable | None = None) -> "RuleSet":
-        rs = cls(logsources)
+    def from_yaml(
+        cls,
+        text: str,
+        path: str = "<string>",
+        logsources: LogsourceTable | None = None,
+        placeholders: dict[str, list[str]] | None = None,
+    ) -> "RuleSet":
+        rs = cls(logsources, placeholders)
         rs._add_text(text, path)
         rs._finish()
         return rs
@@ -257,7 +340,10 @@ class RuleSet:
             if "correlation" in d:
                 conditions.append(cond)
         try:
-            coll = SigmaCollection.from_dicts(fixed, collect_errors=True, resolve_references=False)
+            # collect_filters: filters apply across all loaded files, in _finish
+            coll = SigmaCollection.from_dicts(
+                fixed, collect_errors=True, resolve_references=False, collect_filters=True
+            )
         except Exception as e:  # pySigma raises many types; keep them per file
             self._error(path, f"pySigma: {type(e).__name__}: {e}")
             return
@@ -265,6 +351,8 @@ class RuleSet:
             self._error(path, f"pySigma: {type(err).__name__}: {err}")
         if coll.errors:
             return
+        for i, flt in enumerate(coll.filters):
+            self._add_filter(flt, path, i)
         corr_i = 0
         for i, r in enumerate(coll.rules):
             if isinstance(r, SigmaCorrelationRule):
@@ -274,7 +362,7 @@ class RuleSet:
                 self._add_rule(r, path, i)
             else:
                 self.issues.append(
-                    Issue(path, "error", f"{type(r).__name__} documents (Sigma filters) are not supported", r.title)
+                    Issue(path, "error", f"{type(r).__name__} documents are not supported", r.title)
                 )
 
     def _add_rule(self, r: SigmaRule, path: str, index: int) -> None:
@@ -290,6 +378,8 @@ class RuleSet:
             if bad:
                 raise Unsupported(f"unsupported modifier(s): {', '.join(bad)}")
             conds = [c.parsed for c in r.detection.parsed_condition]
+            for c in conds:
+                _expand_placeholders(c, self.placeholders)
             nodes = [compile_condition(c) for c in conds]
         except Unsupported as e:
             self.issues.append(Issue(path, "error", f"{e}; rule not loaded", label))
@@ -298,18 +388,22 @@ class RuleSet:
             self.issues.append(Issue(path, "error", f"{type(e).__name__}: {e}; rule not loaded", label))
             return
         ls_node = self.logsources.node(key)
+        mapped = ls_node is not None
         if ls_node is None:
+            # "Any logsource": no ECS routing, so the rule runs on events the producer tagged with
+            # its logsource, with fields as named in those events.
+            ls_node = self.logsources.tag_node(key)
             self.issues.append(
                 Issue(
                     path,
-                    "error",
-                    f"unknown logsource {key!r} (not in detect/logsources.yaml); rule not loaded, it would match nothing",
+                    "warning",
+                    f"no ECS mapping for logsource {key!r} (not in detect/logsources.yaml): "
+                    "matches only events tagged with it (taishi.logsource)",
                     label,
                 )
             )
-            return
         pred = nodes[0] if len(nodes) == 1 else Node("or", nodes)
-        for fld in sorted(pred.all_fields()):
+        for fld in sorted(pred.all_fields()) if mapped else ():
             if fld not in EVENT_FIELDS:
                 self.issues.append(
                     Issue(
@@ -335,9 +429,43 @@ class RuleSet:
             logsource_filter=ls_node,
             techniques=tech,
             tactics=tac,
+            logsource_parts=tuple(key.split("/")),  # type: ignore[arg-type]
         )
         self.rules.append(rule)
         self._by_id[rid] = rule
+
+    def _add_filter(self, f: SigmaFilter, path: str, index: int) -> None:
+        fid = _rule_id(f, path, index)
+        label = f"{fid} ({f.title})"
+        if any(x.id == fid for x in self.filters):
+            self.issues.append(Issue(path, "error", f"duplicate filter id {fid}; filter not loaded", label))
+            return
+        g = f.filter
+        try:
+            bad: list[str] = []
+            for det in g.detections.values():
+                for item in _iter_items(det):
+                    for m in item.modifiers:
+                        name = reverse_modifier_mapping.get(m.__name__, m.__name__)
+                        if name not in SUPPORTED_MODIFIERS and name not in bad:
+                            bad.append(name)
+            if bad:
+                raise Unsupported(f"unsupported modifier(s): {', '.join(bad)}")
+            conds = [c.parsed for c in g.parsed_condition]
+            for c in conds:
+                _expand_placeholders(c, self.placeholders)
+            nodes = [compile_condition(c) for c in conds]
+        except Unsupported as e:
+            self.issues.append(Issue(path, "error", f"Sigma filter: {e}; filter not applied", label))
+            return
+        except Exception as e:
+            self.issues.append(Issue(path, "error", f"Sigma filter: {type(e).__name__}: {e}; filter not applied", label))
+            return
+        ls = f.logsource
+        parts = tuple((x or "").strip().lower() for x in (ls.product, ls.category, ls.service))
+        rules = None if isinstance(g.rules, str) else [ref.reference for ref in g.rules]
+        node = nodes[0] if len(nodes) == 1 else Node("and", nodes)
+        self.filters.append(FilterSpec(fid, f.title, path, rules, parts, node))  # type: ignore[arg-type]
 
     def _add_correlation(self, r: SigmaCorrelationRule, cond: dict | None, path: str, index: int) -> None:
         rid = _rule_id(r, path, index)
@@ -379,7 +507,22 @@ class RuleSet:
         self.correlations.append(spec)
 
     def _finish(self) -> None:
-        """Resolve correlation references (name or id) and base rules' ``generate``."""
+        """Apply Sigma filters; resolve correlation references (name or id) and base rules' ``generate``."""
+        for flt in self.filters:
+            for r in self.rules:
+                if flt.applies(r):
+                    r.predicate = Node("and", [r.predicate, flt.node])
+                    r.filters.append(flt.id)
+                    flt.applied_to.append(r.id)
+            known = {r.id for r in self.rules} | {r.name for r in self.rules if r.name}
+            missing = [x for x in (flt.rules or []) if x not in known]
+            label = f"{flt.id} ({flt.title})"
+            if missing:
+                self.issues.append(
+                    Issue(flt.path, "warning", f"Sigma filter references unknown or not-loaded rule(s): {', '.join(missing)}", label)
+                )
+            if not flt.applied_to:
+                self.issues.append(Issue(flt.path, "warning", "Sigma filter applies to no loaded rule", label))
         by_name = {r.name: r for r in self.rules if r.name}
         ok: list[CorrelationSpec] = []
         for c in self.correlations:
@@ -429,7 +572,7 @@ class RuleSet:
     def subset(self, rule_ids: Iterable[str]) -> "RuleSet":
         """A RuleSet sharing these compiled rules (and the correlations over them)."""
         ids = set(rule_ids)
-        rs = RuleSet(self.logsources)
+        rs = RuleSet(self.logsources, self.placeholders)
         rs.rules = [r for r in self.rules if r.id in ids]
         rs._by_id = {r.id: r for r in rs.rules}
         rs.correlations = [c for c in self.correlations if set(c.rule_ids) <= ids]

@@ -129,6 +129,8 @@ def ref_cond(ev, c) -> bool:
 def ref_logsource(ev, key, table) -> bool:
     if (ev.get("taishi.logsource") or "").lower() == key:
         return True
+    if key not in table:  # unmapped logsource: tagged events only
+        return False
     for f, cond in table[key].items():
         vals = _values(ev, f)
         if isinstance(cond, dict):

@@ -7,6 +7,7 @@ import uuid
 import pyarrow as pa
 import pytest
 
+from detect.rule_tests import events_from_dicts
 from detect.sigma import RuleSet, threat_from_tags
 from taishi.ids import alert_id
 from taishi.schema import ALERT_SCHEMA, events_table
@@ -192,12 +193,26 @@ def test_logsource_routing_and_taishi_logsource_tag():
     assert rs.match(t).column("event.row").to_pylist() == [0, 2]
 
 
-def test_unknown_logsource_and_unsupported_are_errors_not_loaded():
+def test_unmapped_logsource_is_a_warning_and_matches_tagged_events_only():
     rs = RuleSet.from_yaml(f"title: t\nid: {RID}\nlogsource: {{product: windows, service: security}}\ndetection:\n  a: {{EventID: 1}}\n  condition: a")
+    assert [r.logsource for r in rs.rules] == ["windows//security"]
+    [w] = rs.check()
+    assert w.severity == "warning" and "no ECS mapping for logsource 'windows//security'" in w.message
+    assert "matches only events tagged with it" in w.message
+    t = events_from_dicts([
+        {"taishi.logsource": "windows//security", "EventID": "1"},
+        {"taishi.logsource": "Windows//Security", "EventID": "1"},
+        {"taishi.logsource": "windows//system", "EventID": "1"},
+        {"EventID": "1"},
+        {"taishi.logsource": "windows//security", "EventID": "2"},
+    ])
+    assert rs.match(t).column("event.row").to_pylist() == [0, 1]
+
+
+def test_unsupported_is_an_error_not_loaded():
+    rs = RuleSet.from_yaml(f"title: t\nid: {RID}\nlogsource: {{product: zeek}}\ndetection:\n  a: {{'user.name|fieldref|endswith': host.name}}\n  condition: a")
     assert not rs.rules
-    assert any("unknown logsource 'windows//security'" in i.message for i in rs.check())
-    rs = RuleSet.from_yaml(f"title: t\nid: {RID}\nlogsource: {{product: zeek}}\ndetection:\n  a: {{'@timestamp|hour': 1}}\n  condition: a")
-    assert not rs.rules and any("unsupported modifier(s): hour" in i.message for i in rs.check())
+    assert any(i.severity == "error" and "|fieldref combined with" in i.message for i in rs.check())
 
 
 def test_non_ecs_field_is_a_warning():
@@ -301,3 +316,97 @@ def test_rule_is_compiled_once_and_leaves_shared_per_batch():
     # one dictionary view per column, one logsource leaf result shared by the three rules
     assert set(ctx._views) == {"event.dataset", "taishi.logsource", "user.name"}
     assert sum(1 for k in ctx._memo if k[0] == "in" and k[1] == "event.dataset") == 1
+
+
+def test_expand_placeholders_from_the_placeholder_map():
+    text = (f"title: t\nid: {RID}\nlogsource: {{product: zeek, service: conn}}\ndetection:\n"
+            "  a: {user.name|expand: '%admins%', host.name|expand: 'srv-%sites%'}\n  condition: a")
+    rs = RuleSet.from_yaml(text, placeholders={"admins": ["root", "adm_*"], "sites": ["bj", "sh"]})
+    assert [i for i in rs.check() if i.severity == "error"] == []
+    got = rows(rs, [
+        {"user.name": "root", "host.name": "srv-bj"},
+        {"user.name": "ADM_x", "host.name": "SRV-SH"},  # values are Sigma strings: wildcards, no case
+        {"user.name": "bob", "host.name": "srv-bj"},
+        {"user.name": "root", "host.name": "srv-gz"},
+    ])
+    assert got == [0, 1]
+    # a placeholder without values is an error and the rule is not loaded
+    rs = RuleSet.from_yaml(text, placeholders={"admins": ["root"]})
+    assert not rs.rules
+    [e] = [i for i in rs.check() if i.severity == "error"]
+    assert "%sites%" in e.message and "detect/placeholders.yaml" in e.message
+
+
+def test_default_placeholder_map_is_the_data_file():
+    from detect.sigma import DEFAULT_PLACEHOLDERS, load_placeholders
+
+    assert DEFAULT_PLACEHOLDERS.name == "placeholders.yaml" and isinstance(load_placeholders(), dict)
+
+
+def test_sigma_filter_documents_apply_across_files(tmp_path):
+    (tmp_path / "r.yml").write_text(
+        f"title: rar\nid: {RID}\nname: rar_use\nlogsource: {{product: zeek, service: conn}}\n"
+        "detection:\n  a: {process.name: rar.exe}\n  condition: a\n---\n"
+        "title: other\nid: bbbbbbbb-0000-4000-8000-000000000002\nlogsource: {product: zeek, service: conn}\n"
+        "detection:\n  a: {process.name: rar.exe}\n  condition: a\n"
+    )
+    (tmp_path / "mf_admins.yml").write_text(
+        "title: admins may\nid: ffffffff-0000-4000-8000-000000000001\nlogsource: {product: zeek}\n"
+        "filter:\n  rules: [rar_use, not-a-rule]\n  selection: {user.name|startswith: adm_}\n  condition: not selection\n"
+    )
+    (tmp_path / "mf_linux.yml").write_text(  # other logsource: does not apply
+        "title: linux only\nid: ffffffff-0000-4000-8000-000000000002\nlogsource: {product: linux}\n"
+        "filter:\n  rules: any\n  selection: {user.name: bob}\n  condition: not selection\n"
+    )
+    rs = RuleSet.load([tmp_path])
+    assert rs.rule(RID).filters == ["ffffffff-0000-4000-8000-000000000001"]
+    assert rs.rule("bbbbbbbb-0000-4000-8000-000000000002").filters == []
+    assert rs.rule(RID).describe()["filters"] == ["ffffffff-0000-4000-8000-000000000001"]
+    evs = [{"process.name": "rar.exe", "user.name": u} for u in ("bob", "adm_x", None)]
+    m = rs.match(events_table([{"event.id": f"e{i}", "event.dataset": "zeek.conn", **e} for i, e in enumerate(evs)]))
+    got = sorted(zip(m.column("rule.id").to_pylist(), m.column("event.row").to_pylist()))
+    assert got == sorted([(RID, 0), (RID, 2)] + [("bbbbbbbb-0000-4000-8000-000000000002", i) for i in range(3)])
+    msgs = {(i.severity, i.message) for i in rs.check()}
+    assert ("warning", "Sigma filter references unknown or not-loaded rule(s): not-a-rule") in msgs
+    assert ("warning", "Sigma filter applies to no loaded rule") in msgs
+
+
+def test_sigma_filter_with_unsupported_construct_is_an_error():
+    rs = RuleSet.from_yaml(
+        f"title: t\nid: {RID}\nlogsource: {{product: zeek}}\ndetection:\n  a: {{user.name: x}}\n  condition: a\n---\n"
+        "title: f\nid: ffffffff-0000-4000-8000-000000000003\nlogsource: {product: zeek}\n"
+        "filter:\n  rules: any\n  sel: {'user.name|fieldref|contains': host.name}\n  condition: not sel\n"
+    )
+    assert rs.rules[0].filters == []
+    assert any(i.severity == "error" and i.message.startswith("Sigma filter: |fieldref combined") for i in rs.check())
+
+
+def test_fieldref_with_a_list_field_matches_any_element():
+    rs = rule("  a: {related.user|fieldref: user.name}\n  condition: a")
+    t = events_from_dicts([
+        {"event.dataset": "zeek.conn", "related.user": ["x", "Bob"], "user.name": "bob"},
+        {"event.dataset": "zeek.conn", "related.user": ["x"], "user.name": "bob"},
+        {"event.dataset": "zeek.conn", "related.user": None, "user.name": "bob"},
+    ])
+    assert rs.match(t).column("event.row").to_pylist() == [0]
+
+
+def test_timestamp_part_modifiers_read_the_field_as_utc_time():
+    rs = rule("  a: {'@timestamp|hour': 3, '@timestamp|week': 1}\n  condition: a")
+    assert rows(rs, [
+        {"@timestamp": "2024-01-01T03:02:00Z"},
+        {"@timestamp": "2024-01-01T04:02:00+01:00"},  # 03:02 UTC
+        {"@timestamp": "2024-01-01T04:02:00Z"},
+        {"@timestamp": "2024-03-01T03:02:00Z"},  # ISO week 9
+    ]) == [0, 1]
+    # on text fields: ISO 8601 (naive = UTC, offsets converted) or epoch seconds
+    rs = rule("  a: {'start|minute': 5, 'start|day': 2, 'start|month': 1, 'start|year': 2024}\n  condition: a")
+    t = events_from_dicts([
+        {"event.dataset": "zeek.conn", "start": "2024-01-02 10:05:00"},
+        {"event.dataset": "zeek.conn", "start": "2024-01-02T10:05:00+05:00"},
+        {"event.dataset": "zeek.conn", "start": "1704189900"},  # 2024-01-02T10:05:00Z
+        {"event.dataset": "zeek.conn", "start": "2024-01-03T10:05:00Z"},
+        {"event.dataset": "zeek.conn", "start": "not a time"},
+        {"event.dataset": "zeek.conn"},
+    ])
+    assert rs.match(t).column("event.row").to_pylist() == [0, 1, 2]
