@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import numpy as np
+import orjson as _orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -176,6 +177,23 @@ def _np_bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(arr, False).to_numpy(zero_copy_only=False).astype(bool, copy=False)
 
 
+EXTRA = "taishi.extra"
+
+
+def _lookup(d: Any, name: str) -> Any:
+    """``d[name]``, or the nested value along ``name``'s dotted path."""
+    if not isinstance(d, dict):
+        return None
+    if name in d:
+        return d[name]
+    cur: Any = d
+    for part in name.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
 class BatchContext:
     """Per-batch caches shared by every rule evaluated on ``table``."""
 
@@ -185,6 +203,7 @@ class BatchContext:
         self._cols: dict[str, Any] = {}
         self._views: dict[str, StrView | None] = {}
         self._memo: dict[Any, np.ndarray] = {}
+        self._extra: list | None = None
         self.false = np.zeros(self.n, dtype=bool)
         self.true = np.ones(self.n, dtype=bool)
 
@@ -194,8 +213,37 @@ class BatchContext:
                 col = self.table.column(name)
                 self._cols[name] = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
             else:
-                self._cols[name] = None
+                self._cols[name] = self._extra_column(name)
         return self._cols[name]
+
+    def _extra_column(self, name: str) -> pa.Array | None:
+        """A field the schema has no column for, taken from ``taishi.extra``.
+
+        Parsers keep what has no ECS home in that JSON object, so rules for
+        sources without an ECS mapping (``taishi ingest --logsource ...``) see
+        fields as named in the event, flat (``"Image"``) or nested
+        (``"winlog.event_id"`` into ``{"winlog": {"event_id": ...}}``). The
+        JSON is parsed once per batch, and only when a rule asks for such a field.
+        """
+        if self._extra is None:
+            col = self.table.column(EXTRA) if EXTRA in self.table.column_names else None
+            if col is None or col.null_count == len(col):
+                self._extra = []
+            else:
+                self._extra = [_orjson.loads(x) if x else None for x in col.to_pylist()]
+        if not self._extra:
+            return None
+        vals = [_lookup(d, name) if d else None for d in self._extra]
+        if all(v is None for v in vals):
+            return None
+        try:
+            arr = pa.array(vals)
+            if pa.types.is_struct(arr.type) or pa.types.is_null(arr.type):
+                raise pa.ArrowInvalid("not a scalar field")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arr = pa.array([None if v is None else v if isinstance(v, str) else _orjson.dumps(v).decode() for v in vals],
+                           pa.string())
+        return arr
 
     def is_list(self, name: str) -> bool:
         col = self.column(name)

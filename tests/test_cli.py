@@ -233,3 +233,24 @@ def test_logsource_tags_generic_json_events(tmp_path: Path) -> None:
     assert all('"Image"' in e["taishi.extra"] for e in tagged)
     bad = CliRunner().invoke(main, ["--data-dir", str(d), "ingest", "--logsource", "windows; rm -rf /", str(f)])
     assert bad.exit_code == 2 and "product/category/service" in bad.output
+
+
+def test_rules_for_unmapped_logsources_match_fields_as_named_in_the_event(tmp_path: Path) -> None:
+    """A Windows process-creation rule, unmodified, over exported JSON events."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "cmd.yml").write_text(
+        "title: Cmd Launched\nid: 7a3bb0b1-3c2c-4d7e-9a3e-1f0a5c0e4b11\nlevel: medium\n"
+        "logsource: {product: windows, category: process_creation}\n"
+        "detection:\n  sel:\n    Image|endswith: '\\\\cmd.exe'\n    User.Domain: CORP\n  condition: sel\n"
+    )
+    f = tmp_path / "proc.json"
+    f.write_text('{"@timestamp":"2026-11-29T10:00:00Z","Image":"C:\\\\Windows\\\\System32\\\\cmd.exe","User":{"Domain":"CORP"}}\n'
+                 '{"@timestamp":"2026-11-29T10:00:01Z","Image":"C:\\\\Windows\\\\notepad.exe","User":{"Domain":"CORP"}}\n'
+                 '{"@timestamp":"2026-11-29T10:00:02Z","Image":"C:\\\\Windows\\\\System32\\\\cmd.exe","User":{"Domain":"HOME"}}\n')
+    d = tmp_path / "data"
+    untagged = run_json(d, "--rules", str(rules), "ingest", "--json", "--format", "json", str(f))
+    assert untagged["alerts"] == 0, "without the logsource tag the rule does not apply"
+    tagged = run_json(tmp_path / "data2", "--rules", str(rules), "ingest", "--json", "--format", "json",
+                      "--logsource", "windows/process_creation/", str(f))
+    assert tagged["alerts_by_rule"] == {"Cmd Launched": 1}
