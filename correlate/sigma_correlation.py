@@ -1,4 +1,5 @@
-"""Sigma v2 correlation rules (event_count, value_count) in event time.
+"""Sigma v2 correlation rules in event time: event_count, value_count, temporal,
+temporal_ordered, value_sum, value_avg, value_percentile; group-by aliases.
 
 Pure and streaming: ``CorrelationEngine.process(events, matches)`` takes a
 batch of ECS events and the single-rule matches on it (``rule.id``,
@@ -45,6 +46,31 @@ Semantics per correlation and group-by value: one alert per burst
   window's last event). A burst still open at ``flush()`` ends there.
 * event_count counts events; value_count counts distinct non-null values of
   ``field`` in the window.
+* temporal: the metric is how many of the referenced rules matched in the
+  window (an event matching several counts for each); no condition means all
+  of them (``gte: n``), a condition (e.g. ``gte: 2``) counts rules as the spec
+  says. temporal_ordered: the length of the longest prefix of the rule list
+  matched in that order with *strictly increasing* @timestamp (equal
+  timestamps are no order; one event matching A and B is not "A then B"; a
+  rule listed twice needs two events) whose first event is within
+  ``timespan`` of the current one; no condition: the whole list. Its alert
+  window starts at the chain's first event (the latest such start).
+* value_sum / value_avg / value_percentile aggregate the numeric ``field``
+  (numbers, numeric strings; missing, non-numeric, NaN and infinite values
+  are skipped, a window without values has no metric). Sums are exact
+  (correctly rounded, independent of eviction order); value_percentile needs
+  ``percentile`` (0..100, pySigma's ``condition.percentile`` key) and uses
+  numpy's default ``linear`` interpolation (Hyndman-Fan type 7, the spec's
+  "median is percentile 50" holds for even counts). See
+  :mod:`correlate.correlation_metrics`.
+* Conditions: gt/gte/lt/lte/eq/neq and ranges (several at once, AND).
+  Eager (fires when it first holds) iff there is a gt/gte/eq; otherwise
+  (lt/lte/neq only) evaluated once per window at its close -- for all types.
+* aliases (``{alias: {rule name or id: field}}``): the group-by entry named
+  ``alias`` reads ``field`` in events of that rule; the group key uses the
+  alias name. An event matched by several referenced rules is counted once
+  per distinct group it falls in. A rule the alias gives no field for does
+  not count (its events have no group value).
 * ``taishi.group`` (and the id) use the group-by values as a compact JSON
   object with sorted keys, e.g. ``{"source.ip":"10.0.0.5"}``.
 
@@ -66,12 +92,19 @@ Snapshots are JSON, column-wise: pending chunks (serialised once per chunk and
 cached, so frequent snapshots of a large bounded-mode buffer are cheap) and,
 per correlation, the open windows and bursts.
 
-Other correlation types (value_sum, temporal, ...) slot in as another metric
-in the evaluation loop and an entry in ``SUPPORTED_CORRELATION_TYPES``.
+The metric and temporal types keep a per-group state (correlation_metrics)
+that is a pure function of the window's records; it is not serialised but
+rebuilt on restore by replaying the window. Rows of correlations with aliases
+or of temporal type are taken per referenced rule (own group-by fields, own
+rule bit in ``val``).
+
+``SUPPORTED_CORRELATION_TYPES`` is what detect.sigma loads today (it imports
+it); ``ENGINE_CORRELATION_TYPES`` is what this engine runs.
 """
 
 from __future__ import annotations
 
+import bisect
 import gc
 import heapq
 import json
@@ -88,10 +121,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from correlate.correlation_metrics import new_state
 from taishi.ids import correlation_alert_id
 from taishi.schema import ALERT_SCHEMA, EVENT_FIELDS, EVENT_SCHEMA, LEVEL_SEVERITY, alerts_table
 
+#: the types detect.sigma.RuleSet loads today (it imports this); see ENGINE_CORRELATION_TYPES
 SUPPORTED_CORRELATION_TYPES = ("event_count", "value_count")
+#: the types CorrelationEngine runs
+ENGINE_CORRELATION_TYPES = (
+    "event_count", "value_count", "temporal", "temporal_ordered", "value_sum", "value_avg", "value_percentile",
+)
+TEMPORAL_TYPES = ("temporal", "temporal_ordered")
+NUMERIC_TYPES = ("value_sum", "value_avg", "value_percentile")
 OPS = ("gt", "gte", "lt", "lte", "eq", "neq")
 MAX_EVENT_IDS = 1000
 SNAPSHOT_VERSION = 2
@@ -106,9 +147,21 @@ ALERT_COPY_FIELDS = (
 
 def parse_condition(cond: dict) -> tuple[list[tuple[str, float]], str | None]:
     """``{gte: 5, lt: 10, field: user.name}`` -> ([("gte", 5), ("lt", 10)], "user.name")."""
+    ops, fld, _ = parse_condition_ex(cond, allow_percentile=False)
+    if not ops:
+        raise ValueError("correlation condition has no operator")
+    return ops, fld
+
+
+def parse_condition_ex(
+    cond: dict, allow_percentile: bool = True
+) -> tuple[list[tuple[str, float]], str | None, float | None]:
+    """Like :func:`parse_condition`, plus value_percentile's ``percentile`` (0..100); may have no operator
+    (temporal rules without a condition)."""
     ops = []
     fld = None
-    for k, v in cond.items():
+    pct = None
+    for k, v in (cond or {}).items():
         if k in OPS:
             try:
                 ops.append((k, float(v)))
@@ -118,11 +171,19 @@ def parse_condition(cond: dict) -> tuple[list[tuple[str, float]], str | None]:
             if isinstance(v, list):
                 raise ValueError("correlation condition with several fields is not supported")
             fld = str(v)
+        elif k == "percentile" and allow_percentile:
+            try:
+                pct = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"correlation condition percentile: {v!r} is not a number")
+            if isinstance(v, bool) or not 0 <= pct <= 100:
+                raise ValueError(f"correlation condition percentile: {v!r} is not in 0..100")
         else:
             raise ValueError(f"correlation condition item {k!r} is not supported")
-    if not ops:
-        raise ValueError("correlation condition has no operator")
-    return ops, fld
+    for k, v in ops:
+        if not math.isfinite(v):
+            raise ValueError(f"correlation condition {k}: {v!r} is not a finite number")
+    return ops, fld, pct
 
 
 def _holds(ops: list[tuple[str, float]], x: float) -> bool:
@@ -190,7 +251,10 @@ class CorrelationSpec:
     tactics: list[str] = dc_field(default_factory=list)
     path: str = ""
     name: str | None = None
-    rule_ids: list[str] = dc_field(default_factory=list)  # resolved base rule ids
+    rule_ids: list[str] = dc_field(default_factory=list)  # resolved base rule ids (parallel to rule_refs)
+    percentile: float | None = None  # value_percentile: which percentile (0..100) of ``field``
+    #: group-by alias -> {referenced rule (name or id, as in rule_refs / rule_ids) -> event field}
+    aliases: dict[str, dict[str, str]] = dc_field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -199,13 +263,47 @@ class CorrelationSpec:
             "tags": self.tags, "techniques": self.techniques, "tactics": self.tactics, "logsource": "",
             "path": self.path, "rules": self.rule_ids or self.rule_refs, "group_by": self.group_by,
             "timespan_s": self.timespan_s, "condition": [list(c) for c in self.conditions],
-            "field": self.field, "generate": self.generate,
+            "field": self.field, "generate": self.generate, "percentile": self.percentile,
+            "aliases": self.aliases,
         }
+
+    @property
+    def effective_conditions(self) -> list[tuple[str, float]]:
+        """The conditions; temporal types without one: all referenced rules (``gte: n``)."""
+        if self.conditions or self.type not in TEMPORAL_TYPES:
+            return list(self.conditions)
+        refs = self.rule_ids or self.rule_refs
+        n = len(refs) if self.type == "temporal_ordered" else len(set(refs))
+        return [("gte", float(n))]
 
     @property
     def eager(self) -> bool:
         """Fires as soon as the condition holds (has a lower bound)."""
-        return any(op in ("gt", "gte", "eq") for op, _ in self.conditions)
+        return any(op in ("gt", "gte", "eq") for op, _ in self.effective_conditions)
+
+    def rule_fields(self) -> dict[str, list[tuple[str, str | None]]]:
+        """Per referenced rule id: ``(group name, event field)`` for each group-by entry, aliases
+        resolved (event field None: the alias names no field for that rule)."""
+        ids = self.rule_ids or self.rule_refs
+        refs = self.rule_refs if len(self.rule_refs) == len(ids) else ids
+        out: dict[str, list[tuple[str, str | None]]] = {}
+        for rid, ref in zip(ids, refs):
+            pairs = []
+            for g in sorted(set(self.group_by)):
+                m = self.aliases.get(g)
+                pairs.append((g, g if m is None else (m.get(rid) or m.get(ref))))
+            out.setdefault(rid, pairs)
+        return out
+
+    def value_field(self, rid: str) -> str | None:
+        """``field`` for events of rule ``rid`` (through an alias when ``field`` names one)."""
+        m = self.aliases.get(self.field or "")
+        if m is None:
+            return self.field
+        ids = self.rule_ids or self.rule_refs
+        refs = self.rule_refs if len(self.rule_refs) == len(ids) else ids
+        ref = dict(zip(ids, refs)).get(rid, rid)
+        return m.get(rid) or m.get(ref)
 
 
 @dataclass
@@ -292,6 +390,38 @@ def _group_keys(fields: list[str], events: pa.Table, idx: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(*parts, "")
 
 
+def _group_keys_pairs(pairs: list[tuple[str, str | None]], events: pa.Table, idx: pa.Array) -> pa.Array:
+    """Like :func:`_group_keys`, the JSON object keyed by group name (alias) with each value
+    read from its own event field; ``pairs`` sorted by group name."""
+    if not pairs:
+        return pa.array(["{}"] * len(idx), pa.string())
+    parts: list[Any] = []
+    for j, (g, f) in enumerate(pairs):
+        parts.append(("{" if j == 0 else ",") + json.dumps(g, ensure_ascii=False) + ":")
+        parts.append(_json_text(_column(events, f, idx) if f else pa.nulls(len(idx)), group=True))
+    parts.append("}")
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def _numeric(col: pa.Array) -> pa.Array:
+    """A field's values as float64 for value_sum/avg/percentile: numbers as they are, numeric
+    strings parsed; anything else (missing, not a number, NaN, infinite) null."""
+    t = col.type
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        out = pc.cast(col, pa.float64(), safe=False)
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        vals = []
+        for v in col.to_pylist():
+            try:
+                vals.append(float(v) if v is not None else None)
+            except ValueError:
+                vals.append(None)
+        out = pa.array(vals, pa.float64())
+    else:
+        return pa.nulls(len(col), pa.float64())
+    return pc.if_else(pc.fill_null(pc.is_finite(out), False), out, pa.scalar(None, pa.float64()))
+
+
 def _attr_column(col: pa.Array, name: str) -> pa.Array:
     want = EVENT_FIELDS.get(name, pa.string())
     if col.type == want:
@@ -352,26 +482,51 @@ Rec = tuple
 class _Group:
     __slots__ = ("ev", "vals", "open")
 
-    def __init__(self, vc: bool) -> None:
+    def __init__(self, vc: bool, state: Any = None) -> None:
         self.ev: list[Rec] = []  # the window, oldest first
-        self.vals: dict[str, int] | None = {} if vc else None
+        # value_count: count per distinct value; metric/temporal types: a correlation_metrics state
+        self.vals: Any = state if state is not None else ({} if vc else None)
         self.open: int | None = None  # ts of the last event of the open (fired) burst
 
 
 class _Corr:
     """Runtime state of one correlation."""
 
-    __slots__ = ("spec", "span", "eager", "vc", "holds", "least", "fields", "attrs", "rule_ids", "pending", "groups", "timers")
+    __slots__ = ("spec", "span", "eager", "vc", "holds", "least", "fields", "attrs", "rule_ids", "pending", "groups",
+                 "timers", "kind", "generic", "per_rule", "has_val", "val_type", "rule_bits", "stage_bits", "rule_fields")
 
     def __init__(self, spec: CorrelationSpec):
         self.spec = spec
         self.span = spec.timespan_s * 1_000_000
         self.eager = spec.eager
-        if spec.type not in SUPPORTED_CORRELATION_TYPES:
+        if spec.type not in ENGINE_CORRELATION_TYPES:
             raise NotImplementedError(spec.type)
+        self.kind = spec.type
         self.vc = spec.type == "value_count"
-        self.holds = _predicate(spec.conditions)
-        self.least = _lower_bound(spec.conditions)  # the metric is an integer: below this it cannot hold
+        # metric / temporal types: evaluated through a correlation_metrics state per group
+        self.generic = spec.type not in ("event_count", "value_count")
+        # temporal types and aliases: matched rows are taken per referenced rule
+        self.per_rule = spec.type in TEMPORAL_TYPES or bool(spec.aliases)
+        self.has_val = spec.type != "event_count"
+        self.val_type = (pa.string() if self.vc else pa.float64() if spec.type in NUMERIC_TYPES
+                         else pa.int64() if spec.type in TEMPORAL_TYPES else pa.null())
+        if spec.type in NUMERIC_TYPES and not spec.field:
+            raise ValueError(f"correlation {spec.id}: {spec.type} needs a condition field")
+        if spec.type == "value_count" and not spec.field:
+            raise ValueError(f"correlation {spec.id}: value_count needs a condition field")
+        if spec.type == "value_percentile" and (spec.percentile is None or not 0 <= spec.percentile <= 100):
+            raise ValueError(f"correlation {spec.id}: value_percentile needs a percentile in 0..100")
+        conds = spec.effective_conditions
+        if not conds:
+            raise ValueError(f"correlation {spec.id}: no condition")
+        self.holds = _predicate(conds)
+        # the count metrics are integers: below this they cannot hold
+        self.least = _lower_bound(conds) if not self.generic else -math.inf
+        refs = list(spec.rule_ids or spec.rule_refs)
+        # temporal: one bit per distinct referenced rule; temporal_ordered: stage k needs rule refs[k]
+        self.rule_bits = {rid: 1 << i for i, rid in enumerate(dict.fromkeys(refs))}
+        self.stage_bits = [self.rule_bits[r] for r in refs]
+        self.rule_fields = spec.rule_fields()
         self.fields = sorted(set(spec.group_by))
         self.attrs = [f for f in ALERT_COPY_FIELDS if f not in self.fields]
         self.rule_ids = pa.array(sorted(set(spec.rule_ids)), pa.string())
@@ -389,11 +544,24 @@ class _Corr:
             return g.open + self.span
         return None
 
+    def new_state(self) -> Any:
+        return new_state(self.kind, self.stage_bits, self.spec.percentile)
+
+    def metric_of(self, ev: list[Rec]) -> float | None:
+        """The metric of a whole window (replayed through a fresh state)."""
+        if not self.generic:
+            return len({r[1] for r in ev if r[1] is not None}) if self.vc else len(ev)
+        st = self.new_state()
+        for r in ev:
+            if r[1] is not None:
+                st.add(r[0], r[1])
+        return st.value(ev[-1][0], self.span) if ev else None
+
     def chunk_from_lists(self, d: dict[str, list], sort: bool = False) -> _Chunk:
         n = len(d["ts"])
         cols = {"eid": pa.array(d["eid"], pa.string()), "key": pa.array(d["key"], pa.string())}
-        if self.vc:
-            cols["val"] = pa.array(d.get("val") or [None] * n, pa.string())
+        if self.has_val:
+            cols["val"] = pa.array(d.get("val") or [None] * n, self.val_type)
         for f in self.attrs:
             cols[f] = pa.array(d[f], EVENT_FIELDS.get(f, pa.string())) if f in d else pa.nulls(n, EVENT_FIELDS.get(f, pa.string()))
         ts = np.asarray(d["ts"], dtype=np.int64)
@@ -434,6 +602,11 @@ class CorrelationEngine:
             late = np.zeros(n, dtype=bool)
             for cr in self._c:
                 if not len(cr.rule_ids):
+                    continue
+                if cr.per_rule:
+                    ch = self._rule_chunk(cr, events, mrule, mrow, ts, wm, late)
+                    if ch is not None:
+                        cr.pending.append(ch)
                     continue
                 sel = _plain(pc.fill_null(pc.is_in(mrule, value_set=cr.rule_ids), False)).to_numpy(zero_copy_only=False)
                 if not sel.any():
@@ -496,13 +669,96 @@ class CorrelationEngine:
         self.ungrouped_events += int((~keep).sum())
         return rows[keep]
 
-    def _chunk(self, cr: _Corr, events: pa.Table, rows: np.ndarray, t: np.ndarray) -> _Chunk:
+    def _rule_chunk(self, cr: _Corr, events: pa.Table, mrule: Any, mrow: np.ndarray, ts: np.ndarray,
+                    wm: int | None, late: np.ndarray) -> _Chunk | None:
+        """Matched rows of a correlation taken per referenced rule: each rule has its own
+        group-by fields (aliases) and, for temporal types, its own bit. A row matched by
+        several of the rules counts once per group it falls in (bits or-ed)."""
+        rows_p: list[np.ndarray] = []
+        keys_p: list[pa.Array] = []
+        vals_p: list[pa.Array] = []
+        for rid, bit in cr.rule_bits.items():
+            sel = _plain(pc.fill_null(pc.equal(mrule, rid), False)).to_numpy(zero_copy_only=False)
+            if not sel.any():
+                continue
+            rows = np.unique(mrow[sel])
+            pairs = cr.rule_fields.get(rid, [])
+            rows = self._rows_with(events, rows, [f for _, f in pairs])
+            if not len(rows):
+                continue
+            t = ts[rows]
+            bad = t == _NULL_TS
+            if wm is not None:
+                bad |= t < wm
+            if bad.any():
+                late[rows[bad]] = True
+                rows = rows[~bad]
+            if not len(rows):
+                continue
+            idx = pa.array(rows, pa.int64())
+            rows_p.append(rows)
+            keys_p.append(_group_keys_pairs(pairs, events, idx))
+            vals_p.append(self._values(cr, events, idx, cr.spec.value_field(rid), bit))
+        if not rows_p:
+            return None
+        rows = np.concatenate(rows_p)
+        key = pa.concat_arrays(keys_p)
+        val = pa.concat_arrays(vals_p)
+        if len(rows_p) > 1 and len(np.unique(rows)) < len(rows):
+            seen: dict[tuple[int, str], int] = {}
+            keep: list[int] = []
+            vl = val.to_pylist()
+            for i, rk in enumerate(zip(rows.tolist(), key.to_pylist())):
+                j = seen.get(rk)
+                if j is None:
+                    seen[rk] = i
+                    keep.append(i)
+                elif cr.kind in TEMPORAL_TYPES:
+                    vl[j] |= vl[i]
+            rows = rows[keep]
+            key = key.take(pa.array(keep, pa.int64()))
+            val = pa.array([vl[i] for i in keep], cr.val_type)
+        return self._chunk(cr, events, rows, ts[rows], key, val)
+
+    def _rows_with(self, events: pa.Table, rows: np.ndarray, fields: list[str | None]) -> np.ndarray:
+        """Rows with a value for every field (None: a field the rule has no alias for -> none)."""
+        if not len(rows):
+            return rows
+        if any(f is None for f in fields):
+            self.ungrouped_events += len(rows)
+            return rows[:0]
+        idx = pa.array(rows, pa.int64())
+        keep = np.ones(len(rows), dtype=bool)
+        for f in dict.fromkeys(fields):
+            if f not in events.column_names:
+                return rows[:0]
+            col = pc.take(events.column(f), idx)
+            ok = pc.is_valid(col)
+            if pa.types.is_list(col.type):
+                ok = pc.and_(ok, pc.greater(pc.fill_null(pc.list_value_length(col), 0), 0))
+            keep &= _plain(pc.fill_null(ok, False)).to_numpy(zero_copy_only=False)
+        self.ungrouped_events += int((~keep).sum())
+        return rows[keep]
+
+    @staticmethod
+    def _values(cr: _Corr, events: pa.Table, idx: pa.Array, fld: str | None, bit: int = 0) -> pa.Array:
+        """The ``val`` column: value key (value_count), number (metric types), rule bit (temporal)."""
+        if cr.vc:
+            return _json_text(_column(events, fld, idx) if fld else pa.nulls(len(idx)), group=False)
+        if cr.kind in NUMERIC_TYPES:
+            return _numeric(_column(events, fld, idx) if fld else pa.nulls(len(idx)))
+        if cr.kind in TEMPORAL_TYPES:
+            return pa.array(np.full(len(idx), bit, dtype=np.int64), pa.int64())
+        return pa.nulls(len(idx), pa.null())
+
+    def _chunk(self, cr: _Corr, events: pa.Table, rows: np.ndarray, t: np.ndarray,
+               key: pa.Array | None = None, val: pa.Array | None = None) -> _Chunk:
         idx = pa.array(rows, pa.int64())
         eid = _column(events, "event.id", idx)
         eid = pc.fill_null(eid if eid.type == pa.string() else eid.cast(pa.string()), "")
-        cols = {"eid": eid, "key": _group_keys(cr.fields, events, idx)}
-        if cr.vc:
-            cols["val"] = _json_text(_column(events, cr.spec.field, idx), group=False)
+        cols = {"eid": eid, "key": key if key is not None else _group_keys(cr.fields, events, idx)}
+        if cr.has_val:
+            cols["val"] = val if val is not None else self._values(cr, events, idx, cr.spec.field)
         for f in cr.attrs:
             cols[f] = _attr_column(_column(events, f, idx), f)
         ts, table = _sort_by_time(t, pa.table(cols))
@@ -554,11 +810,44 @@ class CorrelationEngine:
         keys = table.column("key").to_pylist()
         rows = _Rows(table)
         vc = cr.vc
-        vals = table.column("val").to_pylist() if vc else repeat(None, n)
+        vals = table.column("val").to_pylist() if cr.has_val else repeat(None, n)
         recs = zip(ts.tolist(), vals, repeat(rows, n), range(n))
         groups, timers, span, holds, least = cr.groups, cr.timers, cr.span, cr.holds, cr.least
         push = heapq.heappush
-        if cr.eager:
+        if cr.generic and cr.eager:
+            ordered = cr.kind == "temporal_ordered"
+            for key, rec in zip(keys, recs):
+                t = rec[0]
+                g = groups.get(key)
+                if g is None:
+                    g = groups[key] = _Group(False, cr.new_state())
+                    push(timers, (t + span, key))
+                else:
+                    o = g.open
+                    if o is not None:
+                        if t - o < span:  # absorbed by the open alert
+                            g.open = t
+                            continue
+                        g.open = None
+                ev = g.ev
+                lo = t - span
+                if ev and ev[0][0] < lo:
+                    _evict(ev, g.vals, lo)
+                ev.append(rec)
+                st = g.vals
+                v = rec[1]
+                if v is not None:
+                    st.add(t, v)
+                m = st.value(t, span)
+                if m is not None and holds(m):
+                    w = ev
+                    if ordered and st.start is not None:  # the alert's window starts with the chain
+                        w = ev[bisect.bisect_left(ev, st.start, key=_rec_ts):]
+                    fired.append((cr, key, w))
+                    g.ev = []
+                    st.clear()
+                    g.open = t
+        elif cr.eager:
             for key, rec in zip(keys, recs):
                 t = rec[0]
                 g = groups.get(key)
@@ -715,6 +1004,15 @@ class CorrelationEngine:
         if c.type == "value_count":
             distinct = len({r[1] for r in evs if r[1] is not None})
             row["message"] = f"{c.title}: {distinct} distinct {c.field} in {len(evs)} events"
+        elif c.type in TEMPORAL_TYPES:
+            m = cr.metric_of(evs)
+            n = len(cr.stage_bits) if c.type == "temporal_ordered" else len(cr.rule_bits)
+            how = "in order " if c.type == "temporal_ordered" else ""
+            row["message"] = f"{c.title}: {m:g} of {n} rules matched {how}in {len(evs)} events"
+        elif c.type in NUMERIC_TYPES:
+            m = cr.metric_of(evs)
+            what = {"value_sum": "sum", "value_avg": "average"}.get(c.type) or f"percentile {c.percentile:g}"
+            row["message"] = f"{c.title}: {what} of {c.field} = {m:g} over {len(evs)} events"
         else:
             row["message"] = f"{c.title}: {len(evs)} events"
         return row
@@ -764,7 +1062,7 @@ class CorrelationEngine:
             lens.append(len(g.ev))
             recs.extend(g.ev)
         d: dict[str, list] = {"key": keys, "open": opens, "n": lens, "ts": [r[0] for r in recs]}
-        if cr.vc:
+        if cr.has_val:
             d["val"] = [r[1] for r in recs]
         d.update(_stored_columns(cr, recs))
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False)
@@ -826,14 +1124,18 @@ def _json_sort_key(values: list) -> Callable[[Any], str]:
     return lambda x: json.dumps(_jsonable(x))
 
 
+def _rec_ts(r: Rec) -> int:
+    return r[0]
+
+
 def _close_window(cr: _Corr, g: _Group) -> list[Rec] | None:
     """Evaluate and empty g's window; the window's records if the condition held (g's burst opens)."""
     ev = g.ev
-    m = len(g.vals) if cr.vc else len(ev)
+    m = cr.metric_of(ev) if cr.generic else (len(g.vals) if cr.vc else len(ev))
     g.ev = []
     if g.vals is not None:
         g.vals.clear()
-    if cr.holds(m):
+    if m is not None and cr.holds(m):
         g.open = ev[-1][0]
         return ev
     return None
@@ -845,7 +1147,7 @@ def _evict(ev: list[Rec], vals: dict[str, int] | None, lo: int) -> None:
     n = len(ev)
     while k < n and ev[k][0] < lo:
         k += 1
-    if vals is not None:
+    if type(vals) is dict:
         for r in ev[:k]:
             v = r[1]
             if v is not None:
@@ -854,6 +1156,10 @@ def _evict(ev: list[Rec], vals: dict[str, int] | None, lo: int) -> None:
                     vals[v] = c
                 else:
                     del vals[v]
+    elif vals is not None:  # a correlation_metrics state
+        for r in ev[:k]:
+            if r[1] is not None:
+                vals.remove(r[0], r[1])
     del ev[:k]
 
 
@@ -890,16 +1196,20 @@ def _restore_groups(cr: _Corr, d: dict[str, list]) -> None:
         typ = EVENT_FIELDS.get(f, pa.string())
         cols[f] = pa.array(d[f], typ) if f in d else pa.nulls(n, typ)
     rows = _Rows(pa.table(cols))
-    vals = d.get("val") if cr.vc else None
+    vals = d.get("val") if cr.has_val else None
+    stateful = cr.generic and cr.eager
     i = 0
     for key, o, k in zip(d["key"], d["open"], d["n"]):
-        g = _Group(cr.vc)
+        g = _Group(cr.vc, cr.new_state() if stateful else None)
         g.open = o
         for j in range(i, i + k):
             v = vals[j] if vals is not None else None
             g.ev.append((d["ts"][j], v, rows, j))
-            if cr.vc and v is not None:
-                g.vals[v] = g.vals.get(v, 0) + 1
+            if v is not None:
+                if cr.vc:
+                    g.vals[v] = g.vals.get(v, 0) + 1
+                elif stateful:  # the state is a function of the window's records: replay them
+                    g.vals.add(d["ts"][j], v)
         i += k
         due = cr.due(g)
         if due is not None:

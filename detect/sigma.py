@@ -48,9 +48,11 @@ from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaRule
 from sigma.types import Placeholder, SigmaExpansion, SigmaString
 
 from correlate.sigma_correlation import (
-    SUPPORTED_CORRELATION_TYPES,
+    ENGINE_CORRELATION_TYPES,
+    NUMERIC_TYPES,
+    TEMPORAL_TYPES,
     CorrelationSpec,
-    parse_condition,
+    parse_condition_ex,
 )
 from detect.compile import SUPPORTED_MODIFIERS, BatchContext, Node, Unsupported, compile_condition
 from detect.logsource import LogsourceTable, logsource_key
@@ -471,19 +473,26 @@ class RuleSet:
         rid = _rule_id(r, path, index)
         label = f"{rid} ({r.title})"
         ctype = r.type.name.lower() if hasattr(r.type, "name") else str(r.type)
-        if ctype not in SUPPORTED_CORRELATION_TYPES:
+        if ctype not in ENGINE_CORRELATION_TYPES:
             self.issues.append(
                 Issue(path, "error", f"correlation type {ctype} is not supported yet; rule not loaded", label)
             )
             return
-        if r.aliases and r.aliases.aliases:
-            self.issues.append(Issue(path, "error", "correlation field aliases are not supported; rule not loaded", label))
-            return
         try:
-            conditions, fieldref = parse_condition(cond or {})
+            conditions, fieldref, percentile = parse_condition_ex(cond or {})
+            if not conditions and ctype not in TEMPORAL_TYPES:
+                raise ValueError("correlation condition has no operator")
+            if ctype in NUMERIC_TYPES and not fieldref:
+                raise ValueError(f"{ctype} needs a condition field")
+            if ctype == "value_percentile" and percentile is None:
+                raise ValueError("value_percentile needs a condition percentile (0..100)")
+            if percentile is not None and ctype != "value_percentile":
+                raise ValueError(f"condition percentile is only for value_percentile, not {ctype}")
         except ValueError as e:
             self.issues.append(Issue(path, "error", f"{e}; rule not loaded", label))
             return
+        # group-by alias -> {rule reference as written -> event field}; resolved to rule ids in _finish
+        aliases = {a.alias: {ref.reference: str(fld) for ref, fld in a.mapping.items()} for a in (r.aliases or [])}
         tags = [str(t) for t in (r.tags or [])]
         tech, tac = threat_from_tags(tags)
         spec = CorrelationSpec(
@@ -503,6 +512,8 @@ class RuleSet:
             tactics=tac,
             path=path,
             name=r.name,
+            percentile=percentile,
+            aliases=aliases,
         )
         self.correlations.append(spec)
 
@@ -545,6 +556,11 @@ class RuleSet:
                 )
                 continue
             c.rule_ids = resolved
+            alias_errors = self._resolve_aliases(c, by_name)
+            if alias_errors:
+                for msg in alias_errors:
+                    self.issues.append(Issue(c.path, "error", f"{msg}; rule not loaded", f"{c.id} ({c.title})"))
+                continue
             ok.append(c)
         self.correlations = ok
         # A base rule alerts on its own unless every correlation using it says generate: false.
@@ -555,6 +571,26 @@ class RuleSet:
         for r in self.rules:
             if r.id in users:
                 r.generate = any(users[r.id])
+
+    def _resolve_aliases(self, c: CorrelationSpec, by_name: dict[str, Rule]) -> list[str]:
+        """Key ``c.aliases`` by resolved rule id; what is wrong with them."""
+        errors: list[str] = []
+        resolved: dict[str, dict[str, str]] = {}
+        for alias, mapping in c.aliases.items():
+            m: dict[str, str] = {}
+            for ref, fld in mapping.items():
+                rule = self._by_id.get(ref) or by_name.get(ref)
+                if rule is None or rule.id not in c.rule_ids:
+                    errors.append(f"correlation alias {alias} maps {ref}, which the correlation does not reference")
+                else:
+                    m[rule.id] = fld
+            if alias in c.group_by or alias == c.field:
+                lacking = [ref for ref, rid in zip(c.rule_refs, c.rule_ids) if rid not in m]
+                if lacking:
+                    errors.append(f"correlation alias {alias} has no field for rule(s) {', '.join(dict.fromkeys(lacking))}")
+            resolved[alias] = m
+        c.aliases = resolved
+        return errors
 
     # ------------------------------------------------------------------ checking
 
