@@ -23,7 +23,7 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,anomaly]'
 	touch $@ $(DEMO_STAMP)
 
 install: $(DEMO_STAMP)

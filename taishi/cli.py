@@ -412,6 +412,84 @@ def rules_test(ctx: click.Context, as_json: bool) -> None:
         sys.exit(1)
 
 
+# --------------------------------------------------------------------------- model (anomaly scoring)
+@main.group()
+def model() -> None:
+    """Train and evaluate the anomaly-scoring models (detect.anomaly)."""
+
+
+_ALGORITHMS = ("isolation_forest", "lof", "random_forest", "gradient_boosting")
+
+
+@model.command("train")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--algorithm", type=click.Choice(_ALGORITHMS), default="isolation_forest", show_default=True)
+@click.option("--target-fpr", type=float, default=0.01, show_default=True,
+              help="False-positive rate on held-out benign training rows that sets the threshold.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Artefact path without suffix (default <data-dir>/models/<kind>-<algorithm>).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def model_train(ctx: click.Context, paths: tuple[Path, ...], algorithm: str, target_fpr: float, out: Path | None,
+                as_json: bool) -> None:
+    """Fit a model on Zeek conn logs, the DNS qname CSV or CIC-IDS2017 CSVs; write .joblib + .json."""
+    try:
+        from detect.anomaly.evaluate import train
+    except ImportError as e:  # scikit-learn is the [anomaly] extra
+        raise click.ClickException(f"{e}; install with: pip install 'taishi[anomaly]'")
+    cfg = _cfg(ctx.find_root())
+    try:
+        m = train(list(paths), algorithm=algorithm, target_fpr=target_fpr)
+    except ValueError as e:
+        raise click.ClickException(str(e))
+    out = out or cfg.data_dir / "models" / f"{m.kind}-{m.algorithm}"
+    _, side = m.save(out)
+    meta = json.loads(side.read_text())
+    if as_json:
+        click.echo(dumps(meta))
+        return
+    console.print(f"[green]saved[/] {side.with_suffix('.joblib')} ({meta['model_version']}): "
+                  f"{meta['n_fit']} rows fitted, threshold {meta['threshold']:.4f} at FPR {target_fpr:.1%}")
+
+
+@model.command("eval")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--train", "train_paths", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Training files (another capture / the source's train split); default: time split of PATHS.")
+@click.option("--algorithm", "algorithms", multiple=True, type=click.Choice(_ALGORITHMS),
+              default=("isolation_forest", "random_forest"), show_default=True)
+@click.option("--target-fpr", type=float, default=0.01, show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Score-over-time PNG.")
+@click.option("--json", "as_json", is_flag=True)
+def model_eval(paths: tuple[Path, ...], train_paths: tuple[Path, ...], algorithms: tuple[str, ...], target_fpr: float,
+               plot: Path | None, as_json: bool) -> None:
+    """ROC AUC, precision/recall at the threshold, recall per attack family on labelled files."""
+    try:
+        from detect.anomaly.evaluate import evaluate
+    except ImportError as e:
+        raise click.ClickException(f"{e}; install with: pip install 'taishi[anomaly]'")
+    try:
+        r = evaluate(list(paths), train=list(train_paths) or None, algorithms=algorithms, target_fpr=target_fpr, plot=plot)
+    except ValueError as e:
+        raise click.ClickException(str(e))
+    if as_json:
+        click.echo(dumps(r))
+        return
+    t = Table(title=f"{r['dataset']}: {r['split']} (train {r['n_train']}, test {r['n_test']})", title_justify="left")
+    for col in ("model", "AUC", "precision", "recall", "false alerts/10k benign", "weakest family"):
+        t.add_column(col)
+    for alg, m in r["models"].items():
+        if "auc" not in m:
+            t.add_row(alg, "-", "-", "-", "-", m.get("skipped", ""))
+            continue
+        fam = min(m["recall_per_family"].items(), key=lambda kv: kv[1]["recall"], default=("-", {"recall": 0}))
+        t.add_row(alg, f"{m['auc']:.4f}", f"{m['precision']:.4f}", f"{m['recall']:.4f}",
+                  str(m["false_alerts_per_10k_benign"]), f"{fam[0]} ({fam[1]['recall']:.2f})")
+    console.print(t)
+    if r.get("plot"):
+        console.print(f"plot: {r['plot']}")
+
+
 # --------------------------------------------------------------------------- serve / demo
 def _serve(cfg: config_mod.Config, host: str, port: int) -> None:
     import uvicorn

@@ -136,6 +136,7 @@ class Pipeline:
         self._fingerprint = _rules_fingerprint(self.ruleset)
         self.detector, self._detect_offset = self._restore_detector()
         self._saved_at = time.monotonic()
+        self.anomaly_models = _load_anomaly_models(cfg.data_dir / "models")
 
     # -- detect checkpoint: state and offset together ------------------------
     def _restore_detector(self) -> tuple[Detector, int]:
@@ -286,6 +287,9 @@ class Pipeline:
         done = 0
         for batch in self.bus.read(TOPIC_EVENTS, self._detect_offset, self.cfg.batch_size * 4):
             self._detected(self.detector.process(batch.table))
+            for version, model in self.anomaly_models:
+                # stateless per batch; alert ids depend only on (model version, event id), so replays dedupe
+                self.bus.produce(TOPIC_ALERTS, anomaly_alerts(model, batch.table, version))
             self._detect_offset = batch.next_offset
             done += batch.table.num_rows
             if time.monotonic() - self._saved_at > CHECKPOINT_EVERY_S:
@@ -407,6 +411,31 @@ class Pipeline:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _load_anomaly_models(model_dir: Path) -> list[tuple[str, object]]:
+    """(model_version, AnomalyModel) for every artefact ``taishi model train`` left in ``model_dir``.
+
+    Scoring is optional: without scikit-learn (the [anomaly] extra) or models, none are loaded.
+    """
+    sidecars = sorted(model_dir.glob("*.json")) if model_dir.is_dir() else []
+    if not sidecars:
+        return []
+    try:
+        from detect.anomaly.model import AnomalyModel
+    except ImportError:
+        return []
+    out = []
+    for side in sidecars:
+        meta = json.loads(side.read_text())
+        out.append((meta.get("model_version") or side.stem, AnomalyModel.load(side)))
+    return out
+
+
+def anomaly_alerts(model, events: pa.Table, version: str) -> pa.Table:
+    from detect.anomaly.model import anomaly_alerts as _alerts
+
+    return _alerts(model, events, version)
 
 
 def _value_counts(t: pa.Table, column: str) -> list[tuple[str, int]]:
