@@ -1,8 +1,10 @@
 """Guess a file's log format from its first non-empty lines.
 
 ``sniff(path)`` returns one of ``"zeek"``, ``"suricata"``, ``"syslog"``,
-``"cef"``, ``"json"`` or ``"unknown"`` (also for ``.gz`` files). The names are
-the ``ingest.parsers.PARSERS`` keys.
+``"cef"``, ``"json"``, ``"pcap"`` or ``"unknown"`` (also for ``.gz`` files). The
+names are the ``ingest.parsers.PARSERS`` keys, except ``"pcap"`` (a packet
+capture, pcap or pcapng by its magic number), which the pipeline reads with
+``ingest.pcap`` instead of a text parser.
 """
 
 from __future__ import annotations
@@ -14,9 +16,13 @@ from collections import Counter
 
 import orjson
 
-__all__ = ["sniff", "sniff_lines", "FORMATS"]
+__all__ = ["sniff", "sniff_lines", "FORMATS", "BINARY_FORMATS"]
 
 FORMATS = ("zeek", "suricata", "syslog", "cef", "json", "unknown")
+BINARY_FORMATS = ("pcap",)  # sniffed too, but read by ingest.pcap, not by a text parser
+# pcap (us / ns timestamps, either byte order) and pcapng (section header block);
+# the same list as ingest.pcap.PCAP_MAGICS, kept here so sniffing imports nothing heavy
+_PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
 PEEK_BYTES = 1 << 16
 MAX_LINES = 8
 
@@ -104,6 +110,8 @@ def sniff(path: str | os.PathLike[str]) -> str:
         head = _peek(path)
     except (OSError, EOFError):
         return "unknown"
+    if head[:4] in _PCAP_MAGICS:
+        return "pcap"
     text = head.lstrip()
     if re.match(rb"\[\s*(?:\{|\]|$)", text):
         # a top-level JSON array (pretty-printed or not): look at the first element

@@ -204,7 +204,7 @@ def print_summary(stats, store_stats: dict, title: str = "Ingest summary") -> No
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--format", "fmt", default="auto", show_default=True,
-              type=click.Choice(["auto", "zeek", "suricata", "syslog", "cef", "json"]), help="Input format.")
+              type=click.Choice(["auto", "zeek", "suricata", "syslog", "cef", "json", "pcap"]), help="Input format.")
 @click.option("--from-start", is_flag=True, help="Ignore saved file checkpoints and read the files from the beginning.")
 @click.option("--logsource", metavar="PRODUCT/CATEGORY/SERVICE",
               help="Tag the events with a Sigma logsource (json, syslog, cef, suricata), e.g. windows/process_creation/.")

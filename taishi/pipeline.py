@@ -52,7 +52,7 @@ from taishi.bus import (
     raw_topic,
 )
 from taishi.config import Config
-from taishi.schema import deadletters_table
+from taishi.schema import EVENT_SCHEMA, deadletters_table
 from taishi.store import Store
 
 GROUP_PARSE = "parse"
@@ -199,6 +199,8 @@ class Pipeline:
         if fmt == "unknown":
             self._deadletter_input(path, "unknown format: no parser recognises this file (use --format)")
             return 0
+        if fmt == "pcap":
+            return self._collect_pcap(path, from_start=from_start, progress=progress, logsource=logsource)
         topic = raw_topic(fmt)
         key = self.file_key(path)
         prev = self.bus.last_meta(topic, "file", key)
@@ -241,6 +243,53 @@ class Pipeline:
         self.stats.records += n
         self.stats.bytes_read += path.stat().st_size if path.exists() else 0
         return n
+
+    def _collect_pcap(
+        self,
+        path: Path,
+        *,
+        from_start: bool = False,
+        progress: Callable[[int], None] | None = None,
+        logsource: str | None = None,
+    ) -> int:
+        """A packet capture: flow and application events straight onto ``events``.
+
+        Packets are not text records, so there is no raw topic and no parse
+        step: ``ingest.pcap.read_pcap`` (tshark) yields ECS event batches. The
+        checkpoint is the events topic itself: the last frame written for a
+        capture carries ``{"pcap": key, "done": true}``, and a finished capture
+        (same device, inode and size) is not read again unless ``from_start``.
+        A crash mid-capture re-reads it whole; event ids are deterministic and
+        the store upserts by id, so nothing is doubled. Returns the packets read.
+        """
+        from ingest.pcap import read_pcap
+
+        key = self.file_key(path)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            self._deadletter_input(path, f"cannot read file: {exc}")
+            return 0
+        identity = f"{st.st_dev}:{st.st_ino}:{st.st_size}"
+        prev = self.bus.last_meta(TOPIC_EVENTS, "pcap", key)
+        if prev and prev.get("done") and prev.get("inode") == identity and not from_start:
+            return 0
+        tag = check_logsource(logsource) if logsource else None
+        reader = read_pcap(path)
+        meta = {"pcap": key, "path": str(path), "inode": identity, "done": False}
+        for table in reader:
+            if tag is not None:
+                i = table.schema.get_field_index("taishi.logsource")
+                table = table.set_column(i, "taishi.logsource", pa.repeat(pa.scalar(tag), table.num_rows))
+            self.bus.produce(TOPIC_EVENTS, table, meta=meta)
+            if progress:
+                progress(reader.summary.packets)
+        if reader.deadletters.num_rows:
+            self.bus.produce(TOPIC_DEADLETTER, reader.deadletters)
+        self.bus.produce(TOPIC_EVENTS, EVENT_SCHEMA.empty_table(), meta={**meta, "done": True})
+        self.stats.records += reader.summary.packets
+        self.stats.bytes_read += st.st_size
+        return reader.summary.packets
 
     def _deadletter_input(self, path: Path, reason: str) -> None:
         now = datetime.now(timezone.utc)

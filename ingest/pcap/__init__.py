@@ -1,0 +1,312 @@
+"""Packet captures (pcap / pcapng) -> ECS flow events and application-metadata events.
+
+API::
+
+    reader = read_pcap("capture.pcap")        # also: idle_timeout=, active_timeout=, decode_as=, tshark_args=
+    for table in reader:                      # pyarrow.Table batches, EVENT_SCHEMA
+        ...
+    reader.summary                            # PcapSummary: packets, flows, per-protocol counts
+    reader.deadletters                        # DEADLETTER_SCHEMA table (truncated / unreadable capture)
+
+Which path is used when
+-----------------------
+There is one path, for every input size: a single ``tshark -n -r FILE -T fields
+-E occurrence=a`` process (Wireshark 4.x, ``/usr/bin/tshark`` or
+``$TAISHI_TSHARK``) dissects the capture once and prints one TSV line per frame
+with ~60 fields (``ingest.pcap.tshark.FIELDS``); ``pyarrow.csv`` reads that
+stream in 4 MiB blocks straight into Arrow columns. Nothing creates one Python
+object per packet:
+
+* flows (``pcap.flow``): core columns of every IP packet are kept as Arrow /
+  numpy arrays and aggregated at the end of the capture with a sort and
+  ``reduceat`` (see ``ingest.pcap.flows``); idle timeout 60 s, active timeout
+  30 min by default;
+* DNS, Modbus/TCP, DNP3, EtherNet/IP-CIP events are built column-wise per batch
+  (``ingest.pcap.apps``);
+* HTTP messages, TLS handshakes and SSH banners, a handful per connection,
+  are built as row dicts from the (few) frames that carry them.
+
+pyshark is not used (not a dependency): it would wrap every packet in Python
+objects (slow, and the tshark ``-T fields`` stream already carries every field
+mapped here). For richer one-off dissection of a small capture, run tshark
+(or pyshark) by hand; protocols on non-standard ports need ``decode_as``
+(tshark ``-d`` syntax, e.g. ``("tcp.port==902,ssh",)``).
+
+Events
+------
+Flow events: ``event.dataset=pcap.flow``, ``event.category=network``,
+``event.type=connection``; ``source`` is the initiator (for TCP the sender of
+the first SYN without ACK, otherwise the sender of the first packet), with
+per-direction ``source/destination.bytes/packets`` (bytes = frame length on the
+wire, as tshark's conversation tables count), ``network.bytes/packets``,
+``event.start/end/duration`` (ns), and the TCP flags seen in ``taishi.extra``.
+App events: ``pcap.dns``, ``pcap.http``, ``pcap.tls``, ``pcap.ssh``,
+``pcap.modbus``, ``pcap.dnp3``, ``pcap.enip`` (ICS fields in ``taishi.extra``).
+All have ``event.module=pcap`` and ``observer.name`` = the capture's file name.
+
+Event ids are ``ingest.parsers.event_ids(source, offset, original)`` with
+source = the capture's base name, offset = the frame number of the flow's
+first packet (of the app packet) and original = a compact text of the flow key
+(the app fields), so re-reading a capture gives the same ids.
+
+A capture tshark cannot read completely (truncated, corrupt, not a capture)
+gives the events of the frames it did read plus a dead letter carrying
+tshark's exit status and message; the reader never raises on bad input.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingest.parsers import deadletter, event_ids
+from taishi.schema import DEADLETTER_SCHEMA, EVENT_SCHEMA, conform, deadletters_table
+
+from . import apps
+from .flows import FlowAccumulator, flags_text, packet_core, transport_names
+from .tshark import TsharkRun
+
+__all__ = ["read_pcap", "PcapReader", "PcapSummary", "IDLE_TIMEOUT_S", "ACTIVE_TIMEOUT_S", "PCAP_MAGICS", "is_pcap"]
+
+IDLE_TIMEOUT_S = 60.0
+ACTIVE_TIMEOUT_S = 1800.0
+FLOW_BATCH = 65536  # rows per yielded flow table
+
+# File magics: pcap (us / ns resolution, both byte orders) and pcapng (section header block).
+PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
+
+
+def is_pcap(head: bytes) -> bool:
+    """True when ``head`` (a file's first bytes) starts like a pcap or pcapng capture."""
+    return head[:4] in PCAP_MAGICS
+
+
+@dataclass
+class PcapSummary:
+    """What reading one capture saw (filled while iterating; final after the last batch)."""
+
+    path: str = ""
+    packets: int = 0
+    ip_packets: int = 0
+    bytes: int = 0
+    flows: int = 0
+    flows_by_transport: Counter = field(default_factory=Counter)
+    events_by_dataset: Counter = field(default_factory=Counter)
+    first_frame_time_ns: int | None = None
+    last_frame_time_ns: int | None = None
+    tshark_status: int | None = None
+    tshark_stderr: str = ""
+    deadletters: int = 0
+    seconds: float = 0.0
+
+    @property
+    def events(self) -> int:
+        return sum(self.events_by_dataset.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "packets": self.packets, "ip_packets": self.ip_packets, "bytes": self.bytes,
+            "flows": self.flows, "flows_by_transport": dict(self.flows_by_transport),
+            "events": self.events, "events_by_dataset": dict(self.events_by_dataset),
+            "tshark_status": self.tshark_status, "deadletters": self.deadletters, "seconds": round(self.seconds, 3),
+        }
+
+
+class PcapReader:
+    """Iterator of ECS event tables for one capture; see the module doc."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+        active_timeout: float = ACTIVE_TIMEOUT_S,
+        decode_as: tuple[str, ...] | list[str] = (),
+        source: str | None = None,
+        block_size: int | None = None,
+        tshark_args: tuple[str, ...] | list[str] = (),
+    ) -> None:
+        self.path = Path(path)
+        self.source = source or self.path.name
+        self.idle_timeout = float(idle_timeout)
+        self.active_timeout = float(active_timeout)
+        self.decode_as = tuple(decode_as)
+        self.block_size = block_size
+        self.tshark_args = tuple(tshark_args)
+        self.summary = PcapSummary(path=str(self.path))
+        self._dls: list[dict[str, Any]] = []
+        self._ctx = apps.Ctx(self.source, str(self.path), self.path.name)
+        self._it: Iterator[pa.Table] | None = None
+
+    @property
+    def deadletters(self) -> pa.Table:
+        return deadletters_table(self._dls) if self._dls else DEADLETTER_SCHEMA.empty_table()
+
+    def __iter__(self) -> "PcapReader":
+        return self
+
+    def __next__(self) -> pa.Table:
+        if self._it is None:
+            self._it = self._run()
+        return next(self._it)
+
+    def read_all(self) -> pa.Table:
+        """Every event of the capture in one table."""
+        parts = list(self)
+        return pa.concat_tables(parts) if parts else EVENT_SCHEMA.empty_table()
+
+    # ---------------------------------------------------------------------------------
+    def _dead(self, offset: int, original: str, reason: str) -> None:
+        self._dls.append(deadletter(self.source, offset, original, reason))
+        self.summary.deadletters += 1
+
+    def _count(self, t: pa.Table) -> pa.Table:
+        for row in pc.value_counts(t.column("event.dataset")).to_pylist():
+            self.summary.events_by_dataset[row["values"]] += row["counts"]
+        return t
+
+    def _run(self) -> Iterator[pa.Table]:
+        t0 = time.perf_counter()
+        s = self.summary
+        if not self.path.is_file():
+            self._dead(-1, str(self.path), f"cannot read capture: no such file {self.path}")
+            return
+        if self.path.stat().st_size == 0:  # tshark reads an empty file as an empty capture, silently
+            self._dead(-1, str(self.path), "not a capture: the file is empty (tshark read no header)")
+            return
+        try:
+            kw = {"block_size": self.block_size} if self.block_size else {}
+            run = TsharkRun(self.path, self.decode_as, extra_args=self.tshark_args, **kw)
+        except OSError as exc:
+            self._dead(-1, str(self.path), f"cannot run tshark: {exc}")
+            return
+        acc = FlowAccumulator()
+        hellos: list[dict[str, Any]] = []
+        last_frame = 0
+        failed = False
+        try:
+            for b in run.batches():
+                core = packet_core(b)
+                n = b.num_rows
+                s.packets += n
+                s.bytes += int(pc.sum(core["len"]).as_py() or 0)
+                last_frame = int(pc.max(core["frame"]).as_py())
+                tmin, tmax = int(core["ts_ns"].to_numpy().min()), int(core["ts_ns"].to_numpy().max())
+                s.first_frame_time_ns = tmin if s.first_frame_time_ns is None else min(s.first_frame_time_ns, tmin)
+                s.last_frame_time_ns = tmax if s.last_frame_time_ns is None else max(s.last_frame_time_ns, tmax)
+                acc.add(core)
+                tables = [t for t in (apps.dns_events(b, core, self._ctx), apps.modbus_events(b, core, self._ctx),
+                                      apps.dnp3_events(b, core, self._ctx), apps.enip_events(b, core, self._ctx))
+                          if t is not None]
+                rows = apps.http_rows(b, core, self._ctx) + apps.ssh_rows(b, core, self._ctx)
+                if rows:
+                    tables.append(conform(apps.events_from_rows(rows)))
+                hellos.extend(apps.tls_hellos(b, core))
+                if tables:
+                    yield self._count(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+        except GeneratorExit:
+            run.kill()
+            run.close()
+            raise
+        except Exception:  # noqa: BLE001 - a capture never crashes the reader
+            failed = True
+            run.kill()
+            err = traceback.format_exc(limit=2).strip().splitlines()[-1]
+            self._dead(last_frame, str(self.path), f"pcap reader error: {err} (after frame {last_frame})"[:500])
+        rc, err = run.close()
+        s.tshark_status, s.tshark_stderr = rc, err
+        for line in run.bad_lines:
+            self._dead(last_frame, line, "unparseable tshark output line")
+        if (rc != 0 or err) and not failed:
+            msg = err.splitlines()[0] if err else "(no message)"
+            self._dead(last_frame + 1 if last_frame else -1, f"{self.path}\n{err}"[:4000],
+                       f"tshark exit status {rc}: {msg} (after {s.packets} frames)"[:500])
+        s.ip_packets = acc.packets
+        try:
+            if hellos:
+                yield self._count(apps.events_from_rows(apps.tls_rows(hellos, self._ctx)))
+            f = acc.flows(self.idle_timeout, self.active_timeout)
+            if f is not None:
+                for t in self._flow_tables(f):
+                    yield self._count(t)
+        except Exception:  # noqa: BLE001
+            err = traceback.format_exc(limit=2).strip().splitlines()[-1]
+            self._dead(last_frame, str(self.path), f"pcap flow aggregation error: {err}"[:500])
+        s.seconds = time.perf_counter() - t0
+
+    def _flow_tables(self, f: dict[str, Any]) -> Iterator[pa.Table]:
+        n = f["n"]
+        s = self.summary
+        s.flows += n
+        transport = transport_names(f["proto"])
+        for row in pc.value_counts(transport).to_pylist():
+            s.flows_by_transport[row["values"]] += row["counts"]
+        is_tcp = pc.equal(f["proto"], 6)
+        flags = pa.array(f["tcp_flags"])
+        ftext = apps.map_values(flags, flags_text)
+        extra = pc.if_else(
+            is_tcp,
+            apps.json_obj([("tcp.flags", apps.json_str(ftext)),
+                           ("tcp.flags_hex", apps.json_str(apps.map_values(flags, lambda v: f"0x{v:03x}"))),
+                           ("tcp.syn_seen", pc.cast(pa.array(f["syn_seen"]), pa.string()))]),
+            pa.scalar(None, pa.string()),
+        )
+        start = f["start_ns"]
+        end = f["end_ns"]
+        const = apps.const
+        cols = {
+            "@timestamp": apps.ts_array(start),
+            "event.kind": const("event", n),
+            "event.category": const("network", n),
+            "event.type": const("connection", n),
+            "event.action": const("network_flow", n),
+            "event.module": const("pcap", n),
+            "event.dataset": const("pcap.flow", n),
+            "event.start": apps.ts_array(start),
+            "event.end": apps.ts_array(end),
+            "event.duration": pa.array(end - start, pa.int64()),
+            "source.ip": f["src"],
+            "source.port": f["sport"],
+            "source.mac": f["smac"],
+            "source.bytes": pa.array(f["src_bytes"], pa.int64()),
+            "source.packets": pa.array(f["src_packets"], pa.int64()),
+            "destination.ip": f["dst"],
+            "destination.port": f["dport"],
+            "destination.mac": f["dmac"],
+            "destination.bytes": pa.array(f["dst_bytes"], pa.int64()),
+            "destination.packets": pa.array(f["dst_packets"], pa.int64()),
+            "network.transport": transport,
+            "network.bytes": pa.array(f["bytes"], pa.int64()),
+            "network.packets": pa.array(f["packets"], pa.int64()),
+            "related.ip": apps.related_ips(f["src"], f["dst"]),
+            "observer.name": const(self.path.name, n),
+            "observer.type": const("pcap", n),
+            "taishi.source": const(self.source, n),
+            "log.file.path": const(str(self.path), n),
+            "log.offset": pa.array(f["frame"], pa.int64()),
+            "taishi.extra": extra,
+        }
+        sp = pc.fill_null(pc.cast(f["sport"], pa.string()), "")
+        dp = pc.fill_null(pc.cast(f["dport"], pa.string()), "")
+        orig = pc.binary_join_element_wise(
+            apps.lit("flow "), transport, apps.lit(" "), f["src"], apps.lit(":"), sp, apps.lit(" -> "),
+            f["dst"], apps.lit(":"), dp, apps.lit(" start_ns="), pc.cast(pa.array(start), pa.string()), apps.lit(""))
+        cols["event.original"] = orig
+        cols["event.id"] = event_ids(cols["taishi.source"], cols["log.offset"], orig)
+        table = conform(pa.table(cols))
+        order = pc.sort_indices(table, sort_keys=[("event.start", "ascending"), ("log.offset", "ascending")])
+        table = table.take(order)
+        for i in range(0, n, FLOW_BATCH):
+            yield table.slice(i, FLOW_BATCH)
+
+
+def read_pcap(path: str | Path, **kw: Any) -> PcapReader:
+    """Events of the capture at ``path``: an iterator of ``pa.Table`` with ``.summary`` / ``.deadletters``."""
+    return PcapReader(path, **kw)
