@@ -9,9 +9,9 @@ TEST_STAMP := $(VENV)/.stamp-test
 
 .PHONY: demo test bench install clean lint system-deps
 
-# Real exporters and packet tools the collector tests drive (Debian packages).
-SYSTEM_TOOLS := tshark softflowd nfdump tcpreplay logger
-SYSTEM_PKGS  := tshark softflowd nfdump tcpreplay bsdutils
+# Real exporters, packet tools, PDF rendering and a CJK font the tests use (Debian packages).
+SYSTEM_PKGS := tshark softflowd nfdump tcpreplay bsdutils poppler-utils fonts-wqy-microhei \
+               libpango-1.0-0 libpangoft2-1.0-0
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,13 @@ demo: $(DEMO_STAMP)
 	$(BIN)/taishi --data-dir taishi-data demo
 
 system-deps:
-	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for p in $(SYSTEM_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing system tools:$$missing"; \
+	  echo "installing system packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PKGS) >/dev/null; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 test: $(TEST_STAMP) system-deps

@@ -775,5 +775,165 @@ def retention(ctx: click.Context) -> None:
     click.echo(dumps({"deleted_rows": deleted, "deleted_bus_segments": segs, "retention_days": cfg.retention_days}))
 
 
+# --------------------------------------------------------------------------- compliance
+@main.group()
+def inventory() -> None:
+    """The CII inventory: systems and assets (data_dir/compliance/inventory.json)."""
+
+
+def _who() -> str:
+    return os.environ.get("TAISHI_USER") or os.environ.get("USER") or "cli"
+
+
+@inventory.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(["system", "asset"]),
+              help="What the CSV rows are (CSV only; YAML holds both).")
+@click.option("--who", default=None, help="Recorded in the change log (default $TAISHI_USER or $USER).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def inventory_import(ctx: click.Context, path: Path, kind: str | None, who: str | None, as_json: bool) -> None:
+    """Import systems/assets from CSV or YAML. Bad rows are reported (row, field, reason)
+    and skipped; every valid row is applied. Exit status 1 when any row was rejected."""
+    from compliance.inventory import Inventory
+
+    cfg = _cfg(ctx)
+    is_yaml = path.suffix.lower() in (".yaml", ".yml")
+    if not is_yaml and kind is None:
+        raise click.UsageError("--kind system|asset is required for CSV")
+    with Inventory.editing(cfg.data_dir) as inv:  # locked from read to write
+        if is_yaml:
+            res = inv.import_yaml(path, who=who or _who())
+        else:
+            res = inv.import_csv(path, kind, who=who or _who())
+    out = {"added": res.added, "updated": res.updated, "unchanged": len(res.unchanged),
+           "errors": [{"kind": e.kind, "row": e.row, "field": e.field, "reason": e.reason} for e in res.errors]}
+    if as_json:
+        click.echo(dumps(out))
+    else:
+        console.print(f"added {len(res.added)}, updated {len(res.updated)}, unchanged {len(res.unchanged)}, "
+                      f"rejected {len(res.errors)}")
+        for e in res.errors:
+            err.print(f"[red]{e}[/]")
+    if res.errors:
+        sys.exit(1)
+
+
+@inventory.command("export")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "csv"]), default="yaml", show_default=True)
+@click.option("--kind", type=click.Choice(["system", "asset"]), default="system", show_default=True,
+              help="Which records (CSV only).")
+@click.pass_context
+def inventory_export(ctx: click.Context, fmt: str, kind: str) -> None:
+    """Print the inventory as YAML (systems and assets) or CSV (one kind)."""
+    from compliance.inventory import Inventory
+
+    inv = Inventory.open(_cfg(ctx).data_dir)
+    click.echo(inv.export_yaml() if fmt == "yaml" else inv.export_csv(kind), nl=False)
+
+
+@inventory.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def inventory_list(ctx: click.Context, as_json: bool) -> None:
+    """List CII systems with their assets."""
+    from dataclasses import asdict
+
+    from compliance.inventory import Inventory
+
+    inv = Inventory.open(_cfg(ctx).data_dir)
+    rows = [{**asdict(s), "assets": [asdict(a) for a in inv.assets_of(s.cii_id)]}
+            for s in sorted(inv.systems.values(), key=lambda s: s.cii_id)]
+
+    def cells(r: dict) -> tuple[str, ...]:
+        return (r["cii_id"], r["name"], r["sector"], str(r["mlps_level"]), r["zone"], ", ".join(r["cidrs"]),
+                ", ".join(a["asset_id"] for a in r["assets"]), "yes" if r["reidentify"] else "")
+
+    _emit(rows, as_json, f"{len(rows)} CII system(s)",
+          ("id", "name", "sector", "level", "zone", "CIDRs", "assets", "re-identify"), cells)
+
+
+@main.group()
+def compliance() -> None:
+    """GB/T 22239-2019 checks (rules/compliance) over the stored events."""
+
+
+@compliance.command("report")
+@click.option("--level", type=click.IntRange(1, 5), default=3, show_default=True, help="MLPS level to report against.")
+@click.option("--system", "systems", multiple=True, help="CII system id; repeat for several (default: all).")
+@click.option("--format", "fmt", type=click.Choice(["html", "csv", "pdf", "json"]), default="html", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
+@click.pass_context
+def compliance_report(ctx: click.Context, level: int, systems: tuple[str, ...], fmt: str, output: Path | None) -> None:
+    """Per-control verdicts (pass / fail / not applicable / no evidence) with evidence,
+    and a summary per CII system."""
+    from compliance.inventory import Inventory
+    from compliance.report import build, render
+
+    cfg = _cfg(ctx)
+    _require_embedded(cfg)
+    inv = Inventory.open(cfg.data_dir)
+    if not inv.systems:
+        err.print("[red]the inventory is empty:[/] taishi inventory import FILE first")
+        sys.exit(2)
+    store = _open_store(cfg)
+    try:
+        rep = build(store, inv, cfg, level=level, systems=list(systems) or None)
+    except ValueError as e:
+        err.print(f"[red]{e}[/]")
+        sys.exit(2)
+    finally:
+        store.close()
+    if fmt == "json":
+        data: str | bytes = dumps([v.to_dict() for v in rep.verdicts]) + "\n"
+    else:
+        try:
+            data = render(rep, fmt)
+        except RuntimeError as e:  # PDF without weasyprint
+            err.print(f"[red]{e}[/]")
+            sys.exit(2)
+    if output is not None:
+        output.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        err.print(f"wrote {output}")
+    elif isinstance(data, bytes):
+        sys.stdout.buffer.write(data)
+    else:
+        click.echo(data, nl=False)
+
+
+@compliance.command("discover")
+@click.option("--days", default=7.0, show_default=True, help="Look back this many days.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def compliance_discover(ctx: click.Context, days: float, as_json: bool) -> None:
+    """Hosts not in the inventory, undeclared services, silent assets (from stored events)."""
+    from compliance import discovery
+    from compliance.inventory import Inventory
+
+    cfg = _cfg(ctx)
+    _require_embedded(cfg)
+    inv = Inventory.open(cfg.data_dir)
+    store = _open_store(cfg)
+    try:
+        out = {"unknown_hosts": discovery.as_rows(discovery.unknown_hosts(store, inv, days=days)),
+               "undeclared_services": discovery.as_rows(discovery.undeclared_services(store, inv, days=days)),
+               "silent_assets": discovery.as_rows(discovery.silent_assets(store, inv, days=days))}
+    finally:
+        store.close()
+    if as_json:
+        click.echo(dumps(out))
+        return
+    for name, rows in out.items():
+        t = Table(title=f"{name.replace('_', ' ')}: {len(rows)}", title_justify="left")
+        cols = list(rows[0]) if rows else ["-"]
+        for c in cols:
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            t.add_row(*(_fmt_time(r[c]) if isinstance(r[c], datetime) else str(r[c] if r[c] is not None else "")
+                        for c in cols))
+        console.print(t)
+
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -398,9 +398,28 @@ class Pipeline:
 
     def _store_events(self, t: pa.Table) -> None:
         self.stats.events += t.num_rows
+        t = self._enrich(t)
         self.stats.events_stored += self.store.write_events(t)
         for k, v in _value_counts(t, "event.dataset"):
             self.stats.by_dataset[k] += v
+
+    def _enrich(self, t: pa.Table) -> pa.Table:
+        """Add the CII asset columns (compliance.inventory.ENRICH_FIELDS) for source and
+        destination addresses, once the schema has them and an inventory exists; the
+        inventory is re-read when its file changes."""
+        from compliance.inventory import ENRICH_FIELDS, Inventory, enrich
+        from taishi.schema import EVENT_FIELDS
+
+        if not set(ENRICH_FIELDS) <= set(EVENT_FIELDS):
+            return t
+        path = self.cfg.data_dir / "compliance" / "inventory.json"
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return t
+        if getattr(self, "_inventory_mtime", None) != mtime:
+            self._inventory, self._inventory_mtime = Inventory.open(self.cfg.data_dir), mtime
+        return enrich(t, self._inventory)
 
     def _store_alerts(self, t: pa.Table) -> None:
         self.stats.alerts_stored += self.store.write_alerts(t)

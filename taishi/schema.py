@@ -166,6 +166,15 @@ EVENT_FIELDS: dict[str, pa.DataType] = {
     "related.ip": STRS,
     "related.user": STRS,
     "related.hosts": STRS,
+    # CII asset enrichment (compliance.inventory.enrich): the asset and system each end touches
+    "taishi.source.asset.id": STR,
+    "taishi.source.asset.system": STR,
+    "taishi.source.asset.sector": STR,
+    "taishi.source.asset.level": INT,  # MLPS protection level 1-5
+    "taishi.destination.asset.id": STR,
+    "taishi.destination.asset.system": STR,
+    "taishi.destination.asset.sector": STR,
+    "taishi.destination.asset.level": INT,
     # Taishi's own namespace
     "taishi.source": STR,  # the input a record came from (file name, listener)
     "taishi.logsource": STR,  # sigma logsource "product/category/service" hint

@@ -40,6 +40,11 @@ EXPECTED_ACCESS: dict[tuple[str, str], set[str]] = {
     ("POST", f"{API}/users/{{name}}/token"): {"admin"},
     ("DELETE", f"{API}/users/{{name}}"): {"admin"},
     ("GET", f"{API}/audit"): {"auditor", "admin"},
+    ("GET", f"{API}/compliance/inventory"): {"auditor", "admin"},
+    ("GET", f"{API}/compliance/inventory/changes"): {"auditor", "admin"},
+    ("POST", f"{API}/compliance/inventory/import"): {"admin"},
+    ("GET", f"{API}/compliance/discovery"): {"auditor", "admin"},
+    ("GET", f"{API}/compliance/report"): {"auditor", "admin"},
 }
 # Everything reachable without a token. A new route is protected unless listed here.
 PUBLIC = {f"{API}/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/"}
@@ -192,6 +197,8 @@ def _request_for(env, method: str, path: str, role: str, n: int):
     body = None
     if path.endswith("/triage"):
         body = {"status": "acknowledged", "note": f"by {role}"}
+    elif path == f"{API}/compliance/inventory/import":
+        body = {"format": "yaml", "content": "systems: []\n"}
     elif path == f"{API}/users" and method == "POST":
         body = {"name": f"new-{role}-{n}", "role": "analyst"}
     elif "{name}" in path:

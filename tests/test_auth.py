@@ -26,9 +26,10 @@ from taishi.api.auth import (
 EXPECTED_ROLE_PERMISSIONS = {
     "analyst": {"health", "events:read", "alerts:read", "rules:read", "deadletters:read"},
     "responder": {"health", "events:read", "alerts:read", "rules:read", "deadletters:read", "alerts:triage"},
-    "auditor": {"health", "events:read", "alerts:read", "rules:read", "deadletters:read", "audit:read", "users:read"},
+    "auditor": {"health", "events:read", "alerts:read", "rules:read", "deadletters:read", "audit:read", "users:read",
+                "compliance:read"},
     "admin": {"health", "events:read", "alerts:read", "rules:read", "deadletters:read", "alerts:triage",
-              "audit:read", "users:read", "users:manage", "rules:manage"},
+              "audit:read", "users:read", "users:manage", "rules:manage", "compliance:read", "inventory:manage"},
 }
 
 
@@ -55,7 +56,7 @@ def test_least_privilege_invariants():
     for role in ("analyst", "auditor"):
         assert "alerts:triage" not in ROLE_PERMISSIONS[role]
     for role in ("analyst", "responder", "auditor"):  # only admin changes users or rules
-        assert not {"users:manage", "rules:manage"} & ROLE_PERMISSIONS[role]
+        assert not {"users:manage", "rules:manage", "inventory:manage"} & ROLE_PERMISSIONS[role]
     assert not {p for p in ROLE_PERMISSIONS["auditor"] if not p.endswith(":read") and p != "health"}
 
 

@@ -36,6 +36,11 @@ Routes (all JSON; ``x-permission`` in brackets)::
     POST   /api/v1/users/{name}/token       rotate -> new token (once)   [users:manage]
     DELETE /api/v1/users/{name}             (not the last admin)         [users:manage]
     GET    /api/v1/audit?limit&user&since   the audit log, newest first  [audit:read]
+    GET    /api/v1/compliance/inventory     CII systems and assets       [compliance:read]
+    GET    /api/v1/compliance/inventory/changes  change log, newest 1st  [compliance:read]
+    POST   /api/v1/compliance/inventory/import  {format, kind, content}  [inventory:manage]
+    GET    /api/v1/compliance/discovery?days    unknown hosts/services   [compliance:read]
+    GET    /api/v1/compliance/report?level&system&format=json|html|csv   [compliance:read]
 
 ``since``/``until`` take ``15m``, ``24h``, ``7d``, ``2w`` (ago), ``now``,
 ISO-8601 or epoch seconds. Events leave null fields out; alerts keep every
@@ -475,6 +480,14 @@ class AuditMiddleware:
 # --------------------------------------------------------------------------
 # the app
 # --------------------------------------------------------------------------
+class InventoryImport(BaseModel):
+    """A CII inventory import: YAML (systems and assets) or CSV rows of one kind."""
+
+    format: Literal["yaml", "csv"]
+    kind: Literal["system", "asset"] | None = None
+    content: str = Field(max_length=20_000_000)
+
+
 def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -763,6 +776,74 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
         """The API audit log, newest first: state-changing requests and refused (401/403) requests."""
         items = st.audit.read(limit=limit, user=user, since=parse_when(since, "since"))
         return {"count": len(items), "items": items}
+
+    # ---- compliance (CII inventory, discovery, GB/T 22239 report) --------------
+    def inventory() -> Any:
+        from compliance.inventory import Inventory
+
+        return Inventory.open(data_dir)
+
+    @app.get(f"{API}/compliance/inventory", tags=["compliance"], **perm("compliance:read"))
+    def compliance_inventory() -> dict[str, Any]:
+        """CII systems and their assets."""
+        inv = inventory()
+        return {"systems": [dataclasses.asdict(s) for s in sorted(inv.systems.values(), key=lambda s: s.cii_id)],
+                "assets": [dataclasses.asdict(a) for a in sorted(inv.assets.values(), key=lambda a: a.asset_id)]}
+
+    @app.get(f"{API}/compliance/inventory/changes", tags=["compliance"], **perm("compliance:read"))
+    def compliance_inventory_changes(limit: int = Query(1000, ge=1, le=100000)) -> dict[str, Any]:
+        """The inventory change log, newest first (who, when, field, old, new, material)."""
+        items = list(reversed(inventory().history()))[:limit]
+        return {"count": len(items), "items": items}
+
+    @app.post(f"{API}/compliance/inventory/import", tags=["compliance"], **perm("inventory:manage"))
+    def compliance_inventory_import(body: InventoryImport,
+                                    user: User = Depends(require("inventory:manage"))) -> dict[str, Any]:
+        """Import systems/assets; bad rows come back as errors (row, field, reason), good rows are applied."""
+        from compliance.inventory import Inventory
+
+        if body.format == "csv" and body.kind is None:
+            raise HTTPException(422, "kind (system or asset) is required for CSV")
+        with Inventory.editing(data_dir) as inv:  # locked from read to write (CLI may edit too)
+            if body.format == "yaml":
+                res = inv.import_yaml(body.content, who=user.name)
+            else:
+                res = inv.import_csv(body.content, body.kind, who=user.name)
+        return {"added": res.added, "updated": res.updated, "unchanged": len(res.unchanged),
+                "errors": [dataclasses.asdict(e) for e in res.errors]}
+
+    @app.get(f"{API}/compliance/discovery", tags=["compliance"], **perm("compliance:read"))
+    def compliance_discovery(days: float = Query(7, gt=0, le=3650)) -> dict[str, Any]:
+        """Hosts not in the inventory, undeclared services and silent assets, from stored events."""
+        from compliance import discovery
+
+        inv = inventory()
+        return jsonable({"unknown_hosts": discovery.as_rows(discovery.unknown_hosts(store(), inv, days=days)),
+                         "undeclared_services": discovery.as_rows(discovery.undeclared_services(store(), inv, days=days)),
+                         "silent_assets": discovery.as_rows(discovery.silent_assets(store(), inv, days=days))})
+
+    @app.get(f"{API}/compliance/report", tags=["compliance"], **perm("compliance:read"))
+    def compliance_report(level: int = Query(3, ge=1, le=5), system: list[str] | None = Query(None),
+                          format: Literal["json", "html", "csv"] = "json") -> Any:
+        """Per-control verdicts with evidence and a summary per CII system."""
+        from compliance.report import build, to_csv, to_html
+        from taishi.config import Config
+
+        cfg = Config(data_dir=data_dir)  # defaults, unless a taishi.yaml is found as the CLI finds it
+        with contextlib.suppress(Exception):
+            from taishi import config as config_mod
+
+            cfg = config_mod.load(data_dir=data_dir)
+        try:
+            rep = build(store(), inventory(), cfg, level=level, systems=system)
+        except ValueError as e:
+            raise HTTPException(404, str(e)) from None
+        if format == "html":
+            return Response(to_html(rep), media_type="text/html; charset=utf-8")
+        if format == "csv":
+            return Response(to_csv(rep), media_type="text/csv; charset=utf-8")
+        return jsonable({"level": rep.level, "generated_at": rep.generated_at, "summary": rep.summary,
+                         "verdicts": [v.to_dict() for v in rep.verdicts]})
 
     # ---- console ------------------------------------------------------------
     if CONSOLE_DIR.is_dir():

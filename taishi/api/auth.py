@@ -37,6 +37,8 @@ and the API's routes each name one permission)::
     users:read                             x      x   user list (access review)
     users:manage                                  x   add / remove / rotate users
     rules:manage                                  x   reload rules
+    compliance:read                        x      x   CII inventory, discovery, compliance report
+    inventory:manage                              x   import into the CII inventory
 
 Dead letters hold raw input records, the same data class as an event's
 ``event.original`` that analysts already read, so they are readable by every
@@ -80,6 +82,8 @@ PERMISSIONS: dict[str, str] = {
     "users:read": "list users and roles (never tokens)",
     "users:manage": "add, remove and rotate users",
     "rules:manage": "reload detection rules",
+    "compliance:read": "read the CII inventory, passive discovery and compliance reports",
+    "inventory:manage": "import systems and assets into the CII inventory",
 }
 
 _READ = frozenset({"health", "events:read", "alerts:read", "rules:read", "deadletters:read"})
@@ -87,7 +91,7 @@ _READ = frozenset({"health", "events:read", "alerts:read", "rules:read", "deadle
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "analyst": _READ,
     "responder": _READ | {"alerts:triage"},
-    "auditor": _READ | {"audit:read", "users:read"},
+    "auditor": _READ | {"audit:read", "users:read", "compliance:read"},
     "admin": frozenset(PERMISSIONS),
 }
 
