@@ -598,12 +598,13 @@ def _stage_report(cfg: config_mod.Config, manifest) -> list[dict]:
 @click.option("--syslog-udp", metavar="HOST:PORT", help="Receive syslog over UDP.")
 @click.option("--syslog-tcp", metavar="HOST:PORT", help="Receive syslog over TCP (newline or octet-counted frames).")
 @click.option("--syslog-tls", metavar="HOST:PORT", help="Receive syslog over TLS (RFC 5425); needs --tls-cert/--tls-key.")
+@click.option("--netflow-udp", metavar="HOST:PORT", help="Receive NetFlow v5/v9 and IPFIX over UDP.")
 @click.option("--tls-cert", type=click.Path(path_type=Path, exists=True))
 @click.option("--tls-key", type=click.Path(path_type=Path, exists=True))
 @click.option("--metrics", "metrics_addr", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: until interrupted).")
 @click.pass_context
-def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, tls_cert, tls_key, metrics_addr, duration) -> None:
+def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, netflow_udp, tls_cert, tls_key, metrics_addr, duration) -> None:
     """Run the collectors and the streaming pipeline until interrupted.
 
     Listeners come from the flags or from taishi.yaml's `collectors:` section.
@@ -614,6 +615,7 @@ def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, tls_cert, tls_ke
     import threading
     import time as _time
 
+    from ingest.collectors.netflow import NetflowCollector
     from ingest.collectors.syslog import Listener, SyslogCollector
     from taishi.pipeline import Pipeline
 
@@ -624,17 +626,28 @@ def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, tls_cert, tls_ke
         if flag:
             conf[proto] = flag
     listeners = [Listener.parse(p, conf[p]) for p in ("udp", "tcp", "tls") if conf.get(p)]
-    if not listeners:
-        raise click.UsageError("no collector configured: give --syslog-udp/--syslog-tcp/--syslog-tls or a collectors: section")
+    nf_conf = dict(cfg.collectors.get("netflow") or {})
+    if netflow_udp:
+        nf_conf["udp"] = netflow_udp
+    nf_listeners = [Listener.parse("udp", nf_conf["udp"])] if nf_conf.get("udp") else []
+    if not listeners and not nf_listeners:
+        raise click.UsageError("no collector configured: give --syslog-udp/--syslog-tcp/--syslog-tls/--netflow-udp "
+                               "or a collectors: section")
     cert = tls_cert or (Path(conf["cert"]) if conf.get("cert") else None)
     key = tls_key or (Path(conf["key"]) if conf.get("key") else None)
     pipe = Pipeline(cfg)
-    collector = SyslogCollector(pipe.bus, listeners, certfile=cert, keyfile=key).start()
-    for proto, (host, port) in collector.bound.items():
-        console.print(f"listening for syslog on {proto}://{host}:{port}")
+    collectors: dict = {}
+    if listeners:
+        collectors["syslog"] = SyslogCollector(pipe.bus, listeners, certfile=cert, keyfile=key).start()
+    if nf_listeners:
+        collectors["netflow"] = NetflowCollector(pipe.bus, nf_listeners).start()
+    for kind, col in collectors.items():
+        for proto, (host, port) in col.bound.items():
+            console.print(f"listening for {kind} on {proto}://{host}:{port}")
+    collector = next(iter(collectors.values()))  # the summary's "collector": syslog when it runs
     metrics_addr = metrics_addr or cfg.collectors.get("metrics")
     if metrics_addr:
-        _serve_metrics(metrics_addr, lambda: collector.prometheus() + _pipeline_metrics(pipe))
+        _serve_metrics(metrics_addr, lambda: "".join(c.prometheus() for c in collectors.values()) + _pipeline_metrics(pipe))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -644,17 +657,20 @@ def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, tls_cert, tls_ke
         while not stop.is_set() and (deadline is None or _time.monotonic() < deadline):
             pipe.drain()
             if _time.monotonic() - last_report > 10:
-                m = collector.metrics()
-                err.print(f"[dim]received {m['received']:,}  dropped {m['dropped']:,}  dead letters {m['deadlettered']:,}  "
+                ms = [c.metrics() for c in collectors.values()]
+                err.print(f"[dim]received {sum(m['received'] for m in ms):,}  dropped {sum(m['dropped'] for m in ms):,}  "
+                          f"dead letters {sum(m['deadlettered'] for m in ms):,}  "
                           f"events {pipe.stats.events:,}  alerts {len(pipe.stats.alert_ids):,}[/]")
                 last_report = _time.monotonic()
             stop.wait(0.5)
     finally:
-        collector.stop()
+        for col in collectors.values():
+            col.stop()
         pipe.drain()
         pipe._save_detector()
         pipe.close()
-    click.echo(dumps({"collector": collector.metrics(), **pipe.stats.as_dict()}))
+    extra = {"netflow": collectors["netflow"].metrics()} if "netflow" in collectors and collector is not collectors["netflow"] else {}
+    click.echo(dumps({"collector": collector.metrics(), **extra, **pipe.stats.as_dict()}))
 
 
 def _pipeline_metrics(pipe) -> str:

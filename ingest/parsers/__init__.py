@@ -11,8 +11,8 @@ Every parser is a function ``parse(raw: pa.Table) -> ParseResult`` registered
 by format name in ``PARSERS``. It never raises on bad input: a record it cannot
 read becomes a dead-letter row with the reason.
 
-Registered formats: ``zeek``, ``suricata``, ``syslog``, ``cef``, ``json`` (and
-its alias ``jsonl``); call ``parse(fmt, raw)``. Records over
+Registered formats: ``zeek``, ``suricata``, ``syslog``, ``cef``, ``netflow``, ``json``
+(and its alias ``jsonl``); call ``parse(fmt, raw)``. Records over
 ``MAX_RECORD_BYTES`` (1 MiB) and records framed with the ``invalid-utf8`` hint
 are dead-lettered by every parser. The helpers below (dead letters, lenient row
 -> column conversion, vectorised event ids) are shared by the parser modules.
@@ -376,7 +376,7 @@ def safe_parser(fn: Callable[[pa.Table], ParseResult]) -> Callable[[pa.Table], P
 
 
 def _register_all() -> None:
-    from . import cef, jsonl, suricata, syslog, zeek  # noqa: F401
+    from . import cef, jsonl, netflow, suricata, syslog, zeek  # noqa: F401
 
 
 

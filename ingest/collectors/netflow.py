@@ -1,0 +1,904 @@
+"""NetFlow v5, v9 and IPFIX collector over UDP, feeding ``raw.netflow``.
+
+Datagrams are binary, so they are decoded in the receive path
+(:class:`FlowDecoder`) and every flow record travels on the bus as one compact
+JSON object (the parser ``ingest.parsers.netflow`` maps it to ECS).
+
+Raw representation (one ``RAW_SCHEMA`` row per decoded flow record):
+
+* ``taishi.source`` = the collector's name (``netflow``), ``log.offset`` = the
+  collector's record sequence number (continued across restarts from the bus
+  frame meta, like the syslog receiver), ``hint`` = ``"netflow"``.
+* ``event.original`` = JSON object, keys:
+
+  - ``ver``: 5, 9 or 10 (IPFIX); ``exporter``: the sender's address;
+    ``domain``: v9 source id / IPFIX observation domain
+    (v5: ``engine_type << 8 | engine_id``); ``tid``: template id (v5: 0);
+  - ``export_ms``: the export time of the datagram (unix ms);
+    ``uptime_ms``: the exporter's sysUpTime (v5/v9), ``init_ms``: the
+    exporter's ``systemInitTimeMilliseconds`` when an IPFIX options record
+    announced it — what ``flowStart/EndSysUpTime`` are relative to;
+  - the flow's information elements under their IANA IPFIX names
+    (``sourceIPv4Address``, ``octetDeltaCount``, ``flowStartSysUpTime`` ...;
+    v5's fixed record and v9 field types use the same names). Addresses are
+    text, MACs ``aa:bb:..``, unsigned numbers ints, strings text, other
+    octet arrays hex. RFC 5103 reverse elements (enterprise 29305) are
+    named ``reverse<Name>`` (``reverseOctetDeltaCount``). Other
+    enterprise-specific and unknown elements are skipped (counted per
+    template in ``skipped_fields``).
+
+v9/IPFIX templates are kept per (exporter, domain, template id). Data sets
+that arrive before their template wait (bounded: ``max_pending_sets``) and are
+decoded when the template arrives; what overflows, or is still waiting at
+``stop()``, is dead-lettered. Options templates are parsed; their data records
+are not flows but metadata (``options()``), e.g. ``systemInitTimeMilliseconds``.
+
+Sequence numbers are checked per (exporter, version, domain): v5 and IPFIX
+count flow records, v9 export packets; a forward jump is counted as loss
+(``lost_records`` / ``lost_packets``, and per exporter/domain in
+``loss()`` and the Prometheus text); a backward one (exporter restart,
+reordering) is not. Exporters differ on what the number counts (RFC 7011:
+records sent *before* this message; softflowd's IPFIX includes the message's
+own records and leaves options records out), so the convention is learnt per
+exporter: from its first message (numbered with its own record count: "post")
+and from consecutive messages whose counts tell the conventions apart. A message whose record
+count is unknown (data waiting for a template) resynchronises the check.
+
+Speed: fixed-length templates compile (cached) to one ``struct`` unpack and
+one %-format per record, so the collector's path (``json_out=True``) builds
+the JSON text without an intermediate dict.
+
+Metrics: ``metrics()`` / ``prometheus()``: datagrams, received (flow records),
+dropped (buffer full), kernel_drops (the socket's receive queue overflowed —
+read from /proc/net/udp), deadlettered (+ per reason), bytes, batches,
+option_records, sequence_gaps, lost_records, lost_packets (+ per exporter),
+skipped_fields, templates, waiting_sets, pending.
+
+Malformed datagrams (truncated header, bad version, length mismatch, bad set
+id or set length, template with zero fields, a record running past its set
+...) never raise: the whole datagram is dead-lettered (stage ``read``,
+``event.original`` = ``hex:`` + the datagram's bytes) with a specific reason
+and counted in ``deadlettered`` and ``reasons``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import orjson
+import pyarrow as pa
+
+from ingest.collectors.syslog import Listener
+from ingest.parsers import RAW_SCHEMA
+from taishi import ids
+from taishi.bus import TOPIC_DEADLETTER, Bus, raw_topic
+from taishi.schema import deadletters_table
+
+TOPIC = raw_topic("netflow")
+HINT = "netflow"
+UDP_RCVBUF = 8 * 1024 * 1024
+REVERSE_PEN = 29305  # RFC 5103 reverse information elements
+DEAD_KEEP_BYTES = 32 * 1024  # a dead datagram is kept (as hex) up to this size
+
+# IANA IPFIX information elements we name: id -> (name, kind).
+# kind: u unsigned int, ip4, ip6, mac, s string, b octets (hex), pad (skipped)
+IE: dict[int, tuple[str, str]] = {
+    1: ("octetDeltaCount", "u"), 2: ("packetDeltaCount", "u"), 3: ("deltaFlowCount", "u"),
+    4: ("protocolIdentifier", "u"), 5: ("ipClassOfService", "u"), 6: ("tcpControlBits", "u"),
+    7: ("sourceTransportPort", "u"), 8: ("sourceIPv4Address", "ip4"), 9: ("sourceIPv4PrefixLength", "u"),
+    10: ("ingressInterface", "u"), 11: ("destinationTransportPort", "u"), 12: ("destinationIPv4Address", "ip4"),
+    13: ("destinationIPv4PrefixLength", "u"), 14: ("egressInterface", "u"), 15: ("ipNextHopIPv4Address", "ip4"),
+    16: ("bgpSourceAsNumber", "u"), 17: ("bgpDestinationAsNumber", "u"), 18: ("bgpNextHopIPv4Address", "ip4"),
+    19: ("postMCastPacketDeltaCount", "u"), 20: ("postMCastOctetDeltaCount", "u"),
+    21: ("flowEndSysUpTime", "u"), 22: ("flowStartSysUpTime", "u"),
+    23: ("postOctetDeltaCount", "u"), 24: ("postPacketDeltaCount", "u"),
+    25: ("minimumIpTotalLength", "u"), 26: ("maximumIpTotalLength", "u"),
+    27: ("sourceIPv6Address", "ip6"), 28: ("destinationIPv6Address", "ip6"),
+    29: ("sourceIPv6PrefixLength", "u"), 30: ("destinationIPv6PrefixLength", "u"), 31: ("flowLabelIPv6", "u"),
+    32: ("icmpTypeCodeIPv4", "u"), 33: ("igmpType", "u"), 34: ("samplingInterval", "u"),
+    35: ("samplingAlgorithm", "u"), 36: ("flowActiveTimeout", "u"), 37: ("flowIdleTimeout", "u"),
+    38: ("engineType", "u"), 39: ("engineId", "u"), 40: ("exportedOctetTotalCount", "u"),
+    41: ("exportedMessageTotalCount", "u"), 42: ("exportedFlowRecordTotalCount", "u"),
+    52: ("minimumTTL", "u"), 53: ("maximumTTL", "u"), 54: ("fragmentIdentification", "u"),
+    56: ("sourceMacAddress", "mac"), 57: ("postDestinationMacAddress", "mac"), 58: ("vlanId", "u"),
+    59: ("postVlanId", "u"), 60: ("ipVersion", "u"), 61: ("flowDirection", "u"),
+    62: ("ipNextHopIPv6Address", "ip6"), 63: ("bgpNextHopIPv6Address", "ip6"),
+    80: ("destinationMacAddress", "mac"), 81: ("postSourceMacAddress", "mac"),
+    82: ("interfaceName", "s"), 83: ("interfaceDescription", "s"),
+    85: ("octetTotalCount", "u"), 86: ("packetTotalCount", "u"), 88: ("fragmentOffset", "u"),
+    89: ("forwardingStatus", "u"), 94: ("applicationDescription", "s"), 95: ("applicationId", "b"),
+    96: ("applicationName", "s"), 130: ("exporterIPv4Address", "ip4"), 131: ("exporterIPv6Address", "ip6"),
+    136: ("flowEndReason", "u"), 137: ("commonPropertiesId", "u"), 138: ("observationPointId", "u"),
+    139: ("icmpTypeCodeIPv6", "u"), 143: ("meteringProcessId", "u"), 144: ("exportingProcessId", "u"),
+    148: ("flowId", "u"), 149: ("observationDomainId", "u"),
+    150: ("flowStartSeconds", "u"), 151: ("flowEndSeconds", "u"),
+    152: ("flowStartMilliseconds", "u"), 153: ("flowEndMilliseconds", "u"),
+    154: ("flowStartMicroseconds", "u"), 155: ("flowEndMicroseconds", "u"),
+    156: ("flowStartNanoseconds", "u"), 157: ("flowEndNanoseconds", "u"),
+    158: ("flowStartDeltaMicroseconds", "u"), 159: ("flowEndDeltaMicroseconds", "u"),
+    160: ("systemInitTimeMilliseconds", "u"), 161: ("flowDurationMilliseconds", "u"),
+    162: ("flowDurationMicroseconds", "u"), 176: ("icmpTypeIPv4", "u"), 177: ("icmpCodeIPv4", "u"),
+    178: ("icmpTypeIPv6", "u"), 179: ("icmpCodeIPv6", "u"), 184: ("tcpSequenceNumber", "u"),
+    186: ("tcpWindowSize", "u"), 192: ("ipTTL", "u"), 210: ("paddingOctets", "pad"),
+    225: ("postNATSourceIPv4Address", "ip4"), 226: ("postNATDestinationIPv4Address", "ip4"),
+    227: ("postNAPTSourceTransportPort", "u"), 228: ("postNAPTDestinationTransportPort", "u"),
+    239: ("biflowDirection", "u"), 256: ("ethernetType", "u"),
+    300: ("observationDomainName", "s"), 302: ("selectorId", "u"), 304: ("selectorAlgorithm", "u"),
+    305: ("samplingPacketInterval", "u"), 306: ("samplingPacketSpace", "u"),
+}
+# v5's fixed 48-byte record, in the same vocabulary
+V5_HEADER = struct.Struct("!HHIIIIBBH")
+V5_RECORD = struct.Struct("!4s4s4sHHIIIIHHxBBBHHBBxx")
+V5_NAMES = ("sourceIPv4Address", "destinationIPv4Address", "ipNextHopIPv4Address", "ingressInterface",
+            "egressInterface", "packetDeltaCount", "octetDeltaCount", "flowStartSysUpTime", "flowEndSysUpTime",
+            "sourceTransportPort", "destinationTransportPort", "tcpControlBits", "protocolIdentifier",
+            "ipClassOfService", "bgpSourceAsNumber", "bgpDestinationAsNumber", "sourceIPv4PrefixLength",
+            "destinationIPv4PrefixLength")
+_V5_JSON = "%s" + ",".join(f'"{k}":"%s"' if i < 3 else f'"{k}":%d' for i, k in enumerate(V5_NAMES)) + "}"
+V9_HEADER = struct.Struct("!HHIIII")
+IPFIX_HEADER = struct.Struct("!HHIII")
+SET_HEADER = struct.Struct("!HH")
+U16 = struct.Struct("!H")
+U16x2 = struct.Struct("!HH")
+U16x3 = struct.Struct("!HHH")
+U32 = struct.Struct("!I")
+
+_ntoa = socket.inet_ntoa
+
+
+def _ntop6(b: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET6, b)
+
+
+def _mac(b: bytes) -> str:
+    return b.hex(":")
+
+
+def _text(b: bytes) -> str:
+    return b.rstrip(b"\x00").decode("utf-8", "replace")
+
+
+def _hex(b: bytes) -> str:
+    return b.hex()
+
+
+def _uint(b: bytes) -> int:
+    return int.from_bytes(b, "big")
+
+
+def _jstr(b: bytes) -> str:
+    return orjson.dumps(_text(b)).decode()
+
+
+def _prefix(meta: dict) -> str:
+    """'{"ver":..,' : a JSON record's opening, the header fields every record of a set shares."""
+    return orjson.dumps(meta).decode()[:-1] + ","
+
+
+class Malformed(Exception):
+    """A datagram that cannot be decoded; the message is the dead-letter reason."""
+
+
+@dataclass
+class Template:
+    tid: int
+    fields: list[tuple[int, int, int]]  # (element id, length, enterprise number)
+    options: bool
+    scope_count: int
+    decode: Callable[[bytes, dict], list[dict]]  # set body, header meta -> records
+    min_len: int  # shortest record (fixed part)
+    skipped: int  # enterprise/unknown elements skipped
+    decode_json: Callable[[bytes, str], list[str]]  # set body, JSON prefix ('{"ver":..,') -> JSON lines
+
+
+def _field_kind(ie: int, pen: int, scope: bool, version: int) -> tuple[str | None, str]:
+    """(output name or None to skip, kind)."""
+    if scope and version == 9:
+        return None, "pad"  # v9 scope types are not IPFIX elements
+    if pen == REVERSE_PEN:
+        known = IE.get(ie)
+        if known is None or known[1] == "pad":
+            return None, "pad"
+        return "reverse" + known[0][0].upper() + known[0][1:], known[1]
+    if pen:
+        return None, "pad"
+    known = IE.get(ie)
+    if known is None or known[1] == "pad":
+        return None, "pad"
+    return known
+
+
+_INT_CODE = {1: "B", 2: "H", 4: "I", 8: "Q"}
+_CONV = {"ip4": "_ntoa", "ip6": "_ntop6", "mac": "_mac", "s": "_text", "b": "_hex", "u": "_uint"}
+
+
+_COMPILED: dict[tuple, Template] = {}
+
+
+def compile_template(tid: int, fields: list[tuple[int, int, int]], options: bool, scope_count: int,
+                     version: int) -> Template:
+    """A decoder for the records of a template (cached: exporters resend templates often)."""
+    key = (tid, tuple(fields), options, scope_count, version)
+    t = _COMPILED.get(key)
+    if t is None:
+        if len(_COMPILED) > 4096:
+            _COMPILED.clear()
+        t = _COMPILED[key] = _compile(tid, fields, options, scope_count, version)
+    return t
+
+
+def _compile(tid: int, fields: list[tuple[int, int, int]], options: bool, scope_count: int,
+             version: int) -> Template:
+    skipped = 0
+    if any(length == 0xFFFF for _, length, _ in fields):
+        return _compile_varlen(tid, fields, options, scope_count, version)
+    fmt = ["!"]
+    items: list[str] = []
+    jparts: list[tuple[str, str]] = []  # (JSON piece with one %-placeholder, value expression)
+    vi = 0
+    for i, (ie, length, pen) in enumerate(fields):
+        name, kind = _field_kind(ie, pen, i < scope_count, version)
+        if name is None:
+            skipped += kind == "pad" and (pen not in (0, REVERSE_PEN) or ie not in IE)
+            fmt.append(f"{length}x")
+            continue
+        if kind == "u" and length in _INT_CODE:
+            fmt.append(_INT_CODE[length])
+            expr = f"v[{vi}]"
+        else:
+            if (kind == "ip4" and length != 4) or (kind == "ip6" and length != 16) or (kind == "u" and length > 8):
+                kind = "b"
+            fmt.append(f"{length}s")
+            expr = f"{_CONV[kind]}(v[{vi}])"
+        # JSON: numbers bare; addresses, MACs and hex never need escaping; text is escaped by orjson
+        if kind == "u":
+            jparts.append((f'"{name}":%d', expr))
+        elif kind == "s":
+            jparts.append((f'"{name}":%s', f"_jstr(v[{vi}])"))
+        else:
+            jparts.append((f'"{name}":"%s"', expr))
+        items.append(f"{name!r}: {expr}")
+        vi += 1
+    st = struct.Struct("".join(fmt))
+    size = st.size
+    if size == 0:
+        raise Malformed(f"bad field length: template {tid} has zero-length records")
+    jfmt = "%s" + ",".join(f for f, _ in jparts) + "}"  # names are our own: no stray %
+    jargs = ", ".join(e for _, e in jparts)
+    src = (
+        "def decode(body, meta):\n"
+        f"    n = len(body) // {size}\n"
+        f"    return [{{**meta, {', '.join(items)}}} for v in _iter(body[: n * {size}])]\n"
+        "def decode_json(body, prefix):\n"
+        f"    n = len(body) // {size}\n"
+        + (f"    return [_JF % (prefix, {jargs}) for v in _iter(body[: n * {size}])]\n" if jparts else
+           "    return [prefix[:-1] + '}'] * n\n")
+    )
+    ns: dict[str, Any] = {"_iter": st.iter_unpack, "_ntoa": _ntoa, "_ntop6": _ntop6, "_mac": _mac,
+                          "_text": _text, "_hex": _hex, "_uint": _uint, "_jstr": _jstr, "_JF": jfmt}
+    exec(src, ns)  # noqa: S102 - names and codes come from our own tables
+    return Template(tid, fields, options, scope_count, ns["decode"], size, skipped, ns["decode_json"])
+
+
+_KIND_FN: dict[str, Callable[[bytes], Any]] = {"ip4": _ntoa, "ip6": _ntop6, "mac": _mac, "s": _text, "b": _hex, "u": _uint}
+_VAR_SAFE: dict[str, Callable[[bytes], Any]] = {
+    "ip4": lambda b: _ntoa(b) if len(b) == 4 else b.hex(),
+    "ip6": lambda b: _ntop6(b) if len(b) == 16 else b.hex(),
+    "u": lambda b: _uint(b) if len(b) <= 8 else b.hex(),
+}
+
+
+def _compile_varlen(tid: int, fields: list[tuple[int, int, int]], options: bool, scope_count: int,
+                    version: int) -> Template:
+    plan: list[tuple[str | None, Callable[[bytes], Any] | None, int]] = []
+    skipped = 0
+    min_len = 0
+    for i, (ie, length, pen) in enumerate(fields):
+        name, kind = _field_kind(ie, pen, i < scope_count, version)
+        if name is None:
+            skipped += pen not in (0, REVERSE_PEN) or ie not in IE
+            plan.append((None, None, length))
+        elif length == 0xFFFF and kind in _VAR_SAFE:  # the length is only known per record
+            plan.append((name, _VAR_SAFE[kind], length))
+        else:
+            if (kind == "ip4" and length != 4) or (kind == "ip6" and length != 16) or (kind == "u" and length > 8):
+                kind = "b"
+            plan.append((name, _KIND_FN[kind], length))
+        min_len += 1 if length == 0xFFFF else length
+
+    def decode(body: bytes, meta: dict) -> list[dict]:
+        out = []
+        end = len(body)
+        pos = 0
+        while end - pos >= min_len:  # less than one record left: padding
+            rec = dict(meta)
+            for name, fn, length in plan:
+                if length == 0xFFFF:
+                    if pos >= end:
+                        raise Malformed(f"record overrun: template {tid} variable-length field runs past the set")
+                    length = body[pos]
+                    pos += 1
+                    if length == 255:
+                        if pos + 2 > end:
+                            raise Malformed(f"record overrun: template {tid} variable-length field runs past the set")
+                        length = U16.unpack_from(body, pos)[0]
+                        pos += 2
+                if pos + length > end:
+                    raise Malformed(f"record overrun: template {tid} record runs past the end of its set")
+                if name is not None:
+                    rec[name] = fn(body[pos:pos + length])  # type: ignore[misc]
+                pos += length
+            out.append(rec)
+        return out
+
+    def decode_json(body: bytes, prefix: str) -> list[str]:
+        meta = orjson.loads(prefix[:-1] + "}")
+        return [orjson.dumps(r).decode() for r in decode(body, meta)]
+
+    return Template(tid, fields, options, scope_count, decode, min_len, skipped, decode_json)
+
+
+@dataclass
+class _Seq:
+    prev: tuple[int, int, int] | None = None  # (sequence, records, flow records) of the last message
+    dir: str | None = None  # "pre" / "post": the exporter's convention, once a message tells them apart
+    cnt: str | None = None  # "all" / "flow": whether options records count
+    lost: int = 0
+    gaps: int = 0
+
+
+# Exporters disagree on what the sequence number counts: RFC 7011/3954 say the
+# records sent *before* this message ("pre"), some (softflowd's IPFIX) count
+# this message's records too ("post"), and some leave options records out.
+_SEQ_MODES = ("pre-all", "pre-flow", "post-all", "post-flow")
+
+
+class FlowDecoder:
+    """Stateful NetFlow v5/v9/IPFIX decoder: ``decode(datagram, exporter) -> records``.
+
+    Records are dicts, or with ``json_out=True`` their compact JSON text (what the
+    collector puts on the bus; built without the dict). Never raises on input: a malformed datagram gives no records and is put
+    on ``dead`` as (exporter, reason, datagram bytes); ``reasons`` counts them.
+    """
+
+    def __init__(self, *, max_pending_sets: int = 1024, max_templates: int = 65536, json_out: bool = False) -> None:
+        self.json_out = json_out  # records as JSON lines (the collector's hot path) instead of dicts
+        self.templates: dict[tuple[str, int, int], Template] = {}
+        self.pending: dict[tuple[str, int, int], list[tuple[bytes, dict]]] = {}
+        self.pending_sets = 0
+        self.max_pending_sets = max_pending_sets
+        self.max_templates = max_templates
+        self.seq: dict[tuple[str, int, int], _Seq] = {}
+        self.meta_options: dict[tuple[str, int], dict] = {}
+        self.init_ms: dict[tuple[str, int], int] = {}
+        self.dead: list[tuple[str, str, bytes]] = []
+        self.reasons: Counter[str] = Counter()
+        self.datagrams = 0
+        self.records = 0
+        self.option_records = 0
+        self.lost_records = 0
+        self.lost_packets = 0
+        self.sequence_gaps = 0
+        self.skipped_fields = 0
+
+    # -- entry point ---------------------------------------------------------------
+    def decode(self, data: bytes, exporter: str) -> list[Any]:  # dicts, or JSON text with json_out
+        self.datagrams += 1
+        try:
+            if len(data) < 4:
+                raise Malformed(f"truncated header: {len(data)} bytes")
+            version = (data[0] << 8) | data[1]
+            if version == 5:
+                out = self._v5(data, exporter)
+            elif version == 9:
+                out = self._v9_ipfix(data, exporter, 9)
+            elif version == 10:
+                out = self._v9_ipfix(data, exporter, 10)
+            else:
+                raise Malformed(f"unsupported version: {version}")
+        except Malformed as exc:
+            self._reject(exporter, str(exc), data)
+            return []
+        except Exception as exc:  # noqa: BLE001 - defensive: a datagram never stops the collector
+            self._reject(exporter, f"undecodable datagram: {type(exc).__name__}: {exc}"[:300], data)
+            return []
+        self.records += len(out)
+        return out
+
+    def _reject(self, exporter: str, reason: str, data: bytes) -> None:
+        self.dead.append((exporter, reason, data))
+        self.reasons[reason.split(":")[0]] += 1
+
+    def _check_seq(self, exporter: str, version: int, domain: int, seq: int,
+                   counts: tuple[int, int] | None, unit: str) -> None:
+        """Count a forward sequence jump as loss. ``counts`` = (records, flow records) of
+        this message (None when unknown: data waiting for a template; the check resyncs)."""
+        key = (exporter, version, domain)
+        s = self.seq.get(key)
+        if s is None:
+            s = self.seq[key] = _Seq()
+            if version == 10 and counts is not None and seq and seq in counts:
+                # an exporter's first message numbered with its own record count: it counts "post"
+                # (softflowd's IPFIX); RFC exporters start at 0
+                s.dir = "post"
+                if counts[0] != counts[1]:
+                    s.cnt = "all" if seq == counts[0] else "flow"
+        if s.prev is not None and counts is not None:
+            pseq, pall, pflow = s.prev
+            cands = {"pre-all": pseq + pall, "pre-flow": pseq + pflow,
+                     "post-all": pseq + counts[0], "post-flow": pseq + counts[1]}
+            allowed = [m for m in _SEQ_MODES
+                       if (s.dir is None or m.startswith(s.dir)) and (s.cnt is None or m.endswith(s.cnt))]
+            matching = [m for m in allowed if cands[m] & 0xFFFFFFFF == seq]
+            if matching:  # in sequence; learn what the matches agree on (equal counts cannot tell pre from post)
+                dirs = {m.split("-")[0] for m in matching}
+                cnts = {m.split("-")[1] for m in matching}
+                if len(dirs) == 1:
+                    s.dir = dirs.pop()
+                if len(cnts) == 1:
+                    s.cnt = cnts.pop()
+                gap = 0
+            else:
+                gap = (seq - cands[f"{s.dir or 'pre'}-{s.cnt or 'all'}"]) & 0xFFFFFFFF
+            if 0 < gap < 0x80000000:  # forward jump: lost; a backward one is a reorder/restart
+                s.lost += gap
+                s.gaps += 1
+                self.sequence_gaps += 1
+                if unit == "packets":
+                    self.lost_packets += gap
+                else:
+                    self.lost_records += gap
+        s.prev = None if counts is None else (seq, counts[0], counts[1])
+
+    # -- v5 ------------------------------------------------------------------------
+    def _v5(self, data: bytes, exporter: str) -> list[dict]:
+        if len(data) < V5_HEADER.size:
+            raise Malformed(f"truncated header: v5 needs {V5_HEADER.size} bytes, got {len(data)}")
+        _v, count, uptime, secs, nsecs, seq, etype, eid, _sampling = V5_HEADER.unpack_from(data)
+        if not 1 <= count <= 30:
+            raise Malformed(f"bad record count: v5 count {count} (1..30)")
+        need = V5_HEADER.size + count * V5_RECORD.size
+        if len(data) != need:
+            raise Malformed(f"length mismatch: v5 with {count} records needs {need} bytes, got {len(data)}")
+        domain = (etype << 8) | eid
+        meta = {"ver": 5, "exporter": exporter, "domain": domain, "tid": 0,
+                "export_ms": secs * 1000 + nsecs // 1_000_000, "uptime_ms": uptime}
+        body = memoryview(data)[V5_HEADER.size:]
+        if self.json_out:
+            pre = _prefix(meta)
+            out = [_V5_JSON % (pre, _ntoa(r[0]), _ntoa(r[1]), _ntoa(r[2]), *r[3:]) for r in V5_RECORD.iter_unpack(body)]
+        else:
+            out = [
+                {**meta, "sourceIPv4Address": _ntoa(r[0]), "destinationIPv4Address": _ntoa(r[1]),
+                 "ipNextHopIPv4Address": _ntoa(r[2]), "ingressInterface": r[3], "egressInterface": r[4],
+                 "packetDeltaCount": r[5], "octetDeltaCount": r[6], "flowStartSysUpTime": r[7],
+                 "flowEndSysUpTime": r[8], "sourceTransportPort": r[9], "destinationTransportPort": r[10],
+                 "tcpControlBits": r[11], "protocolIdentifier": r[12], "ipClassOfService": r[13],
+                 "bgpSourceAsNumber": r[14], "bgpDestinationAsNumber": r[15],
+                 "sourceIPv4PrefixLength": r[16], "destinationIPv4PrefixLength": r[17]}
+                for r in V5_RECORD.iter_unpack(body)
+            ]
+        self._check_seq(exporter, 5, domain, seq, (count, count), "records")
+        return out
+
+    # -- v9 / IPFIX ----------------------------------------------------------------
+    def _v9_ipfix(self, data: bytes, exporter: str, version: int) -> list[dict]:
+        n = len(data)
+        if version == 9:
+            if n < V9_HEADER.size:
+                raise Malformed(f"truncated header: v9 needs {V9_HEADER.size} bytes, got {n}")
+            _v, _count, uptime, secs, seq, domain = V9_HEADER.unpack_from(data)
+            meta = {"ver": 9, "exporter": exporter, "domain": domain, "tid": 0,
+                    "export_ms": secs * 1000, "uptime_ms": uptime}
+            pos = V9_HEADER.size
+            tmpl_set, opt_set = 0, 1
+        else:
+            if n < IPFIX_HEADER.size:
+                raise Malformed(f"truncated header: IPFIX needs {IPFIX_HEADER.size} bytes, got {n}")
+            _v, length, secs, seq, domain = IPFIX_HEADER.unpack_from(data)
+            if length != n:
+                raise Malformed(f"length mismatch: IPFIX header says {length} bytes, datagram has {n}")
+            meta = {"ver": 10, "exporter": exporter, "domain": domain, "tid": 0, "export_ms": secs * 1000}
+            init = self.init_ms.get((exporter, domain))
+            if init is not None:
+                meta["init_ms"] = init
+            pos = IPFIX_HEADER.size
+            tmpl_set, opt_set = 2, 3
+        # pass 1: set structure
+        sets: list[tuple[int, int, int]] = []
+        while pos < n:
+            if n - pos < 4:
+                if version == 9 and not any(data[pos:]):
+                    break  # v9 exporters may pad the packet
+                raise Malformed(f"truncated set header: at byte {pos}")
+            sid, slen = SET_HEADER.unpack_from(data, pos)
+            if slen < 4:
+                raise Malformed(f"bad set length: {slen} at byte {pos}")
+            if pos + slen > n:
+                raise Malformed(f"bad set length: set {sid} of {slen} bytes at byte {pos} runs past the datagram ({n})")
+            if sid not in (tmpl_set, opt_set) and sid < 256:
+                raise Malformed(f"bad set id: {sid} at byte {pos}")
+            sets.append((sid, pos + 4, pos + slen))
+            pos += slen
+        # pass 2: templates first within the datagram order, data decoded as met
+        out: list[dict] = []
+        data_records = flow_records = 0
+        countable = True
+        new_pending: list[tuple[tuple[str, int, int], bytes, dict]] = []
+        released: list[tuple[str, int, int]] = []
+        for sid, start, end in sets:
+            if sid == tmpl_set or sid == opt_set:
+                for t in self._templates(data, start, end, version, sid == opt_set):
+                    key = (exporter, domain, t.tid)
+                    if key not in self.templates and len(self.templates) >= self.max_templates:
+                        raise Malformed(f"too many templates: limit {self.max_templates}")
+                    self.templates[key] = t
+                    self.skipped_fields += t.skipped
+                    if key in self.pending:
+                        released.append(key)
+                continue
+            key = (exporter, domain, sid)
+            t = self.templates.get(key)
+            body = data[start:end]
+            if t is None:
+                countable = False
+                new_pending.append((key, body, {**meta, "tid": sid}))
+                continue
+            if t.options:
+                recs = t.decode(body, {**meta, "tid": sid})
+                data_records += len(recs)
+                self._options(exporter, domain, recs)
+                if version == 10 and "init_ms" not in meta and (exporter, domain) in self.init_ms:
+                    meta["init_ms"] = self.init_ms[(exporter, domain)]
+                continue
+            if self.json_out:
+                recs = t.decode_json(body, _prefix({**meta, "tid": sid}))
+            else:
+                recs = t.decode(body, {**meta, "tid": sid})
+            data_records += len(recs)
+            flow_records += len(recs)
+            out.extend(recs)
+        # the datagram decoded: commit waiting data, release what its templates unlock
+        for key in released:
+            for body, m in self.pending.pop(key, []):
+                self.pending_sets -= 1
+                t = self.templates[key]
+                if m["ver"] == 10 and "init_ms" not in m and (key[0], key[1]) in self.init_ms:
+                    m["init_ms"] = self.init_ms[(key[0], key[1])]
+                try:
+                    if t.options:
+                        self._options(key[0], key[1], t.decode(body, m))
+                    elif self.json_out:
+                        out.extend(t.decode_json(body, _prefix(m)))
+                    else:
+                        out.extend(t.decode(body, m))
+                except Malformed as exc:
+                    self._reject(exporter, f"{exc} (buffered data set)", body)
+        for key, body, m in new_pending:
+            if self.pending_sets >= self.max_pending_sets:
+                self._reject(exporter, f"no template: data set for template {key[2]} (domain {key[1]}) dropped, "
+                             f"{self.max_pending_sets} sets already wait for templates", body)
+                continue
+            self.pending.setdefault(key, []).append((body, m))
+            self.pending_sets += 1
+        if version == 9:
+            self._check_seq(exporter, 9, domain, seq, (1, 1), "packets")
+        else:
+            self._check_seq(exporter, 10, domain, seq, (data_records, flow_records) if countable else None, "records")
+        return out
+
+    def _templates(self, data: bytes, pos: int, end: int, version: int, options: bool) -> list[Template]:
+        out = []
+        ipfix = version == 10
+        while end - pos >= 4:
+            if options and not ipfix:
+                if end - pos < 6:
+                    break
+                tid, scope_len, opt_len = U16x3.unpack_from(data, pos)
+                pos += 6
+                if tid < 256:
+                    raise Malformed(f"bad template id: {tid} in options template")
+                if scope_len % 4 or opt_len % 4:
+                    raise Malformed(f"bad options template: {tid} scope/option lengths {scope_len}/{opt_len} not multiples of 4")
+                count, scope_count = (scope_len + opt_len) // 4, scope_len // 4
+            elif options:
+                if end - pos < 6:
+                    raise Malformed("truncated template: options template header")
+                tid, count, scope_count = U16x3.unpack_from(data, pos)
+                pos += 6
+                if count and not 1 <= scope_count <= count:
+                    raise Malformed(f"bad options template: {tid} has scope field count {scope_count} of {count} fields")
+            else:
+                tid, count = U16x2.unpack_from(data, pos)
+                pos += 4
+                scope_count = 0
+            if tid < 256:
+                raise Malformed(f"bad template id: {tid}")
+            if count == 0:
+                raise Malformed(f"zero-field template: template {tid} with zero fields")
+            fields = []
+            for _ in range(count):
+                if pos + 4 > end:
+                    raise Malformed(f"truncated template: template {tid} announces {count} fields")
+                ie, length = U16x2.unpack_from(data, pos)
+                pos += 4
+                pen = 0
+                if ipfix and ie & 0x8000:
+                    if pos + 4 > end:
+                        raise Malformed(f"truncated template: template {tid} enterprise number missing")
+                    pen = U32.unpack_from(data, pos)[0]
+                    pos += 4
+                    ie &= 0x7FFF
+                if length == 0xFFFF and not ipfix:
+                    raise Malformed(f"bad field length: template {tid} variable length is IPFIX only")
+                if length == 0 and not ipfix:
+                    raise Malformed(f"bad field length: template {tid} field {ie} of length 0")
+                fields.append((ie, length, pen))
+            out.append(compile_template(tid, fields, options, scope_count, version))
+        return out
+
+    def _options(self, exporter: str, domain: int, recs: list[dict]) -> None:
+        self.option_records += len(recs)
+        store = self.meta_options.setdefault((exporter, domain), {})
+        for r in recs:
+            for k, v in r.items():
+                if k not in ("ver", "exporter", "domain", "export_ms", "uptime_ms", "init_ms"):
+                    store[k] = v
+            init = r.get("systemInitTimeMilliseconds")
+            if isinstance(init, int):
+                self.init_ms[(exporter, domain)] = init
+
+    # -- inspection ----------------------------------------------------------------
+    def options(self, exporter: str, domain: int) -> dict:
+        """What options data records said about (exporter, domain), newest value per element."""
+        return dict(self.meta_options.get((exporter, domain), {}))
+
+    def loss(self) -> dict[str, dict]:
+        """Per ``exporter/vVERSION/domain``: sequence gaps and units lost (records; v9: packets)."""
+        return {f"{e}/v{v}/{d}": {"gaps": s.gaps, "lost": s.lost, "unit": "packets" if v == 9 else "records"}
+                for (e, v, d), s in self.seq.items()}
+
+    def expire_pending(self) -> None:
+        """Dead-letter every data set still waiting for its template."""
+        for key, items in self.pending.items():
+            for body, _m in items:
+                self._reject(key[0], f"no template: template {key[2]} (domain {key[1]}) never arrived", body)
+        self.pending.clear()
+        self.pending_sets = 0
+
+
+@dataclass
+class Metrics:
+    datagrams: int = 0
+    received: int = 0  # flow records queued
+    dropped: int = 0
+    deadlettered: int = 0
+    bytes: int = 0
+    batches: int = 0
+    by_version: dict[int, int] = field(default_factory=dict)
+
+
+class NetflowCollector:
+    """UDP listener(s) decoding NetFlow v5/v9/IPFIX into ``raw.netflow`` (see module doc)."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        listeners: list[Listener],
+        *,
+        name: str = "netflow",
+        max_pending: int = 200_000,
+        batch_size: int = 8192,
+        flush_interval: float = 0.5,
+        max_pending_sets: int = 1024,
+    ) -> None:
+        self.bus = bus
+        self.listeners = listeners
+        self.name = name
+        self.max_pending = max_pending
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.decoder = FlowDecoder(max_pending_sets=max_pending_sets, json_out=True)
+        self.m = Metrics()
+        self._pending: list[str] = []
+        self._dead: list[dict] = []
+        meta = bus.last_meta(TOPIC, "listener", name)
+        self._seq = int(meta["seq"]) + 1 if meta else 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopping: asyncio.Event | None = None
+        self._lock = threading.Lock()
+        self.bound: dict[str, tuple[str, int]] = {}
+        self._error: BaseException | None = None
+        self._inodes: list[tuple[int, bool]] = []  # (socket inode, ipv6) for the kernel's drop counter
+        self._kernel_drops = 0
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> "NetflowCollector":
+        self._thread = threading.Thread(target=self._run, name=f"taishi-{self.name}", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        """Stop listening; dead-letter data still waiting for templates; flush to the bus."""
+        if self._loop and self._stopping:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        transports = []
+        for ls in self.listeners:
+            if ls.proto != "udp":
+                raise ValueError(f"NetFlow listens on UDP only, not {ls.proto!r}")
+            sock = socket.socket(socket.AF_INET6 if ":" in ls.host else socket.AF_INET, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((ls.host, ls.port))
+            self._inodes.append((os.fstat(sock.fileno()).st_ino, sock.family == socket.AF_INET6))
+            tr, _ = await self._loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
+            transports.append(tr)
+            self.bound["udp"] = sock.getsockname()[:2]
+        self._ready.set()
+        flusher = asyncio.create_task(self._flush_loop())
+        await self._stopping.wait()
+        self.kernel_drops()  # remember the count before the sockets go
+        for tr in transports:
+            tr.close()
+        flusher.cancel()
+        self.decoder.expire_pending()
+        self._flush()
+
+    # -- receiving -----------------------------------------------------------------
+    def datagram(self, data: bytes, addr: tuple) -> None:
+        """Decode one datagram from ``addr`` and queue its flow records."""
+        self.m.datagrams += 1
+        self.m.bytes += len(data)
+        recs = self.decoder.decode(data, addr[0])
+        if recs:
+            room = self.max_pending - len(self._pending)
+            if room < len(recs):
+                self.m.dropped += len(recs) - max(room, 0)
+                recs = recs[: max(room, 0)]
+            self._pending.extend(recs)
+            self.m.received += len(recs)
+            v = data[1]
+            self.m.by_version[v] = self.m.by_version.get(v, 0) + len(recs)
+        if self.decoder.dead:
+            self._take_dead()
+        if len(self._pending) >= self.batch_size:
+            self._flush()
+
+    def _take_dead(self) -> None:
+        now = datetime.now(timezone.utc)
+        for exporter, reason, data in self.decoder.dead:
+            text = "hex:" + data[:DEAD_KEEP_BYTES].hex()
+            self._dead.append({
+                "id": ids.deadletter_id(self.name, self._seq + len(self._dead), "read",
+                                        f"{exporter}\x1f{time.time_ns()}\x1f{text}"),
+                "@timestamp": now,
+                "taishi.source": self.name,
+                "log.offset": -1,
+                "stage": "read",
+                "reason": f"{reason} (from {exporter})",
+                "event.original": text,
+            })
+            self.m.deadlettered += 1
+        self.decoder.dead.clear()
+
+    # -- delivery ------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.decoder.dead:
+            self._take_dead()
+        if self._dead:
+            self.bus.produce(TOPIC_DEADLETTER, deadletters_table(self._dead))
+            self._dead = []
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        seq0, n = self._seq, len(batch)
+        table = pa.table(
+            {
+                "taishi.source": pa.array([self.name] * n, pa.string()),
+                "log.offset": pa.array(range(seq0, seq0 + n), pa.int64()),
+                "log.file.path": pa.nulls(n, pa.string()),
+                "hint": pa.array([HINT] * n, pa.string()),
+                "event.original": pa.array(batch, pa.string()),
+            },
+            schema=RAW_SCHEMA,
+        )
+        self._seq += n
+        self.bus.produce(TOPIC, table, meta={"listener": self.name, "seq": self._seq - 1})
+        self.m.batches += 1
+
+    # -- metrics -------------------------------------------------------------------
+    def metrics(self) -> dict:
+        d = self.decoder
+        return {
+            "datagrams": self.m.datagrams,
+            "received": self.m.received,
+            "dropped": self.m.dropped,
+            "deadlettered": self.m.deadlettered + len(d.dead),
+            "bytes": self.m.bytes,
+            "batches": self.m.batches,
+            "option_records": d.option_records,
+            "sequence_gaps": d.sequence_gaps,
+            "lost_records": d.lost_records,
+            "lost_packets": d.lost_packets,
+            "skipped_fields": d.skipped_fields,
+            "templates": len(d.templates),
+            "waiting_sets": d.pending_sets,
+            "pending": len(self._pending),
+            "kernel_drops": self.kernel_drops(),
+        }
+
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped on our sockets (receive buffer full): /proc/net/udp ``drops``."""
+        if self._thread is not None and not self._thread.is_alive():
+            return self._kernel_drops
+        total = 0
+        for inode, v6 in self._inodes:
+            try:
+                with open("/proc/net/udp6" if v6 else "/proc/net/udp") as f:
+                    for line in f:
+                        cols = line.split()
+                        if len(cols) > 12 and cols[9] == str(inode):
+                            total += int(cols[-1])
+            except (OSError, ValueError):
+                continue
+        self._kernel_drops = max(self._kernel_drops, total)
+        return self._kernel_drops
+
+    def prometheus(self) -> str:
+        """The metrics in Prometheus text exposition format."""
+        gauges = {"templates", "waiting_sets", "pending"}  # kernel_drops is a counter (since the socket opened)
+        out = []
+        for key, value in self.metrics().items():
+            kind = "gauge" if key in gauges else "counter"
+            name = f"taishi_netflow_{key}" + ("_total" if kind == "counter" else "")
+            out.append(f"# TYPE {name} {kind}")
+            out.append(f'{name}{{collector="{self.name}"}} {value}')
+        out.append("# TYPE taishi_netflow_sequence_lost_total counter")
+        for (exp, ver, dom), s in sorted(self.decoder.seq.items()):
+            out.append(f'taishi_netflow_sequence_lost_total{{collector="{self.name}",exporter="{exp}",'
+                       f'version="{ver}",domain="{dom}"}} {s.lost}')
+        out.append("# TYPE taishi_netflow_deadletter_reasons_total counter")
+        for reason, n in sorted(self.decoder.reasons.items()):
+            r = reason.replace("\\", "\\\\").replace('"', '\\"')
+            out.append(f'taishi_netflow_deadletter_reasons_total{{collector="{self.name}",reason="{r}"}} {n}')
+        return "\n".join(out) + "\n"
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, owner: NetflowCollector) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        self.owner.datagram(data, addr)
