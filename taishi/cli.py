@@ -616,7 +616,8 @@ def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, netflow_udp, tls
     import time as _time
 
     from ingest.collectors.netflow import NetflowCollector
-    from ingest.collectors.syslog import Listener, SyslogCollector
+    from ingest.collectors import Listener
+    from ingest.collectors.syslog import SyslogCollector
     from taishi.pipeline import Pipeline
 
     cfg = _cfg(ctx)

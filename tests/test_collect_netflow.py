@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import ingest.parsers.netflow  # noqa: F401 - registers the "netflow" parser
 from ingest.collectors.netflow import FlowDecoder, NetflowCollector
-from ingest.collectors.syslog import Listener
+from ingest.collectors import Listener
 from ingest.parsers import RAW_SCHEMA, parse
 from taishi.config import Config
 from taishi.pipeline import Pipeline

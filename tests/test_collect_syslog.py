@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.collectors.syslog import Listener, SyslogCollector
+from ingest.collectors import Listener
+from ingest.collectors.syslog import SyslogCollector
 from taishi.config import Config
 from taishi.pipeline import Pipeline
 

@@ -77,7 +77,7 @@ from typing import Any, Callable
 import orjson
 import pyarrow as pa
 
-from ingest.collectors.syslog import Listener
+from ingest.collectors import Collector, Listener, udp_socket
 from ingest.parsers import RAW_SCHEMA
 from taishi import ids
 from taishi.bus import TOPIC_DEADLETTER, Bus, raw_topic
@@ -85,7 +85,6 @@ from taishi.schema import deadletters_table
 
 TOPIC = raw_topic("netflow")
 HINT = "netflow"
-UDP_RCVBUF = 8 * 1024 * 1024
 REVERSE_PEN = 29305  # RFC 5103 reverse information elements
 DEAD_KEEP_BYTES = 32 * 1024  # a dead datagram is kept (as hex) up to this size
 
@@ -687,8 +686,10 @@ class Metrics:
     by_version: dict[int, int] = field(default_factory=dict)
 
 
-class NetflowCollector:
+class NetflowCollector(Collector):
     """UDP listener(s) decoding NetFlow v5/v9/IPFIX into ``raw.netflow`` (see module doc)."""
+
+    topic = TOPIC
 
     def __init__(
         self,
@@ -701,9 +702,7 @@ class NetflowCollector:
         flush_interval: float = 0.5,
         max_pending_sets: int = 1024,
     ) -> None:
-        self.bus = bus
-        self.listeners = listeners
-        self.name = name
+        super().__init__(bus, listeners, name)
         self.max_pending = max_pending
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -711,52 +710,16 @@ class NetflowCollector:
         self.m = Metrics()
         self._pending: list[str] = []
         self._dead: list[dict] = []
-        meta = bus.last_meta(TOPIC, "listener", name)
-        self._seq = int(meta["seq"]) + 1 if meta else 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stopping: asyncio.Event | None = None
         self._lock = threading.Lock()
-        self.bound: dict[str, tuple[str, int]] = {}
-        self._error: BaseException | None = None
         self._inodes: list[tuple[int, bool]] = []  # (socket inode, ipv6) for the kernel's drop counter
         self._kernel_drops = 0
 
-    # -- lifecycle -----------------------------------------------------------------
-    def start(self) -> "NetflowCollector":
-        self._thread = threading.Thread(target=self._run, name=f"taishi-{self.name}", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error:
-            raise self._error
-        return self
-
-    def stop(self) -> None:
-        """Stop listening; dead-letter data still waiting for templates; flush to the bus."""
-        if self._loop and self._stopping:
-            self._loop.call_soon_threadsafe(self._stopping.set)
-        if self._thread:
-            self._thread.join(30)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # surfaced by start()
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
+    async def _serve(self) -> None:
         transports = []
         for ls in self.listeners:
             if ls.proto != "udp":
                 raise ValueError(f"NetFlow listens on UDP only, not {ls.proto!r}")
-            sock = socket.socket(socket.AF_INET6 if ":" in ls.host else socket.AF_INET, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((ls.host, ls.port))
+            sock = udp_socket(ls.host, ls.port)
             self._inodes.append((os.fstat(sock.fileno()).st_ino, sock.family == socket.AF_INET6))
             tr, _ = await self._loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
             transports.append(tr)
@@ -768,7 +731,7 @@ class NetflowCollector:
         for tr in transports:
             tr.close()
         flusher.cancel()
-        self.decoder.expire_pending()
+        self.decoder.expire_pending()  # data still waiting for a template: dead letters
         self._flush()
 
     # -- receiving -----------------------------------------------------------------

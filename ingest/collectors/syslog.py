@@ -28,14 +28,13 @@ dropped, deadlettered, bytes, connections, pending (the lag), flushed batches.
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ingest.collectors import Collector, Listener, udp_socket
 from ingest.parsers import MAX_RECORD_BYTES, RAW_SCHEMA, set_hint
 from taishi import ids
 from taishi.bus import TOPIC_DEADLETTER, Bus, raw_topic
@@ -44,23 +43,6 @@ from taishi.schema import deadletters_table
 import pyarrow as pa
 
 TOPIC = raw_topic("syslog")
-UDP_RCVBUF = 8 * 1024 * 1024  # a burst of datagrams must not overflow the kernel buffer
-
-
-@dataclass
-class Listener:
-    """One listening socket: ``proto`` udp, tcp or tls on host:port."""
-
-    proto: str
-    host: str = "127.0.0.1"
-    port: int = 5514
-
-    @classmethod
-    def parse(cls, proto: str, spec: str) -> "Listener":
-        host, _, port = spec.rpartition(":")
-        if not port.isdigit():
-            raise ValueError(f"{proto} listener {spec!r}: expected HOST:PORT")
-        return cls(proto, host or "0.0.0.0", int(port))
 
 
 @dataclass
@@ -74,7 +56,9 @@ class Metrics:
     by_listener: dict[str, int] = field(default_factory=dict)
 
 
-class SyslogCollector:
+class SyslogCollector(Collector):
+    topic = TOPIC
+
     def __init__(
         self,
         bus: Bus,
@@ -87,9 +71,7 @@ class SyslogCollector:
         batch_size: int = 8192,
         flush_interval: float = 0.5,
     ) -> None:
-        self.bus = bus
-        self.listeners = listeners
-        self.name = name
+        super().__init__(bus, listeners, name)
         self.certfile, self.keyfile = certfile, keyfile
         self.max_pending = max_pending
         self.batch_size = batch_size
@@ -97,52 +79,15 @@ class SyslogCollector:
         self.m = Metrics()
         self._pending: list[tuple[str, str, str]] = []  # (listener source, sender ip, text)
         self._dead: list[dict] = []
-        meta = bus.last_meta(TOPIC, "listener", name)
-        self._seq = int(meta["seq"]) + 1 if meta else 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stopping: asyncio.Event | None = None
         self._room: asyncio.Condition | None = None
-        self.bound: dict[str, tuple[str, int]] = {}  # proto -> actual (host, port)
-        self._error: BaseException | None = None
 
-    # -- lifecycle -----------------------------------------------------------------
-    def start(self) -> "SyslogCollector":
-        """Start listening in a background thread; returns once the sockets are bound."""
-        self._thread = threading.Thread(target=self._run, name=f"taishi-{self.name}", daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        if self._error:
-            raise self._error
-        return self
-
-    def stop(self) -> None:
-        """Stop listening and flush everything received to the bus."""
-        if self._loop and self._stopping:
-            self._loop.call_soon_threadsafe(self._stopping.set)
-        if self._thread:
-            self._thread.join(30)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # surfaced by start()
-            self._error = exc
-            self._ready.set()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
+    async def _serve(self) -> None:
         self._room = asyncio.Condition()
         servers: list = []
         transports: list = []
         for ls in self.listeners:
             if ls.proto == "udp":
-                sock = socket.socket(socket.AF_INET6 if ":" in ls.host else socket.AF_INET, socket.SOCK_DGRAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind((ls.host, ls.port))
+                sock = udp_socket(ls.host, ls.port)
                 tr, _ = await self._loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
                 transports.append(tr)
                 self.bound["udp"] = sock.getsockname()[:2]
