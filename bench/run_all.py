@@ -16,6 +16,9 @@ SCRIPTS = [
     ["bench_detect.py", "--records", "200000"],
     ["bench_correlate.py"],
     ["bench_pipeline.py", "--records", "300000"],
+    ["bench_netflow.py", "--records", "300000"],
+    ["bench_pcap.py", "--repeat", "2"],
+    ["bench_anomaly.py", "--records", "200000"],
 ]
 
 if __name__ == "__main__":
