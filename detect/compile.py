@@ -197,20 +197,37 @@ def _lookup(d: Any, name: str) -> Any:
 class BatchContext:
     """Per-batch caches shared by every rule evaluated on ``table``."""
 
-    def __init__(self, table: pa.Table):
+    def __init__(self, table: pa.Table, rows: pa.Array | None = None):
+        """Over all of ``table``, or (``rows``) over those rows only: columns are
+        then taken lazily, just the ones a rule reads."""
         self.table = table
-        self.n = table.num_rows
+        self._rows = rows
+        self.n = table.num_rows if rows is None else len(rows)
         self._cols: dict[str, Any] = {}
         self._views: dict[str, StrView | None] = {}
         self._memo: dict[Any, np.ndarray] = {}
         self._extra: list | None = None
+        self._subs: dict[Any, tuple["BatchContext", np.ndarray]] = {}
         self.false = np.zeros(self.n, dtype=bool)
         self.true = np.ones(self.n, dtype=bool)
+
+    def subset(self, key: Any, mask: np.ndarray) -> tuple["BatchContext", np.ndarray]:
+        """A context over the rows where ``mask`` holds (cached by ``key``), and their indices."""
+        hit = self._subs.get(key)
+        if hit is None:
+            rows = np.flatnonzero(mask)
+            take = pa.array(rows, pa.int64())
+            if self._rows is not None:  # a subset of a subset: indices into the original table
+                take = self._rows.take(take)
+            hit = self._subs[key] = (BatchContext(self.table, rows=take), rows)
+        return hit
 
     def column(self, name: str) -> pa.Array | None:
         if name not in self._cols:
             if name in self.table.column_names:
                 col = self.table.column(name)
+                if self._rows is not None:
+                    col = col.take(self._rows)
                 self._cols[name] = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
             else:
                 self._cols[name] = self._extra_column(name)
@@ -227,6 +244,8 @@ class BatchContext:
         """
         if self._extra is None:
             col = self.table.column(EXTRA) if EXTRA in self.table.column_names else None
+            if col is not None and self._rows is not None:
+                col = col.take(self._rows)
             if col is None or col.null_count == len(col):
                 self._extra = []
             else:

@@ -154,7 +154,15 @@ class Rule:
         ls = self.logsource_filter.eval(ctx)
         if not ls.any():
             return ctx.false
-        return ls & self.predicate.eval(ctx)
+        if ls.all():
+            return self.predicate.eval(ctx)
+        # Evaluate on the rows of this logsource only. The sub-batch is shared by every
+        # rule with the same logsource filter, so their common sub-expressions and
+        # per-field dictionaries are still computed once -- over fewer rows.
+        sub, rows = ctx.subset(("logsource", self.logsource_parts), ls)
+        out = np.zeros(ctx.n, dtype=bool)
+        out[rows[self.predicate.eval(sub)]] = True
+        return out
 
 
 @dataclass
