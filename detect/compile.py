@@ -22,8 +22,10 @@ rejected at compile time as unsupported.
 Time parts (``|minute |hour |day |week |month |year``) read the field as a UTC
 time: a timestamp column, ISO 8601 text (naive = UTC) or epoch seconds; ``week``
 is the ISO 8601 week. ``|expand`` placeholders are resolved before compiling
-(detect/placeholders.yaml, see :mod:`detect.sigma`). ``|fieldref`` with a list
-field matches if any element equals the other field.
+(detect/placeholders.yaml, see :mod:`detect.sigma`). ``|fieldref`` compares
+two fields of the same event, case-insensitively: equal, or with
+``|startswith``/``|endswith``/``|contains`` the other field's value as prefix,
+suffix or infix; with a list field any element may match.
 """
 
 from __future__ import annotations
@@ -563,10 +565,33 @@ def _exists_leaf(fld: str, exists: bool) -> Node:
     return n if not exists else Node("not", [n])
 
 
+def _affix_compare(a: pa.Array, b: pa.Array, starts: bool, ends: bool) -> np.ndarray:
+    """Row-wise, case-insensitive: ``a`` starts with / ends with / contains ``b`` (nulls: False).
+
+    Element-wise over two columns, so numpy's vectorised string functions, not
+    Arrow's (whose patterns are one scalar per call)."""
+    la = pc.utf8_lower(a.cast(pa.string()))
+    lb = pc.utf8_lower(b.cast(pa.string()))
+    valid = _np_bool(pc.and_(pc.is_valid(la), pc.is_valid(lb)))
+    xa = np.asarray(pc.fill_null(la, "").to_numpy(zero_copy_only=False), dtype=str)
+    xb = np.asarray(pc.fill_null(lb, "").to_numpy(zero_copy_only=False), dtype=str)
+    if starts and ends:
+        hit = np.char.find(xa, xb) >= 0
+    elif starts:
+        hit = np.char.startswith(xa, xb)
+    else:
+        hit = np.char.endswith(xa, xb)
+    return valid & hit
+
+
 def _fieldref_leaf(fld: str, ref: SigmaFieldReference) -> Node:
-    if ref.starts_with or ref.ends_with:
-        raise Unsupported("|fieldref combined with startswith/endswith/contains is not supported")
     other = ref.field
+    affix = ref.starts_with or ref.ends_with  # |fieldref|startswith, |endswith, |contains
+
+    def compare(a: pa.Array, b: pa.Array) -> np.ndarray:
+        if affix:
+            return _affix_compare(a, b, ref.starts_with, ref.ends_with)
+        return _np_bool(pc.equal(pc.utf8_lower(a.cast(pa.string())), pc.utf8_lower(b.cast(pa.string()))))
 
     def run(ctx: BatchContext) -> np.ndarray:
         a, b = ctx.column(fld), ctx.column(other)
@@ -579,17 +604,15 @@ def _fieldref_leaf(fld: str, ref: SigmaFieldReference) -> Node:
             # a list on one side: any element equal to the other field's value
             lst, scalar = (a, b) if la_list else (b, a)
             parents = pc.list_parent_indices(lst)
-            elems = pc.utf8_lower(pc.list_flatten(lst).cast(pa.string()))
-            other_vals = pc.utf8_lower(pc.take(scalar, parents).cast(pa.string()))
-            hit = _np_bool(pc.equal(elems, other_vals))
+            elems = pc.list_flatten(lst)
+            other_vals = pc.take(scalar, parents)
+            hit = compare(elems, other_vals) if la_list else compare(other_vals, elems)
             mask = np.zeros(ctx.n, dtype=bool)
             mask[parents.to_numpy(zero_copy_only=False)[hit]] = True
             return mask
-        la = pc.utf8_lower(a.cast(pa.string()))
-        lb = pc.utf8_lower(b.cast(pa.string()))
-        return _np_bool(pc.equal(la, lb))
+        return compare(a, b)
 
-    return leaf(("fieldref", fld, other), run, {fld, other})
+    return leaf(("fieldref", fld, other, ref.starts_with, ref.ends_with), run, {fld, other})
 
 
 def value_node(fld: str | None, value: Any) -> Node:

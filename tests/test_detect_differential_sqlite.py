@@ -400,7 +400,10 @@ def build_cases(rule: SigmaRule, skipped: collections.Counter) -> tuple[list[Cas
         for v in vals:
             if isinstance(v, SigmaFieldReference):
                 other = v.field
-                per = [("fieldref-same", "fr-a", "fr-a"), ("fieldref-case", "FR-A", "fr-a"), ("fieldref-diff", "fr-a", "fr-b")]
+                per = [("fieldref-same", "fr-a", "fr-a"), ("fieldref-case", "FR-A", "fr-a"), ("fieldref-diff", "fr-a", "fr-b"),
+                       # |fieldref|startswith / endswith / contains: the other field's value as prefix, suffix, infix
+                       ("fieldref-prefix", "FR-a-tail", "fr-a"), ("fieldref-suffix", "head-fr-A", "fr-a"),
+                       ("fieldref-infix", "h-fr-a-t", "fr-a")]
                 for kind, a, b in per:
                     for base in (alone[name], union):
                         e = dict(base)
@@ -577,6 +580,7 @@ def test_engine_agrees_with_pysigma_sqlite_backend(shared_data: Path):
         "lit", "wild", "wild-newline", "case", "nonascii-case", "cased-case", "prefix", "suffix", "cut", "empty",
         "missing", "re", "re-case", "cidr-in", "cidr-above", "cidr-below", "num", "cmp-eq", "cmp-below", "cmp-above",
         "null", "null-empty", "exists", "exists-missing", "bool", "bool-case", "fieldref-same", "fieldref-case",
+        "fieldref-prefix", "fieldref-suffix", "fieldref-infix",
         "list-any", "list-none", "time-eq", "time-next", "time-offset", "time-epoch",
     } <= set(kinds_seen)
     assert set(EXCEPTIONS) <= set(used), f"stale exceptions: {set(EXCEPTIONS) - set(used)}"
