@@ -741,7 +741,10 @@ def parse(raw: pa.Table) -> ParseResult:
     if n_tsv:
         tsv = raw if n_tsv == raw.num_rows else raw.filter(is_tsv)
         tsv_hint = tsv.column("hint").combine_chunks()
-        uniq = pc.unique(tsv_hint).to_pylist()
+        first = tsv_hint[0].as_py()
+        # one file's lines share one header: a cheap equality test before hashing them all
+        same = first is not None and pc.all(pc.equal(tsv_hint, first)).as_py()
+        uniq = [first] if same else pc.unique(tsv_hint).to_pylist()
         for h in uniq:
             sub = tsv if len(uniq) == 1 else tsv.filter(pc.equal(tsv_hint, h))
             try:
