@@ -23,6 +23,12 @@ Correlation rules are parsed here into
 >>> t = events_table([{"event.id": "a", "event.dataset": "system.auth", "event.outcome": "FAILURE"}])
 >>> rs.match(t).to_pylist()
 [{'rule.id': '5b3a4e2c-0000-4000-8000-000000000001', 'event.row': 0}]
+
+Field names: before compiling, every rule goes through a pySigma processing
+pipeline (``field_mapping_pipeline``, one FieldMappingTransformation per
+logsource from ``detect/fieldmap.yaml``) that renames Sigma's native field
+names (Zeek's ``query``, proxy ``c-uri`` ...) to the ECS fields Taishi's
+parsers produce, so SigmaHQ rules run unmodified.
 """
 
 from __future__ import annotations
@@ -60,6 +66,26 @@ from taishi.ids import alert_id
 from taishi.schema import ALERT_SCHEMA, EVENT_FIELDS, LEVEL_SEVERITY
 
 DEFAULT_PLACEHOLDERS = Path(__file__).with_name("placeholders.yaml")
+DEFAULT_FIELDMAP = Path(__file__).with_name("fieldmap.yaml")
+
+
+def field_mapping_pipeline(path: Path = DEFAULT_FIELDMAP) -> "ProcessingPipeline":
+    """The pySigma processing pipeline that renames Sigma fields to Taishi's ECS
+    fields, one FieldMappingTransformation per logsource in detect/fieldmap.yaml."""
+    from sigma.processing.conditions import LogsourceCondition
+    from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
+    from sigma.processing.transformations import FieldMappingTransformation
+
+    table = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    items = []
+    for key, mapping in table.items():
+        product, category, service = (part or None for part in str(key).split("/"))
+        items.append(ProcessingItem(
+            identifier=f"taishi-ecs-{key}",
+            transformation=FieldMappingTransformation(dict(mapping)),
+            rule_conditions=[LogsourceCondition(product=product, category=category, service=service)],
+        ))
+    return ProcessingPipeline(name="Taishi ECS field mapping", priority=20, items=items)
 
 MATCH_SCHEMA = pa.schema([pa.field("rule.id", pa.string()), pa.field("event.row", pa.int64())])
 
@@ -271,9 +297,18 @@ class RuleSet:
     specs; ``errors``: (path, reason) of files/documents that did not load; ``issues``: what
     :meth:`check` reports."""
 
-    def __init__(self, logsources: LogsourceTable | None = None, placeholders: dict[str, list[str]] | None = None):
+    def __init__(
+        self,
+        logsources: LogsourceTable | None = None,
+        placeholders: dict[str, list[str]] | None = None,
+        field_mapping: bool = True,
+    ):
         self.logsources = logsources or LogsourceTable.load()
         self.placeholders = load_placeholders() if placeholders is None else placeholders
+        # field_mapping=False compiles rules with their field names as written (the
+        # differential test compares against pySigma's SQLite backend that way)
+        self.field_mapping = field_mapping
+        self._pipeline = field_mapping_pipeline() if field_mapping else None
         self.rules: list[Rule] = []
         self.correlations: list[CorrelationSpec] = []
         self.filters: list[FilterSpec] = []
@@ -303,8 +338,9 @@ class RuleSet:
         paths: Iterable[Path | str],
         logsources: LogsourceTable | None = None,
         placeholders: dict[str, list[str]] | None = None,
+        field_mapping: bool = True,
     ) -> "RuleSet":
-        rs = cls(logsources, placeholders)
+        rs = cls(logsources, placeholders, field_mapping)
         for f in cls.rule_files(paths):
             try:
                 text = f.read_text(encoding="utf-8")
@@ -322,8 +358,9 @@ class RuleSet:
         path: str = "<string>",
         logsources: LogsourceTable | None = None,
         placeholders: dict[str, list[str]] | None = None,
+        field_mapping: bool = True,
     ) -> "RuleSet":
-        rs = cls(logsources, placeholders)
+        rs = cls(logsources, placeholders, field_mapping)
         rs._add_text(text, path)
         rs._finish()
         return rs
@@ -387,6 +424,8 @@ class RuleSet:
             bad = _unsupported_modifiers(r)
             if bad:
                 raise Unsupported(f"unsupported modifier(s): {', '.join(bad)}")
+            if self._pipeline is not None:
+                self._pipeline.apply(r)  # Sigma field names -> ECS (detect/fieldmap.yaml)
             conds = [c.parsed for c in r.detection.parsed_condition]
             for c in conds:
                 _expand_placeholders(c, self.placeholders)
@@ -616,7 +655,7 @@ class RuleSet:
     def subset(self, rule_ids: Iterable[str]) -> "RuleSet":
         """A RuleSet sharing these compiled rules (and the correlations over them)."""
         ids = set(rule_ids)
-        rs = RuleSet(self.logsources, self.placeholders)
+        rs = RuleSet(self.logsources, self.placeholders, self.field_mapping)
         rs.rules = [r for r in self.rules if r.id in ids]
         rs._by_id = {r.id: r for r in rs.rules}
         rs.correlations = [c for c in self.correlations if set(c.rule_ids) <= ids]
