@@ -327,27 +327,6 @@ def _frame(
         yield (framer.flush() if len(framer) else None), end
 
 
-def _iter_lines(f: IO[bytes], pos: int, final: bool) -> Iterator[tuple[int, bytes]]:
-    """(offset, line without '\\n') for each line from ``pos``; an unterminated last
-    line is yielded only when ``final``."""
-    rest = b""
-    rest_pos = pos
-    while True:
-        chunk = f.read(CHUNK)
-        if not chunk:
-            break
-        buf = rest + chunk if rest else chunk
-        lines = buf.split(b"\n")
-        rest = lines.pop()
-        off = rest_pos
-        for line in lines:
-            yield off, line
-            off += len(line) + 1
-        rest_pos = off
-    if rest and final:
-        yield rest_pos, rest
-
-
 def _read_json_array(path: str, fmt: str, start: int, batch_size: int) -> Iterator[pa.Table]:
     with _open(path) as f:
         data = f.read()

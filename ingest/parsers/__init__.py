@@ -319,10 +319,13 @@ def result(events: pa.Table | list[dict[str, Any]], deadletters: list[dict[str, 
 
 def parse_lines(
     raw: pa.Table,
-    parse_line: Callable[[str, int, str | None, str, _datetime], "dict[str, Any] | str"],
+    parse_line: Callable[[str, int, str | None, str, _datetime], Any],
+    build: Callable[[pa.Table, list[int], list[Any]], pa.Table] | None = None,
 ) -> ParseResult:
     """Run a per-line parser over a raw batch: each line gives an ECS row, or the
-    reason it could not (a dead letter). ``parse_line(source, offset, path, line, now)``."""
+    reason it could not (a str: a dead letter). ``parse_line(source, offset, path,
+    line, now)``. Rows are dicts keyed by ECS names unless ``build(raw, idx, rows)``
+    turns the parser's own row shape into the events table."""
     now = now_utc()
     events: list[dict[str, Any]] = []
     dls: list[dict[str, Any]] = []
@@ -332,13 +335,13 @@ def parse_lines(
         why = precheck(source, offset, hint, line)
         if why is None:
             out = parse_line(source, offset, path, line, now)
-            if isinstance(out, dict):
+            if not isinstance(out, str):
                 events.append(out)
                 idx.append(i)
                 continue
             why = out
         dls.append(deadletter(source, offset, line, why))
-    return result(events_from_raw(raw, idx, events), dls)
+    return result((build or events_from_raw)(raw, idx, events), dls)
 
 
 def concat_results(parts: list[ParseResult]) -> ParseResult:

@@ -20,14 +20,10 @@ from . import (
     EVENT_FIELDS,
     ParseResult,
     _register,
-    deadletter,
     extra_json,
     json_error,
-    events_from_raw,
-    precheck,
-    raw_rows,
+    parse_lines,
     related,
-    result,
     safe_parser,
     to_utc,
 )
@@ -79,29 +75,21 @@ def map_record(rec: dict[str, Any], ev: dict[str, Any]) -> None:
     ev["taishi.extra"] = extra_json(extra)
 
 
+def _parse_line(source: str, offset: int, path: str | None, line: str, now: Any) -> dict[str, Any] | str:
+    try:
+        rec = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return json_error(exc)
+    if not isinstance(rec, dict):
+        return f"JSON record is not an object ({type(rec).__name__})"
+    ev: dict[str, Any] = {}
+    map_record(rec, ev)
+    return ev
+
+
 def parse(raw: pa.Table) -> ParseResult:
     """JSON lines (objects) -> ECS; bad JSON and non-objects are dead-lettered."""
-    events: list[dict[str, Any]] = []
-    dls: list[dict[str, Any]] = []
-    idx: list[int] = []
-    for i, (source, offset, path, hint, line) in enumerate(raw_rows(raw)):
-        line = line or ""
-        why = precheck(source, offset, hint, line)
-        if why is None:
-            try:
-                rec = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                why = json_error(exc)
-            else:
-                if isinstance(rec, dict):
-                    ev: dict[str, Any] = {}
-                    map_record(rec, ev)
-                    events.append(ev)
-                    idx.append(i)
-                    continue
-                why = f"JSON record is not an object ({type(rec).__name__})"
-        dls.append(deadletter(source, offset, line, why))
-    return result(events_from_raw(raw, idx, events), dls)
+    return parse_lines(raw, _parse_line)
 
 
 _parser = safe_parser(parse)

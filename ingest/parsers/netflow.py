@@ -34,11 +34,8 @@ from taishi.schema import EVENT_FIELDS, EVENT_SCHEMA
 from . import (
     ParseResult,
     _register,
-    deadletter,
+    parse_lines,
     event_ids,
-    precheck,
-    raw_rows,
-    result,
     safe_parser,
 )
 
@@ -213,22 +210,11 @@ def _clean(name: str, v: Any) -> Any:
 @safe_parser
 def parse(raw: pa.Table) -> ParseResult:
     """Decoded NetFlow/IPFIX records (JSON) -> ECS flow events; bad rows -> dead letters."""
-    rows: list[tuple] = []
-    idx: list[int] = []
-    dls: list[dict[str, Any]] = []
-    loads = orjson.loads
-    for i, (source, offset, _path, hint, original) in enumerate(raw_rows(raw)):
-        original = original or ""
-        why = precheck(source, offset, hint, original)
-        if why is None:
-            try:
-                out = map_record(loads(original))
-            except orjson.JSONDecodeError as exc:
-                out = f"invalid JSON: {str(exc).splitlines()[0][:150]}"
-            if isinstance(out, tuple):
-                rows.append(out)
-                idx.append(i)
-                continue
-            why = out
-        dls.append(deadletter(source, offset, original, why))
-    return result(_events(raw, idx, rows), dls)
+    return parse_lines(raw, _parse_line, build=_events)
+
+
+def _parse_line(source: str, offset: int, path: str | None, original: str, now: Any) -> tuple | str:
+    try:
+        return map_record(orjson.loads(original))  # a row tuple, or the reason it is not one
+    except orjson.JSONDecodeError as exc:
+        return f"invalid JSON: {str(exc).splitlines()[0][:150]}"

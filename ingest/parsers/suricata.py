@@ -17,14 +17,10 @@ import pyarrow as pa
 from . import (
     ParseResult,
     _register,
-    deadletter,
     extra_json,
     json_error,
-    events_from_raw,
-    precheck,
-    raw_rows,
+    parse_lines,
     related,
-    result,
     safe_parser,
     to_utc,
 )
@@ -248,33 +244,23 @@ def _looks_ip(s: str) -> bool:
     return len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts)
 
 
+def _parse_line(source: str, offset: int, path: str | None, original: str, now: Any) -> dict[str, Any] | str:
+    try:
+        rec = orjson.loads(original)
+    except orjson.JSONDecodeError as exc:
+        return json_error(exc)
+    if not isinstance(rec, dict):
+        return f"EVE record is not a JSON object ({type(rec).__name__})"
+    if "event_type" not in rec:
+        return "EVE record has no event_type"
+    ev: dict[str, Any] = {}
+    _map(rec, ev)
+    return ev
+
+
 def parse(raw: pa.Table) -> ParseResult:
     """Suricata EVE records -> ECS; bad JSON and non-objects are dead-lettered."""
-    events: list[dict[str, Any]] = []
-    dls: list[dict[str, Any]] = []
-    idx: list[int] = []
-    for i, (source, offset, path, hint, original) in enumerate(raw_rows(raw)):
-        original = original or ""
-        why = precheck(source, offset, hint, original)
-        if why:
-            dls.append(deadletter(source, offset, original, why))
-            continue
-        try:
-            rec = orjson.loads(original)
-        except orjson.JSONDecodeError as exc:
-            dls.append(deadletter(source, offset, original, json_error(exc)))
-            continue
-        if not isinstance(rec, dict):
-            dls.append(deadletter(source, offset, original, f"EVE record is not a JSON object ({type(rec).__name__})"))
-            continue
-        if "event_type" not in rec:
-            dls.append(deadletter(source, offset, original, "EVE record has no event_type"))
-            continue
-        ev: dict[str, Any] = {}
-        _map(rec, ev)
-        events.append(ev)
-        idx.append(i)
-    return result(events_from_raw(raw, idx, events), dls)
+    return parse_lines(raw, _parse_line)
 
 
 _register("suricata")(safe_parser(parse))
