@@ -355,11 +355,16 @@ class Inventory:
         self._index: tuple[NetworkIndex, NetworkIndex] | None = None
 
     # -- persistence ----------------------------------------------------------------
+    @staticmethod
+    def file(data_dir: Path | str) -> Path:
+        """Where the inventory of ``data_dir`` lives."""
+        return Path(data_dir) / "compliance" / "inventory.json"
+
     @classmethod
     def open(cls, data_dir: Path | str) -> "Inventory":
         """The inventory of ``data_dir`` as it is now (for reading; to change it
         from several processes safely, use :meth:`editing`)."""
-        inv = cls(Path(data_dir) / "compliance" / "inventory.json")
+        inv = cls(cls.file(data_dir))
         inv._load()
         return inv
 
@@ -369,7 +374,7 @@ class Inventory:
         """Read, change and save under the file lock, so concurrent editors (CLI,
         API) never lose each other's changes: ``with Inventory.editing(d) as inv: ...``.
         Saved when the block ends without an exception."""
-        inv = cls(Path(data_dir) / "compliance" / "inventory.json")
+        inv = cls(cls.file(data_dir))
         with inv._locked():
             inv._load()
             inv._holding_lock = True

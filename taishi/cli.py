@@ -140,6 +140,20 @@ def _run_ingest(cfg: config_mod.Config, paths: list[Path], fmt: str, from_start:
     return stats, store_stats
 
 
+def _count_table(title: str, what: str, unit: str, rows: list[tuple]) -> None:
+    """A small table of (name, count[, bar]) rows; nothing when there are none."""
+    if not rows:
+        return
+    t = Table(title=title, title_justify="left")
+    t.add_column(what)
+    t.add_column(unit, justify="right")
+    if len(rows[0]) > 2:
+        t.add_column("")
+    for name, count, *rest in rows:
+        t.add_row(str(name), f"{count:,}", *rest)
+    console.print(t)
+
+
 def print_summary(stats, store_stats: dict, title: str = "Ingest summary") -> None:
     d = stats.as_dict()
     t = Table(title=title, show_header=False, title_justify="left")
@@ -154,47 +168,20 @@ def print_summary(stats, store_stats: dict, title: str = "Ingest summary") -> No
     rate = d["records"] / d["seconds"] if d["seconds"] else 0
     t.add_row("time", f"{d['seconds']:.2f} s  ({rate:,.0f} records/s)")
     console.print(t)
-    if d["events_by_dataset"]:
-        ds = Table(title="Events by dataset", title_justify="left")
-        ds.add_column("dataset")
-        ds.add_column("events", justify="right")
-        for k, v in sorted(d["events_by_dataset"].items(), key=lambda kv: -kv[1]):
-            ds.add_row(k, f"{v:,}")
-        console.print(ds)
+    _count_table("Events by dataset", "dataset", "events",
+                 sorted(d["events_by_dataset"].items(), key=lambda kv: -kv[1]))
     if d["alerts_by_level"]:
-        lv = Table(title="Alerts by level", title_justify="left")
-        lv.add_column("level")
-        lv.add_column("alerts", justify="right")
-        lv.add_column("")
         from taishi.schema import LEVELS
 
         top = max(d["alerts_by_level"].values())
-        for level in reversed(LEVELS):
-            n = d["alerts_by_level"].get(level)
-            if n:
-                lv.add_row(f"[{LEVEL_STYLE[level]}]{level}[/]", str(n), "█" * max(1, round(30 * n / top)))
-        console.print(lv)
-    if d["alerts_by_rule"]:
-        rt = Table(title="Alerts by rule", title_justify="left")
-        rt.add_column("rule")
-        rt.add_column("alerts", justify="right")
-        for k, v in sorted(d["alerts_by_rule"].items(), key=lambda kv: (-kv[1], kv[0])):
-            rt.add_row(k, str(v))
-        console.print(rt)
-    if d["alerts_by_technique"]:
-        tt = Table(title="Alerts by ATT&CK technique", title_justify="left")
-        tt.add_column("technique")
-        tt.add_column("alerts", justify="right")
-        for k, v in sorted(d["alerts_by_technique"].items()):
-            tt.add_row(k, str(v))
-        console.print(tt)
-    if d["deadletter_reasons"]:
-        dt = Table(title="Dead letters by reason", title_justify="left")
-        dt.add_column("reason")
-        dt.add_column("records", justify="right")
-        for k, v in sorted(d["deadletter_reasons"].items(), key=lambda kv: -kv[1]):
-            dt.add_row(k, str(v))
-        console.print(dt)
+        _count_table("Alerts by level", "level", "alerts",
+                     [(f"[{LEVEL_STYLE[lv]}]{lv}[/]", n, "█" * max(1, round(30 * n / top)))
+                      for lv in reversed(LEVELS) if (n := d["alerts_by_level"].get(lv))])
+    _count_table("Alerts by rule", "rule", "alerts",
+                 sorted(d["alerts_by_rule"].items(), key=lambda kv: (-kv[1], kv[0])))
+    _count_table("Alerts by ATT&CK technique", "technique", "alerts", sorted(d["alerts_by_technique"].items()))
+    _count_table("Dead letters by reason", "reason", "records",
+                 sorted(d["deadletter_reasons"].items(), key=lambda kv: -kv[1]))
     console.print(
         f"[dim]store now holds {store_stats.get('events', 0):,} events, "
         f"{store_stats.get('alerts', 0):,} alerts, {store_stats.get('deadletters', 0):,} dead letters[/]"

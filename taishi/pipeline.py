@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import struct
 import time
@@ -137,6 +138,7 @@ class Pipeline:
         self.detector, self._detect_offset = self._restore_detector()
         self._saved_at = time.monotonic()
         self.anomaly_models = _load_anomaly_models(cfg.data_dir / "models")
+        self._inventory, self._inventory_mtime = None, None
 
     # -- detect checkpoint: state and offset together ------------------------
     def _restore_detector(self) -> tuple[Detector, int]:
@@ -190,27 +192,23 @@ class Pipeline:
         path = Path(path)
         self.stats.files += 1
         tag = set_hint({"taishi.logsource": check_logsource(logsource)}) if logsource else None
-        if fmt == "auto":
-            try:
+        try:
+            st = path.stat()
+            if fmt == "auto":
                 fmt = sniff(path)
-            except OSError as exc:
-                self._deadletter_input(path, f"cannot read file: {exc}")
-                return 0
+        except OSError as exc:
+            self._deadletter_input(path, f"cannot read file: {exc}")
+            return 0
         if fmt == "unknown":
             self._deadletter_input(path, "unknown format: no parser recognises this file (use --format)")
             return 0
         if fmt == "pcap":
-            return self._collect_pcap(path, from_start=from_start, progress=progress, logsource=logsource)
+            return self._collect_pcap(path, st, from_start=from_start, progress=progress, logsource=logsource)
         topic = raw_topic(fmt)
         key = self.file_key(path)
         prev = self.bus.last_meta(topic, "file", key)
         epoch = int(prev["epoch"]) if prev else 0
         last = int(prev["last"]) if prev else -1
-        try:
-            st = path.stat()
-        except OSError as exc:
-            self._deadletter_input(path, f"cannot read file: {exc}")
-            return 0
         identity = f"{st.st_dev}:{st.st_ino}"
         replaced = prev is not None and (
             prev.get("inode", identity) != identity or (path.suffix != ".gz" and last >= st.st_size)
@@ -241,12 +239,13 @@ class Pipeline:
         except OSError as exc:
             self._deadletter_input(path, f"read failed after {n} records: {exc}")
         self.stats.records += n
-        self.stats.bytes_read += path.stat().st_size if path.exists() else 0
+        self.stats.bytes_read += st.st_size
         return n
 
     def _collect_pcap(
         self,
         path: Path,
+        st: os.stat_result,
         *,
         from_start: bool = False,
         progress: Callable[[int], None] | None = None,
@@ -265,11 +264,6 @@ class Pipeline:
         from ingest.pcap import read_pcap
 
         key = self.file_key(path)
-        try:
-            st = path.stat()
-        except OSError as exc:
-            self._deadletter_input(path, f"cannot read file: {exc}")
-            return 0
         identity = f"{st.st_dev}:{st.st_ino}:{st.st_size}"
         prev = self.bus.last_meta(TOPIC_EVENTS, "pcap", key)
         if prev and prev.get("done") and prev.get("inode") == identity and not from_start:
@@ -404,20 +398,15 @@ class Pipeline:
             self.stats.by_dataset[k] += v
 
     def _enrich(self, t: pa.Table) -> pa.Table:
-        """Add the CII asset columns (compliance.inventory.ENRICH_FIELDS) for source and
-        destination addresses, once the schema has them and an inventory exists; the
-        inventory is re-read when its file changes."""
-        from compliance.inventory import ENRICH_FIELDS, Inventory, enrich
-        from taishi.schema import EVENT_FIELDS
+        """Add the CII asset columns (``taishi.source.asset.*``, ``taishi.destination.asset.*``)
+        once an inventory exists; it is re-read when its file changes."""
+        from compliance.inventory import Inventory, enrich
 
-        if not set(ENRICH_FIELDS) <= set(EVENT_FIELDS):
-            return t
-        path = self.cfg.data_dir / "compliance" / "inventory.json"
         try:
-            mtime = path.stat().st_mtime_ns
+            mtime = Inventory.file(self.cfg.data_dir).stat().st_mtime_ns
         except FileNotFoundError:
             return t
-        if getattr(self, "_inventory_mtime", None) != mtime:
+        if self._inventory_mtime != mtime:
             self._inventory, self._inventory_mtime = Inventory.open(self.cfg.data_dir), mtime
         return enrich(t, self._inventory)
 
