@@ -83,14 +83,10 @@ from taishi.api.auth import (
     User,
     UserDB,
 )
+from detect.sigma import RuleSet
+from taishi.query import QueryError
 from taishi.schema import LEVELS, parse_time
-
-try:  # the query compiler is another engineer's module; keep importable without it
-    from taishi.query import QueryError
-except ImportError:  # pragma: no cover - only before taishi.query lands
-
-    class QueryError(ValueError):  # type: ignore[no-redef]
-        pass
+from taishi.store import Store, StoreLockedError
 
 
 API = "/api/v1"
@@ -340,10 +336,7 @@ def _issue(i: Any) -> Any:
 
 
 def load_ruleset(dirs: list[Path]) -> Any:
-    from detect.sigma import RuleSet  # another engineer's module: import late
-
-    load = getattr(RuleSet, "load", None)
-    return load(dirs) if callable(load) else RuleSet(dirs)
+    return RuleSet.load(dirs)
 
 
 # --------------------------------------------------------------------------
@@ -525,16 +518,10 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
     st.lock = threading.RLock()
     app.add_middleware(AuditMiddleware, audit=st.audit)
 
-    try:
-        from taishi.store import StoreLockedError
-    except ImportError:  # pragma: no cover
-        StoreLockedError = None  # noqa: N806
-
-    if StoreLockedError is not None:
-        @app.exception_handler(StoreLockedError)
-        async def _store_locked(request: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse({"detail": f"store busy, retry: {exc}"}, status_code=503,
-                                headers={"Retry-After": "2"})
+    @app.exception_handler(StoreLockedError)
+    async def _store_locked(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"store busy, retry: {exc}"}, status_code=503,
+                            headers={"Retry-After": "2"})
 
     @app.exception_handler(QueryError)
     async def _query_error(request: Request, exc: QueryError) -> JSONResponse:
@@ -544,10 +531,6 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
         if st.store is None:
             with st.lock:
                 if st.store is None:
-                    try:
-                        from taishi.store import Store
-                    except ImportError as e:
-                        raise HTTPException(503, f"store not available: {e}") from None
                     st.store = Store(data_dir)
         return st.store
 
@@ -562,6 +545,13 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
                         st.ruleset_error = f"{type(e).__name__}: {e}"
                         raise HTTPException(503, f"rules not available: {st.ruleset_error}") from None
         return st.ruleset
+
+    def search(table: str, q: str, since: str | None, until: str | None, limit: int, order: str,
+               drop_nulls: bool = False) -> tuple[list[dict[str, Any]], int]:
+        """One page of ``table`` matching ``q`` in the window, as JSON rows, and the total."""
+        s, u = window(since, until)
+        tbl = getattr(store(), f"search_{table}")(q, since=s, until=u, limit=limit, order=order)
+        return table_rows(tbl, drop_nulls=drop_nulls), store().count(table, q, since=s, until=u)
 
     def window(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
         s, u = parse_when(since, "since"), parse_when(until, "until")
@@ -591,9 +581,9 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
             out["status"], out["store"] = "degraded", {"error": getattr(e, "detail", None) or str(e)}
         try:
             rs = ruleset()
-            out["rules"] = {"rules": len(getattr(rs, "rules", []) or []),
-                            "correlations": len(getattr(rs, "correlations", []) or []),
-                            "errors": len(getattr(rs, "errors", []) or [])}
+            out["rules"] = {"rules": len(rs.rules),
+                            "correlations": len(rs.correlations),
+                            "errors": len(rs.errors)}
         except Exception as e:  # noqa: BLE001
             out["status"], out["rules"] = "degraded", {"error": getattr(e, "detail", None) or str(e)}
         return out
@@ -608,10 +598,8 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
     def events(q: str = Q, since: str | None = SINCE, until: str | None = UNTIL,
                limit: int = LIMIT, order: str = ORDER) -> dict[str, Any]:
         """Search events. Null fields are left out of each event."""
-        s, u = window(since, until)
-        tbl = store().search_events(q, since=s, until=u, limit=limit, order=order)
-        return {"total": store().count("events", q, since=s, until=u), "count": tbl.num_rows,
-                "items": table_rows(tbl, drop_nulls=True)}
+        rows, total = search("events", q, since, until, limit, order, drop_nulls=True)
+        return {"total": total, "count": len(rows), "items": rows}
 
     @app.get(f"{API}/events/{{event_id}}", tags=["events"], **perm("events:read"))
     def event(event_id: str) -> dict[str, Any]:
@@ -625,11 +613,10 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
     def alerts(q: str = Q, since: str | None = SINCE, until: str | None = UNTIL,
                limit: int = LIMIT, order: str = ORDER) -> dict[str, Any]:
         """Search alerts; each carries its triage state as ``taishi.triage.*``."""
-        s, u = window(since, until)
-        rows = table_rows(store().search_alerts(q, since=s, until=u, limit=limit, order=order))
+        rows, total = search("alerts", q, since, until, limit, order)
         states = st.triage.states([r.get("id") for r in rows])
         items = [_with_triage(r, states[r.get("id")]) for r in rows]
-        return {"total": store().count("alerts", q, since=s, until=u), "count": len(items), "items": items}
+        return {"total": total, "count": len(items), "items": items}
 
     @app.get(f"{API}/alerts/{{alert_id}}", tags=["alerts"], **perm("alerts:read"))
     def alert(alert_id: str) -> dict[str, Any]:
@@ -666,10 +653,8 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
     def deadletters(q: str = Q, since: str | None = SINCE, until: str | None = UNTIL,
                     limit: int = LIMIT, order: str = ORDER) -> dict[str, Any]:
         """Input that could not be read, parsed, detected or stored, with where and why."""
-        s, u = window(since, until)
-        tbl = store().search_deadletters(q, since=s, until=u, limit=limit, order=order)
-        return {"total": store().count("deadletters", q, since=s, until=u), "count": tbl.num_rows,
-                "items": table_rows(tbl)}
+        rows, total = search("deadletters", q, since, until, limit, order)
+        return {"total": total, "count": len(rows), "items": rows}
 
     # ---- summary --------------------------------------------------------
     @app.get(f"{API}/summary", tags=["alerts"], **perm("alerts:read"))
@@ -707,18 +692,17 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
     def rules() -> dict[str, Any]:
         """Loaded detection and correlation rules, and files that failed to load."""
         rs = ruleset()
-        items = [rule_info(r, "sigma") for r in (getattr(rs, "rules", None) or [])]
-        items += [rule_info(r, "sigma_correlation") for r in (getattr(rs, "correlations", None) or [])]
+        items = [rule_info(r, "sigma") for r in rs.rules]
+        items += [rule_info(r, "sigma_correlation") for r in rs.correlations]
         return {"count": len(items), "items": items,
-                "errors": [_issue(e) for e in (getattr(rs, "errors", None) or [])]}
+                "errors": [_issue(e) for e in rs.errors]}
 
     @app.get(f"{API}/rules/check", tags=["rules"], **perm("rules:read"))
     def rules_check() -> dict[str, Any]:
         """Static checks of the rule set (unknown fields, duplicate ids ...)."""
         rs = ruleset()
-        check = getattr(rs, "check", None)
-        issues = [_issue(i) for i in (check() if callable(check) else []) or []]
-        errors = [_issue(e) for e in (getattr(rs, "errors", None) or [])]
+        issues = [_issue(i) for i in rs.check()]
+        errors = [_issue(e) for e in rs.errors]
         return {"ok": not issues and not errors, "issues": issues, "errors": errors}
 
     @app.post(f"{API}/rules/reload", tags=["rules"], **perm("rules:manage"))
@@ -727,9 +711,9 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
         with st.lock:
             st.ruleset = None
         rs = ruleset()
-        return {"rules": len(getattr(rs, "rules", []) or []),
-                "correlations": len(getattr(rs, "correlations", []) or []),
-                "errors": [_issue(e) for e in (getattr(rs, "errors", None) or [])]}
+        return {"rules": len(rs.rules),
+                "correlations": len(rs.correlations),
+                "errors": [_issue(e) for e in rs.errors]}
 
     # ---- users ------------------------------------------------------------
     @app.get(f"{API}/users", response_model=list[UserOut], tags=["users"], **perm("users:read"))
