@@ -654,20 +654,7 @@ class CorrelationEngine:
         "from nowhere"), so, as Elasticsearch's terms aggregation ignores
         documents missing the field, it does not count toward the correlation.
         """
-        if not cr.fields or not len(rows):
-            return rows
-        idx = pa.array(rows, pa.int64())
-        keep = np.ones(len(rows), dtype=bool)
-        for f in cr.fields:
-            if f not in events.column_names:
-                return rows[:0]
-            col = pc.take(events.column(f), idx)
-            ok = pc.is_valid(col)
-            if pa.types.is_list(col.type):
-                ok = pc.and_(ok, pc.greater(pc.fill_null(pc.list_value_length(col), 0), 0))
-            keep &= _plain(pc.fill_null(ok, False)).to_numpy(zero_copy_only=False)
-        self.ungrouped_events += int((~keep).sum())
-        return rows[keep]
+        return self._rows_with(events, rows, list(cr.fields))
 
     def _rule_chunk(self, cr: _Corr, events: pa.Table, mrule: Any, mrow: np.ndarray, ts: np.ndarray,
                     wm: int | None, late: np.ndarray) -> _Chunk | None:
