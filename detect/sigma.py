@@ -46,6 +46,9 @@ import pyarrow.compute as pc
 import yaml
 
 from sigma.collection import SigmaCollection
+from sigma.processing.conditions import LogsourceCondition
+from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
+from sigma.processing.transformations import FieldMappingTransformation
 from sigma.conditions import ConditionFieldEqualsValueExpression
 from sigma.correlations import SigmaCorrelationRule
 from sigma.filters import SigmaFilter
@@ -69,13 +72,9 @@ DEFAULT_PLACEHOLDERS = Path(__file__).with_name("placeholders.yaml")
 DEFAULT_FIELDMAP = Path(__file__).with_name("fieldmap.yaml")
 
 
-def field_mapping_pipeline(path: Path = DEFAULT_FIELDMAP) -> "ProcessingPipeline":
+def field_mapping_pipeline(path: Path = DEFAULT_FIELDMAP) -> ProcessingPipeline:
     """The pySigma processing pipeline that renames Sigma fields to Taishi's ECS
     fields, one FieldMappingTransformation per logsource in detect/fieldmap.yaml."""
-    from sigma.processing.conditions import LogsourceCondition
-    from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
-    from sigma.processing.transformations import FieldMappingTransformation
-
     table = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     items = []
     for key, mapping in table.items():
@@ -233,9 +232,10 @@ def _iter_items(det: SigmaDetection | SigmaDetectionItem) -> Iterable[SigmaDetec
             yield from _iter_items(d)
 
 
-def _unsupported_modifiers(rule: SigmaRule) -> list[str]:
+def _unsupported_modifiers(detection: Any) -> list[str]:
+    """Modifiers of a rule's or filter's detections that the evaluator does not know."""
     bad: list[str] = []
-    for det in rule.detection.detections.values():
+    for det in detection.detections.values():
         for item in _iter_items(det):
             for m in item.modifiers:
                 name = reverse_modifier_mapping.get(m.__name__, m.__name__)
@@ -421,15 +421,9 @@ class RuleSet:
         ls = r.logsource
         key = logsource_key(ls.product, ls.category, ls.service)
         try:
-            bad = _unsupported_modifiers(r)
-            if bad:
-                raise Unsupported(f"unsupported modifier(s): {', '.join(bad)}")
             if self._pipeline is not None:
                 self._pipeline.apply(r)  # Sigma field names -> ECS (detect/fieldmap.yaml)
-            conds = [c.parsed for c in r.detection.parsed_condition]
-            for c in conds:
-                _expand_placeholders(c, self.placeholders)
-            nodes = [compile_condition(c) for c in conds]
+            nodes = self._compile(r.detection)
         except Unsupported as e:
             self.issues.append(Issue(path, "error", f"{e}; rule not loaded", label))
             return
@@ -483,6 +477,17 @@ class RuleSet:
         self.rules.append(rule)
         self._by_id[rid] = rule
 
+    def _compile(self, detection: Any) -> list[Node]:
+        """The condition trees of a rule's or filter's detection, placeholders expanded,
+        compiled to predicates; Unsupported for what the evaluator cannot run."""
+        bad = _unsupported_modifiers(detection)
+        if bad:
+            raise Unsupported(f"unsupported modifier(s): {', '.join(bad)}")
+        conds = [c.parsed for c in detection.parsed_condition]
+        for c in conds:
+            _expand_placeholders(c, self.placeholders)
+        return [compile_condition(c) for c in conds]
+
     def _add_filter(self, f: SigmaFilter, path: str, index: int) -> None:
         fid = _rule_id(f, path, index)
         label = f"{fid} ({f.title})"
@@ -491,19 +496,7 @@ class RuleSet:
             return
         g = f.filter
         try:
-            bad: list[str] = []
-            for det in g.detections.values():
-                for item in _iter_items(det):
-                    for m in item.modifiers:
-                        name = reverse_modifier_mapping.get(m.__name__, m.__name__)
-                        if name not in SUPPORTED_MODIFIERS and name not in bad:
-                            bad.append(name)
-            if bad:
-                raise Unsupported(f"unsupported modifier(s): {', '.join(bad)}")
-            conds = [c.parsed for c in g.parsed_condition]
-            for c in conds:
-                _expand_placeholders(c, self.placeholders)
-            nodes = [compile_condition(c) for c in conds]
+            nodes = self._compile(g)
         except Unsupported as e:
             self.issues.append(Issue(path, "error", f"Sigma filter: {e}; filter not applied", label))
             return
