@@ -938,6 +938,18 @@ def compliance_discover(ctx: click.Context, days: float, as_json: bool) -> None:
         console.print(t)
 
 
+def _load_command_modules() -> None:
+    """Register the command groups in :mod:`taishi.commands` (one module per group)."""
+    import importlib
+    import pkgutil
+
+    import taishi.commands as pkg
+
+    for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{pkg.__name__}.{m.name}")
+
+
+_load_command_modules()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -16,6 +16,11 @@ With no file and no flags, everything works: data goes to ``./taishi-data``
       syslog: {udp: "0.0.0.0:514", tcp: "0.0.0.0:514", tls: "0.0.0.0:6514",
                cert: /etc/taishi/tls.crt, key: /etc/taishi/tls.key}
       metrics: "127.0.0.1:9108"
+    cluster:                  # mode: cluster (see taishi/cluster/ and docs/architecture.md)
+      kafka: {bootstrap: "127.0.0.1:9092", partitions: 3, replication: 1, retention_hours: 168}
+      search: {url: "http://127.0.0.1:9200", flavor: auto, index_prefix: taishi}
+      spark: {master: "local[2]"}
+      grafana: {url: "http://127.0.0.1:3000", user: admin, password: admin}
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class Config:
     api_host: str = "127.0.0.1"
     api_port: int = 8765
     collectors: dict = field(default_factory=dict)
+    cluster: dict = field(default_factory=dict)  # kafka / search / spark / grafana settings for mode: cluster
     source: Path | None = None  # the file this was loaded from
 
     @property
@@ -116,10 +122,10 @@ def _apply(cfg: Config, raw: dict[str, Any], file: Path) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"{file}: retention_days must map table -> days")
             cfg.retention_days.update({str(k): int(v) for k, v in value.items()})
-        elif key == "collectors":
+        elif key in ("collectors", "cluster"):
             if not isinstance(value, dict):
-                raise ConfigError(f"{file}: collectors must be a mapping")
-            cfg.collectors = value
+                raise ConfigError(f"{file}: {key} must be a mapping")
+            setattr(cfg, key, value)
         elif key == "api":
             cfg.api_host = str(value.get("host", cfg.api_host))
             cfg.api_port = int(value.get("port", cfg.api_port))

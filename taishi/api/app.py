@@ -481,6 +481,28 @@ class InventoryImport(BaseModel):
     content: str = Field(max_length=20_000_000)
 
 
+@dataclasses.dataclass(frozen=True)
+class RouteContext:
+    """What a route module in :mod:`taishi.api.routes` gets from the app."""
+
+    data_dir: Path
+    store: Callable[[], Any]  # the shared embedded Store (opened lazily)
+    ruleset: Callable[[], Any]
+    inventory: Callable[[], Any]  # compliance.inventory.Inventory for data_dir
+    search: Callable[..., tuple[list[dict[str, Any]], int]]  # (table, q, since, until, limit, order)
+    window: Callable[[str | None, str | None], tuple[datetime | None, datetime | None]]
+
+
+def _register_route_modules(app: FastAPI, ctx: RouteContext) -> None:
+    import importlib
+    import pkgutil
+
+    import taishi.api.routes as pkg
+
+    for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{pkg.__name__}.{m.name}").register(app, ctx)
+
+
 def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -828,6 +850,11 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
             return Response(to_csv(rep), media_type="text/csv; charset=utf-8")
         return jsonable({"level": rep.level, "generated_at": rep.generated_at, "summary": rep.summary,
                          "verdicts": [v.to_dict() for v in rep.verdicts]})
+
+    # ---- route groups in taishi.api.routes ---------------------------------
+    ctx = RouteContext(data_dir=data_dir, store=store, ruleset=ruleset, inventory=inventory,
+                       search=search, window=window)
+    _register_route_modules(app, ctx)
 
     # ---- console ------------------------------------------------------------
     if CONSOLE_DIR.is_dir():
