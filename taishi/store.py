@@ -82,6 +82,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import hashlib
+import json
 import shutil
 
 import duckdb
@@ -309,6 +310,7 @@ class Store:
             for n, typ in cols:  # a newer Taishi added fields: add them
                 if n not in have:
                     con.execute(f"ALTER TABLE {t.name} ADD COLUMN {quote_ident(n)} {typ}")
+        self._ensure_incident_tables(con)
 
     def _migrate_events_table(self, con: duckdb.DuckDBPyConnection) -> None:
         """Move a ``events`` DuckDB table (older layout) into the Parquet store."""
@@ -695,6 +697,218 @@ class Store:
                     shutil.rmtree(part)
         return int(row[0]) if row else 0
 
+    # -- incidents ------------------------------------------------------------------------
+    # correlate.incidents builds them (pure); here they are stored, and the workflow
+    # (status, assignee, notes) with its append-only history lives beside them.
+    def _ensure_incident_tables(self, con: duckdb.DuckDBPyConnection) -> None:
+        cols = ", ".join(f"{quote_ident(f.name)} {_sql_type(f.type)}" for f in INCIDENT_QUERY_SCHEMA)
+        con.execute(f"CREATE TABLE IF NOT EXISTS incidents ({cols}, doc VARCHAR, created TIMESTAMPTZ, "
+                    "updated TIMESTAMPTZ)").fetchall()
+        con.execute('CREATE TABLE IF NOT EXISTS incident_history ("incident.id" VARCHAR, seq BIGINT, '
+                    '"at" TIMESTAMPTZ, "who" VARCHAR, "field" VARCHAR, "old" VARCHAR, "new" VARCHAR)').fetchall()
+
+    def upsert_incidents(self, built: Iterable[dict], who: str = "taishi") -> int:
+        """Store incidents as the builder made them (by ``id``); workflow fields are kept.
+
+        A new incident starts as ``new`` (history: created). One that has new alerts
+        while ``resolved`` is reopened (``acknowledged``), in the history as by ``who``.
+        ``{"id", "merged_into"}`` marks an incident merged into another one. Returns
+        how many incidents were new."""
+        now = _utc(self.clock())
+        new = 0
+        names = [f.name for f in INCIDENT_QUERY_SCHEMA]
+        with _path_lock(self.path), self._connect() as con:
+            for inc in built:
+                iid = inc["id"]
+                row = con.execute('SELECT status, "alert.count", merged_into FROM incidents WHERE id = ?',
+                                  [iid]).fetchone()
+                if "merged_into" in inc:
+                    if row is not None and row[2] != inc["merged_into"]:
+                        con.execute("UPDATE incidents SET merged_into = ?, updated = ? WHERE id = ?",
+                                    [inc["merged_into"], now, iid]).fetchall()
+                        self._history(con, iid, now, who, "merged_into", row[2], inc["merged_into"])
+                    continue
+                vals = _incident_columns(inc)
+                doc = json.dumps({k: v for k, v in inc.items() if k not in ("status", "assignee", "history", "notes")},
+                                 ensure_ascii=False, separators=(",", ":"))
+                if row is None:
+                    vals.update({"status": "new", "assignee": None, "merged_into": None})
+                    body = ", ".join(quote_ident(n) for n in names)
+                    con.execute(f"INSERT INTO incidents ({body}, doc, created, updated) VALUES "
+                                f"({', '.join('?' for _ in names)}, ?, ?, ?)",
+                                [vals[n] for n in names] + [doc, now, now]).fetchall()
+                    self._history(con, iid, now, who, "status", None, "new")
+                    new += 1
+                    continue
+                built_names = [n for n in names if n not in ("status", "assignee", "merged_into")]
+                sets = ", ".join(f"{quote_ident(n)} = ?" for n in built_names)
+                con.execute(f"UPDATE incidents SET {sets}, doc = ?, updated = ? WHERE id = ?",
+                            [vals[n] for n in built_names] + [doc, now, iid]).fetchall()
+                if row[0] == "resolved" and int(inc.get("alert.count") or 0) > int(row[1] or 0):
+                    con.execute("UPDATE incidents SET status = 'acknowledged' WHERE id = ?", [iid]).fetchall()
+                    self._history(con, iid, now, who, "status", "resolved", "acknowledged")
+        return new
+
+    @staticmethod
+    def _history(con: duckdb.DuckDBPyConnection, iid: str, at: datetime, who: str, field: str,
+                 old: Any, new: Any) -> None:
+        con.execute(
+            'INSERT INTO incident_history SELECT ?, coalesce(max(seq), 0) + 1, ?, ?, ?, ?, ? '
+            'FROM incident_history WHERE "incident.id" = ?',
+            [iid, at, who, field, None if old is None else str(old), None if new is None else str(new), iid],
+        ).fetchall()
+
+    def update_incident(self, iid: str, who: str, *, status: str | None = None, assignee: str | None = None,
+                        set_assignee: bool = False, note: str | None = None) -> dict | None:
+        """Apply a responder's change (status transition, assignee, note); None if no such
+        incident. An illegal transition raises ``correlate.incidents.WorkflowError`` and
+        changes nothing. Every change is appended to the incident's history."""
+        from correlate.incidents import check_transition
+
+        now = _utc(self.clock())
+        with _path_lock(self.path), self._connect() as con:
+            row = con.execute("SELECT status, assignee FROM incidents WHERE id = ?", [iid]).fetchone()
+            if row is None:
+                return None
+            old_status, old_assignee = row
+            if status is not None:
+                check_transition(old_status, status)
+            con.execute("BEGIN TRANSACTION").fetchall()
+            try:
+                if status is not None:
+                    con.execute("UPDATE incidents SET status = ?, updated = ? WHERE id = ?", [status, now, iid]).fetchall()
+                    self._history(con, iid, now, who, "status", old_status, status)
+                if set_assignee and (assignee or None) != old_assignee:
+                    con.execute("UPDATE incidents SET assignee = ?, updated = ? WHERE id = ?",
+                                [assignee or None, now, iid]).fetchall()
+                    self._history(con, iid, now, who, "assignee", old_assignee, assignee or None)
+                if note:
+                    self._history(con, iid, now, who, "note", None, note)
+                con.execute("COMMIT").fetchall()
+            except Exception:
+                con.execute("ROLLBACK").fetchall()
+                raise
+        return self.incident(iid)
+
+    def incident(self, iid: str) -> dict | None:
+        """One incident (built part, workflow, history, notes), or None."""
+        rows = self._incident_rows("id = ?", [iid], None, include_merged=True)
+        return rows[0] if rows else None
+
+    def search_incidents(self, query: str | None = "", since: datetime | str | None = None,
+                         status: str | Sequence[str] | None = None, limit: int | None = 100,
+                         include_merged: bool = False) -> list[dict]:
+        """Incidents matching a Lucene ``query`` over the incident fields (``title``, ``status``,
+        ``severity``, ``risk_score``, ``threat.tactic.name``, ``entity.value``, ``alert.ids`` ...)
+        last seen at or after ``since``, most recently active first."""
+        now = self.clock()
+        where, params = compile_query(query or "", INCIDENT_QUERY_SCHEMA, INCIDENT_DEFAULT_FIELDS, now=now)
+        clauses = [f"({where})"]
+        if since is not None:
+            clauses.append("last_seen >= ?")
+            params.append(parse_time_value(since, now))
+        if status:
+            sts = [status] if isinstance(status, str) else list(status)
+            clauses.append("status IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(sts)
+        return self._incident_rows(" AND ".join(clauses), params, limit, include_merged=include_merged)
+
+    def _incident_rows(self, where: str, params: list, limit: int | None, include_merged: bool) -> list[dict]:
+        if not include_merged:
+            where = f"({where}) AND merged_into IS NULL"
+        sql = (f"SELECT id, status, assignee, merged_into, doc FROM incidents WHERE {where} "
+               "ORDER BY last_seen DESC, id")
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = [*params, max(0, int(limit))]
+        with self._connect() as con:
+            rows = con.execute(sql, params).fetchall()
+            ids = [r[0] for r in rows]
+            hist = con.execute(
+                'SELECT "incident.id", "at", "who", "field", "old", "new" FROM incident_history '
+                'WHERE "incident.id" IN (SELECT unnest(?::VARCHAR[])) ORDER BY "incident.id", seq', [ids]
+            ).fetchall() if ids else []
+        by_id: dict[str, list] = {}
+        for h in hist:
+            by_id.setdefault(h[0], []).append(h[1:])
+        out = []
+        for iid, status, assignee, merged_into, doc in rows:
+            inc = json.loads(doc)
+            inc["status"], inc["assignee"] = status, assignee
+            if merged_into:
+                inc["merged_into"] = merged_into
+            h = by_id.get(iid, [])
+            inc["history"] = [{"at": _utc(at), "who": who, "field": f, "old": old, "new": new}
+                              for at, who, f, old, new in h]
+            inc["notes"] = [{"at": _utc(at), "who": who, "text": new} for at, who, f, old, new in h if f == "note"]
+            out.append(inc)
+        return out
+
+    def delete_unworked_incidents(self, keep: Iterable[str]) -> int:
+        """Drop incidents nobody worked on (history holds only their creation) whose id
+        is not in ``keep`` (a rebuild replaces them). Returns how many were dropped."""
+        keep = list(keep)
+        with _path_lock(self.path), self._connect() as con:
+            doomed = [r[0] for r in con.execute(
+                'SELECT id FROM incidents WHERE id NOT IN (SELECT unnest(?::VARCHAR[])) AND id NOT IN '
+                '(SELECT "incident.id" FROM incident_history WHERE "field" <> \'status\' OR "new" <> \'new\' '
+                'OR "old" IS NOT NULL)', [keep]).fetchall()]
+            if doomed:
+                con.execute("DELETE FROM incidents WHERE id IN (SELECT unnest(?::VARCHAR[]))", [doomed]).fetchall()
+                con.execute('DELETE FROM incident_history WHERE "incident.id" IN (SELECT unnest(?::VARCHAR[]))',
+                            [doomed]).fetchall()
+        return len(doomed)
+
+    def connections_between(self, ips: Sequence[str], since: datetime, until: datetime,
+                            limit: int = 5000) -> list[dict]:
+        """Observed connections (flow/conn events) whose both ends are in ``ips`` within
+        ``[since, until]``, aggregated per (source, destination, port, protocol): first time,
+        count, bytes. For traceback."""
+        ips = sorted({i for i in ips if i})
+        if len(ips) < 2:
+            return []
+        sql = (
+            f'SELECT "source.ip", "destination.ip", "destination.port", '
+            f'coalesce("network.protocol", "network.transport") AS proto, min("@timestamp") AS first, '
+            f'count(*) AS n, sum(coalesce("network.bytes", coalesce("source.bytes", 0) + '
+            f'coalesce("destination.bytes", 0))) AS bytes, min("event.id") AS eid '
+            f"FROM {self._rel(TABLES['events'])} WHERE \"source.ip\" IN (SELECT unnest(?::VARCHAR[])) "
+            f'AND "destination.ip" IN (SELECT unnest(?::VARCHAR[])) AND "source.ip" <> "destination.ip" '
+            f'AND "@timestamp" BETWEEN ? AND ? AND "event.category" = \'network\' '
+            f'AND ("event.type" IS NULL OR "event.type" = \'connection\') '
+            f'GROUP BY 1, 2, 3, 4 ORDER BY first, 1, 2, 3 LIMIT ?'
+        )
+        with self._connect() as con:
+            rows = con.execute(sql, [ips, ips, since, until, int(limit)]).fetchall()
+        return [{"source.ip": s, "destination.ip": d, "destination.port": p, "network.protocol": proto,
+                 "first": _utc(first), "count": int(n), "bytes": int(b or 0), "event.id": eid}
+                for s, d, p, proto, first, n, b, eid in rows]
+
+    def host_addresses(self, hosts: Sequence[str], since: datetime, until: datetime) -> dict[str, str]:
+        """Resolve host names to addresses from the events: a host log line naming a client
+        ``source.ip``/``source.port`` (sshd's "from A port P") pairs with the connection of that
+        client port seen by a network sensor; the most frequent destination wins."""
+        hosts = sorted({h for h in hosts if h})
+        if not hosts:
+            return {}
+        rel = self._rel(TABLES["events"])
+        sql = (
+            f'WITH h AS (SELECT DISTINCT "host.name" AS host, "source.ip" AS sip, "source.port" AS sport '
+            f'FROM {rel} WHERE "host.name" IN (SELECT unnest(?::VARCHAR[])) AND "source.ip" IS NOT NULL '
+            f'AND "source.port" IS NOT NULL AND "@timestamp" BETWEEN ? AND ?), '
+            f'c AS (SELECT "source.ip" AS sip, "source.port" AS sport, "destination.ip" AS dip FROM {rel} '
+            f'WHERE "event.category" = \'network\' AND "destination.ip" IS NOT NULL AND "@timestamp" BETWEEN ? AND ?) '
+            f'SELECT host, dip, count(*) AS n FROM h JOIN c USING (sip, sport) GROUP BY host, dip '
+            f'ORDER BY host, n DESC, dip'
+        )
+        margin = timedelta(hours=1)
+        with self._connect() as con:
+            rows = con.execute(sql, [hosts, since - margin, until + margin, since - margin, until + margin]).fetchall()
+        out: dict[str, str] = {}
+        for host, dip, _ in rows:
+            out.setdefault(host, dip)
+        return out
+
 
 def _write_parquet(path: Path, tbl: pa.Table) -> None:
     """Write a Parquet file atomically (temp file, fsync, rename)."""
@@ -725,3 +939,42 @@ def _us(dt: datetime) -> int:
 
 def _from_us(us: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us)
+
+
+# -- incidents: the queryable columns (the whole incident is in ``doc``) ----------------------
+INCIDENT_QUERY_SCHEMA = pa.schema([
+    pa.field("id", pa.string()),
+    pa.field("title", pa.string()),
+    pa.field("status", pa.string()),
+    pa.field("assignee", pa.string()),
+    pa.field("severity", pa.string()),
+    pa.field("risk_score", pa.int64()),
+    pa.field("first_seen", TS),
+    pa.field("last_seen", TS),
+    pa.field("threat.tactic.name", pa.list_(pa.string())),
+    pa.field("threat.technique.id", pa.list_(pa.string())),
+    pa.field("rule.names", pa.list_(pa.string())),
+    pa.field("entity.value", pa.list_(pa.string())),
+    pa.field("alert.ids", pa.list_(pa.string())),
+    pa.field("alert.count", pa.int64()),
+    pa.field("closed", pa.bool_()),
+    pa.field("merged_into", pa.string()),
+])
+INCIDENT_DEFAULT_FIELDS = ("title", "rule.names", "entity.value")
+
+
+def _incident_columns(inc: dict) -> dict[str, Any]:
+    from taishi.schema import parse_time
+
+    return {
+        "id": inc["id"], "title": inc.get("title"), "severity": inc.get("severity"),
+        "risk_score": int(inc.get("risk_score") or 0),
+        "first_seen": parse_time(inc["first_seen"]), "last_seen": parse_time(inc["last_seen"]),
+        "threat.tactic.name": list(inc.get("threat.tactic.name") or []),
+        "threat.technique.id": list(inc.get("threat.technique.id") or []),
+        "rule.names": list(inc.get("rule.names") or []),
+        "entity.value": [e["value"] for e in inc.get("entities") or []],
+        "alert.ids": list(inc.get("alert.ids") or []),
+        "alert.count": int(inc.get("alert.count") or 0),
+        "closed": bool(inc.get("closed")),
+    }
