@@ -53,6 +53,7 @@ from taishi.bus import (
     raw_topic,
 )
 from taishi.config import Config
+from taishi.incidents import IncidentStage
 from taishi.schema import EVENT_SCHEMA, deadletters_table
 from taishi.store import Store
 
@@ -139,6 +140,7 @@ class Pipeline:
         self._saved_at = time.monotonic()
         self.anomaly_models = _load_anomaly_models(cfg.data_dir / "models")
         self._inventory, self._inventory_mtime = None, None
+        self.incidents = IncidentStage(self.store, cfg.state_dir, self.lateness)  # alerts -> incidents
 
     # -- detect checkpoint: state and offset together ------------------------
     def _restore_detector(self) -> tuple[Detector, int]:
@@ -412,6 +414,7 @@ class Pipeline:
 
     def _store_alerts(self, t: pa.Table) -> None:
         self.stats.alerts_stored += self.store.write_alerts(t)
+        self.incidents.process(self._enrich(t))  # checkpointed before the store commits this batch
         fresh = [i for i in t.column("id").to_pylist() if i not in self.stats.alert_ids]
         if not fresh:
             return
@@ -446,6 +449,7 @@ class Pipeline:
         self._detected(self.detector.flush())
         self._save_detector()
         self.drain()
+        self.incidents.finish()
         self.retention_deleted = self.store.apply_retention(self.cfg.retention_days)
 
     def run_files(
