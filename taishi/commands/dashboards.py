@@ -1,0 +1,117 @@
+"""``taishi dashboards check|push|provisioning``: the Grafana dashboards in ``dashboards/``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from taishi.cli import _cfg, console, dumps, err, main
+
+_STYLE = {"created": "green", "updated": "yellow", "unchanged": "dim"}
+
+
+@main.group()
+def dashboards() -> None:
+    """Grafana dashboards over the search node (dashboards/*.json)."""
+
+
+@dashboards.command("check")
+@click.option("--json", "as_json", is_flag=True)
+def dashboards_check(as_json: bool) -> None:
+    """Validate every dashboard: unique panel ids, datasource uid variables, supported
+    aggregations, Lucene queries that parse. Exit status 1 on any problem."""
+    import dashboards as dash_mod
+
+    issues, count = [], {}
+    for uid, dash in dash_mod.load_all().items():
+        count[uid] = sum(1 for _ in dash_mod.panels(dash))
+        issues += dash_mod.validate(dash)
+    if as_json:
+        click.echo(dumps({"dashboards": count, "issues": [str(i) for i in issues]}))
+    else:
+        for uid, n in count.items():
+            console.print(f"{uid}: {n} panels")
+        for i in issues:
+            err.print(f"[red]{i}[/]")
+        console.print(f"{len(issues)} problem(s)")
+    sys.exit(1 if issues else 0)
+
+
+@dashboards.command("push")
+@click.option("--grafana-url", help="Grafana's URL (default cluster.grafana.url, http://127.0.0.1:3000).")
+@click.option("--user", help="Grafana user (default cluster.grafana.user, admin).")
+@click.option("--password", help="Password (default $TAISHI_GRAFANA_PASSWORD, cluster.grafana.password).")
+@click.option("--token", help="A service account token instead of user/password ($TAISHI_GRAFANA_TOKEN).")
+@click.option("--search-url", help="The search node's URL as Grafana reaches it (default cluster.search.url).")
+@click.option("--flavor", type=click.Choice(["auto", "elasticsearch", "opensearch"]),
+              help="Search node flavor; auto asks the node (default cluster.search.flavor, auto).")
+@click.option("--only", multiple=True, help="Dashboard uid to push; repeat for several (default: all).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def dashboards_push(ctx: click.Context, grafana_url, user, password, token, search_url, flavor, only, as_json) -> None:
+    """Create or update the datasources, the Taishi folder and every dashboard in a running
+    Grafana (idempotent: a second run reports everything unchanged)."""
+    import dashboards as dash_mod
+    from taishi.cluster import grafana
+
+    cfg = _cfg(ctx)
+    g = dict(cfg.cluster.get("grafana") or {})
+    s = dict(cfg.cluster.get("search") or {})
+    grafana_url = grafana_url or g.get("url") or "http://127.0.0.1:3000"
+    search_url = search_url or s.get("url") or "http://127.0.0.1:9200"
+    flavor = flavor or s.get("flavor") or "auto"
+    prefix = s.get("index_prefix") or "taishi"
+    version = None
+    if flavor == "auto":
+        try:
+            flavor, version = grafana.detect_flavor(s.get("url") or search_url)
+        except OSError as e:
+            raise click.ClickException(f"cannot ask the search node which flavor it is ({e}); pass --flavor")
+    issues = [i for d in dash_mod.load_all().values() for i in dash_mod.validate(d)]
+    if issues:
+        raise click.ClickException("dashboards do not validate: " + "; ".join(map(str, issues)))
+    api = grafana.client(grafana_url, user or g.get("user") or "admin",
+                         password or os.environ.get("TAISHI_GRAFANA_PASSWORD") or g.get("password") or "admin",
+                         token or os.environ.get("TAISHI_GRAFANA_TOKEN") or g.get("token"))
+
+    def show(a) -> None:
+        if not as_json:
+            console.print(f"[{_STYLE[a.result]}]{a.result:9}[/] {a.kind:10} {a.uid}  {a.title}")
+
+    try:
+        actions = grafana.push(api, search_url=search_url, flavor=flavor, prefix=prefix, version=version,
+                               only=list(only) or None, report=show)
+    except Exception as e:  # grafana_client raises its own and niquests' connection errors
+        raise click.ClickException(f"push to {grafana_url} failed: {e}")
+    if as_json:
+        click.echo(dumps([a.__dict__ for a in actions]))
+        return
+    t = Table(title=f"Grafana {grafana_url} ({flavor} datasources)", title_justify="left")
+    for col in ("kind", "created", "updated", "unchanged"):
+        t.add_column(col, justify="left" if col == "kind" else "right")
+    for kind in ("datasource", "folder", "dashboard"):
+        t.add_row(kind, *(str(sum(1 for a in actions if a.kind == kind and a.result == r))
+                          for r in ("created", "updated", "unchanged")))
+    console.print(t)
+
+
+@dashboards.command("provisioning")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory to write to (default: dashboards/ in the repository).")
+@click.option("--search-url", default="${TAISHI_SEARCH_URL}", show_default=True,
+              help="URL written into the datasources (Grafana expands ${VAR} from its environment).")
+def dashboards_provisioning(out: Path | None, search_url: str) -> None:
+    """Write Grafana's provisioning files: datasources (OpenSearch plugin by default, and an
+    Elasticsearch variant) and the file provider for dashboards/*.json."""
+    import dashboards as dash_mod
+
+    root = out or dash_mod.DIR
+    for rel, text in dash_mod.provisioning_files(search_url).items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        console.print(f"wrote {path}")
