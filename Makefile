@@ -11,7 +11,7 @@ TEST_STAMP := $(VENV)/.stamp-test
 
 # Real exporters, packet tools, PDF rendering and a CJK font the tests use (Debian packages).
 SYSTEM_PKGS := tshark softflowd nfdump tcpreplay bsdutils poppler-utils fonts-wqy-microhei \
-               libpango-1.0-0 libpangoft2-1.0-0
+               libpango-1.0-0 libpangoft2-1.0-0 chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

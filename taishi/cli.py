@@ -519,6 +519,7 @@ def demo(ctx: click.Context, no_serve: bool, seed: int, as_json: bool) -> None:
     manifest = generate_campaign(out, seed=seed)
     if not as_json:
         console.print(f"[bold]Generated a campaign against a simulated CII network[/] in {out}")
+    _demo_inventory(cfg, quiet=as_json)
     stats, store_stats = _run_ingest(cfg, list(manifest.files), "auto", from_start=True, quiet=as_json)
     stages = _stage_report(cfg, manifest)
     if as_json:
@@ -541,6 +542,23 @@ def demo(ctx: click.Context, no_serve: bool, seed: int, as_json: bool) -> None:
                   f"[bold]{prog} --data-dir {cfg.data_dir} search 'source.ip:{stages[0]['attacker'] if stages else '*'}'[/]")
     if not no_serve:
         _serve(cfg, cfg.api_host, cfg.api_port)
+
+
+def _demo_inventory(cfg: config_mod.Config, quiet: bool) -> None:
+    """Import the simulated network as the CII inventory (systems per zone, assets per host) unless
+    an inventory exists: events are then enriched with their assets and the console shows posture
+    per asset, sector and region."""
+    import yaml
+
+    from compliance.inventory import Inventory
+    from taishi.demo import demo_inventory
+
+    with Inventory.editing(cfg.data_dir) as inv:
+        if inv.systems:
+            return
+        res = inv.import_yaml(yaml.safe_dump(demo_inventory(), allow_unicode=True), who="taishi demo")
+    if not quiet:
+        console.print(f"CII inventory: {len(res.added)} systems and assets of the demo network imported")
 
 
 def _prog() -> str:

@@ -993,6 +993,42 @@ def generate_campaign(out_dir: Path, seed: int = 7, start: datetime | None = Non
     return manifest
 
 
+def demo_inventory() -> dict[str, Any]:
+    """The simulated network as a CII inventory (``{systems, assets}``, the YAML import shape):
+    one CII system per zone, one asset per host. ``opws01`` is left out on purpose, so
+    passive discovery has an unknown host to find."""
+    import ipaddress
+
+    meta = {  # zone -> (name, sector, MLPS level, region, key business)
+        "dmz": ("省调门户与远程接入区", "e_government", 3, "杭州市", "对外门户与运维远程接入"),
+        "office": ("调度管理信息系统", "energy", 3, "杭州市", "调度计划、OA 与数据库"),
+        "ot": ("电力监控系统（SCADA）", "energy", 4, "湖州市", "变电站监控与调度控制"),
+    }
+    roles = {"portal01": ("web portal", "high", ["tcp/443", "tcp/80"]), "jump01": ("bastion host", "critical", ["tcp/22"]),
+             "mail01": ("mail relay", "medium", ["tcp/25"]), "dc01": ("domain controller", "critical", []),
+             "adm01": ("OA web application", "medium", []), "fs01": ("file server", "high", []),
+             "db01": ("dispatch database", "critical", []), "dns01": ("DNS resolver", "high", ["udp/53"]),
+             "itadm01": ("admin workstation", "high", []), "itadm02": ("admin workstation", "high", []),
+             "hmi01": ("HMI / SCADA server", "critical", ["tcp/443", "tcp/1433", "tcp/4840"]),
+             "hist01": ("process historian", "high", ["tcp/1433"]), "rtu01": ("substation RTU gateway", "critical", ["tcp/502"])}
+    systems = [{"cii_id": f"PDC-{z.upper()}", "name": name, "operator": "省电力调度控制中心",
+                "credit_code": "12330000470051726F", "sector": sector, "mlps_level": level,
+                "protection_dept": "省能源局", "key_business": business, "zone": z, "cidrs": [ZONES[z]],
+                "location": region, "filing_no": f"33010099{i:03d}-0000{i}", "owner": "调度自动化处",
+                "security_contacts": ["soc@pdc.example"], "crypto_assessment": "in_progress" if z == "ot" else "passed",
+                "last_assessment_date": "2026-06-30", "last_assessment_result": "good"}
+               for i, (z, (name, sector, level, region, business)) in enumerate(meta.items(), 1)]
+    assets = []
+    for host, ip in HOSTS.items():
+        if host == "opws01":
+            continue
+        z = next(z for z, c in ZONES.items() if ipaddress.ip_address(ip) in ipaddress.ip_network(c))
+        role, crit, services = roles[host]
+        assets.append({"asset_id": host, "system_id": f"PDC-{z.upper()}", "hostname": host, "ips": [ip],
+                       "role": role, "criticality": crit, "services": services})
+    return {"systems": systems, "assets": assets}
+
+
 def load_manifest(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 

@@ -45,6 +45,11 @@ EXPECTED_ACCESS: dict[tuple[str, str], set[str]] = {
     ("POST", f"{API}/compliance/inventory/import"): {"admin"},
     ("GET", f"{API}/compliance/discovery"): {"auditor", "admin"},
     ("GET", f"{API}/compliance/report"): {"auditor", "admin"},
+    ("GET", f"{API}/views/overview"): ALL,
+    ("GET", f"{API}/views/posture"): ALL,
+    ("GET", f"{API}/views/flows"): ALL,
+    ("GET", f"{API}/views/assets"): ALL,
+    ("GET", f"{API}/views/geo"): ALL,
 }
 # Everything reachable without a token. A new route is protected unless listed here.
 PUBLIC = {f"{API}/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/"}

@@ -31,6 +31,8 @@ EXPECTED_ROLE_PERMISSIONS = {
     "admin": {"health", "events:read", "alerts:read", "rules:read", "deadletters:read", "alerts:triage",
               "audit:read", "users:read", "users:manage", "rules:manage", "compliance:read", "inventory:manage"},
 }
+for _perms in EXPECTED_ROLE_PERMISSIONS.values():  # the situation views (posture, flows, assets, map): every role
+    _perms.add("views:read")
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ and the API's routes each name one permission)::
     rules:manage                                  x   reload rules
     compliance:read                        x      x   CII inventory, discovery, compliance report
     inventory:manage                              x   import into the CII inventory
+    views:read           x        x        x      x   posture index, flows, asset risk, map
 
 Dead letters hold raw input records, the same data class as an event's
 ``event.original`` that analysts already read, so they are readable by every
@@ -84,9 +85,10 @@ PERMISSIONS: dict[str, str] = {
     "rules:manage": "reload detection rules",
     "compliance:read": "read the CII inventory, passive discovery and compliance reports",
     "inventory:manage": "import systems and assets into the CII inventory",
+    "views:read": "read the situation views: posture index, flows, asset status and risk, map",
 }
 
-_READ = frozenset({"health", "events:read", "alerts:read", "rules:read", "deadletters:read"})
+_READ = frozenset({"health", "events:read", "alerts:read", "rules:read", "deadletters:read", "views:read"})
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "analyst": _READ,
