@@ -57,6 +57,54 @@ def build(store: Store, inventory: Inventory, config: Config | None = None, *, l
                   str(config.source or "(defaults)"), summary)
 
 
+# ------------------------------------------------------------------------------ documents
+
+def _counts(ev: dict[str, Any]) -> dict[str, Any] | None:
+    """A verdict's counts; for a configuration check, the setting, its value and what was expected."""
+    counts = ev.get("counts")
+    if counts is None and "setting" in ev:
+        counts = {"setting": ev["setting"], "value": ev["value"], "expected": ev["expected"]}
+    return counts
+
+
+def records(rep: Report) -> list[dict[str, Any]]:
+    """The verdicts as flat documents for the search node's ``taishi-compliance`` index (``taishi
+    compliance publish``, the Grafana MLPS dashboard): one per verdict and CII system it counts
+    for -- a global verdict counts for every system, as in :attr:`Report.summary`, so counting
+    documents per ``taishi.system.id`` and ``compliance.verdict`` gives the summary. ``id`` is
+    :func:`taishi.ids.verdict_id`, so publishing again replaces each verdict with the latest."""
+    from taishi.ids import verdict_id
+
+    out = []
+    for v in rep.verdicts:
+        ev = v.evidence
+        counts = _counts(ev)
+        for s in (rep.systems if v.scope == "global" else [v.system_id]):
+            sy = rep.inventory.systems[s]
+            out.append({
+                "id": verdict_id(v.check_id, v.target, s),
+                "@timestamp": rep.generated_at,
+                "compliance.check.id": v.check_id,
+                "compliance.check.title": v.title,
+                "compliance.control": v.gbt22239,
+                "compliance.scope": v.scope,
+                "compliance.target": v.target,
+                "compliance.verdict": v.verdict,
+                "compliance.reason": v.reason,
+                "compliance.level": rep.level,
+                "compliance.evidence.query": ev.get("query"),
+                "compliance.evidence.counts": (json.dumps(counts, ensure_ascii=False, default=str)
+                                               if counts is not None else None),
+                "compliance.evidence.sample_event_ids": [str(x.get("event.id")) for x in ev.get("samples", [])
+                                                         if x.get("event.id")],
+                "taishi.system.id": s,
+                "taishi.system.name": sy.name,
+                "taishi.system.sector": sy.sector,
+                "taishi.system.level": sy.mlps_level,
+            })
+    return out
+
+
 # ------------------------------------------------------------------------------ CSV
 
 CSV_COLUMNS = ["system_id", "system_name", "check_id", "gbt22239", "title", "scope", "target", "verdict",
@@ -70,9 +118,7 @@ def to_csv(rep: Report) -> str:
     for v in rep.verdicts:
         sysname = rep.inventory.systems[v.system_id].name if v.system_id in rep.inventory.systems else ""
         ev = v.evidence
-        counts = ev.get("counts")
-        if counts is None and "setting" in ev:
-            counts = {"setting": ev["setting"], "value": ev["value"], "expected": ev["expected"]}
+        counts = _counts(ev)
         w.writerow([v.system_id or "*", sysname, v.check_id, v.gbt22239, v.title, v.scope, v.target,
                     v.verdict, v.reason, ev.get("query", ""), ev.get("since") or "", ev.get("until") or "",
                     json.dumps(counts, ensure_ascii=False, default=str) if counts is not None else "",

@@ -46,3 +46,9 @@ def correlation_alert_id(rule_id: str, group: str, window_start_us: int) -> str:
 
 def deadletter_id(source: str, offset: int, stage: str, original: str) -> str:
     return _digest("dl1", source, str(offset), stage, original)
+
+
+def verdict_id(check_id: str, target: str, system_id: str) -> str:
+    """Id of a compliance verdict as published to the search node: the latest verdict of a
+    check on a target, counted for a CII system, replaces the previous one."""
+    return _digest("cv1", check_id, target, system_id)
