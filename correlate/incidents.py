@@ -440,7 +440,7 @@ class _Incident:
         node_keys: set[str] = set()
         edges = sorted(self.edges.values(), key=lambda e: (e["time"], e["alert_id"], e["source"], e["target"]))
         for k, _ in ents:
-            if not k.startswith("user:"):
+            if not k.startswith(("user:", "asset:")):  # an asset is drawn as its address's node
                 node_keys.add(k)
         for e in edges:
             node_keys.update((e["source"], e["target"]))
@@ -462,7 +462,7 @@ class _Incident:
             n["stage"] = KILL_CHAIN[s] if s is not None and s < len(KILL_CHAIN) else None
         actor = next((v for k, e in ents if e["role"] in ("source", "both") and k.startswith("ip:")
                       for v in [_split(k)[1]]), None)
-        victims = [_split(k)[1] for k, e in ents if e["role"] in ("target", "both") and not k.startswith("user:")
+        victims = [_split(k)[1] for k, e in ents if e["role"] in ("target", "both") and k.startswith(("ip:", "host:"))
                    and _split(k)[1] != actor]
         head = tactics[-1] if tactics else "Alerts"
         who = actor or (victims[0] if victims else "unknown")

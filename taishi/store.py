@@ -869,7 +869,7 @@ class Store:
             return []
         sql = (
             f'SELECT "source.ip", "destination.ip", "destination.port", '
-            f'coalesce("network.protocol", "network.transport") AS proto, min("@timestamp") AS first, '
+            f'coalesce("network.transport", "network.protocol") AS proto, min("@timestamp") AS first, '
             f'count(*) AS n, sum(coalesce("network.bytes", coalesce("source.bytes", 0) + '
             f'coalesce("destination.bytes", 0))) AS bytes, min("event.id") AS eid '
             f"FROM {self._rel(TABLES['events'])} WHERE \"source.ip\" IN (SELECT unnest(?::VARCHAR[])) "
