@@ -1,0 +1,219 @@
+"""Cluster mode's runner: collectors produce to Kafka, Spark jobs do the rest.
+
+``taishi ingest --mode cluster FILES`` (:func:`ingest`): the embedded file
+collector (``Pipeline.collect_file``: format sniffing, framing hints, resume,
+dead letters for unreadable files) runs on a :class:`KafkaBus`, so the raw
+records on ``raw.<format>`` are the ones the embedded bus would hold. Then the
+Spark detect job runs with an available-now trigger until it has consumed
+them; for bounded input a ``flush`` control record follows and the job runs
+once more to close every correlation window (the embedded bounded run's
+``finish``). The incidents job then builds incidents from the ``alerts``
+topic. The summary is the embedded one (``RunStats``).
+
+``taishi run`` with ``mode: cluster`` (:func:`run_stream`): the syslog and
+NetFlow collectors produce to Kafka, and the detect and incidents jobs run
+continuously (processing-time trigger, event-time watermark with the
+configured allowed lateness) until stopped.
+
+Nothing here is imported by embedded mode.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pyarrow as pa
+
+from taishi.bus import TOPIC_DEADLETTER
+from taishi.cluster.kafka_bus import KafkaBus
+from taishi.cluster import spark_jobs as jobs
+from taishi.config import Config
+from taishi.pipeline import Pipeline, RunStats, _reason_kind, expand_paths
+
+
+class _CollectorBus(KafkaBus):
+    """The collectors' bus: Kafka, plus dead letters of the read stage straight into the search store
+    (the jobs write the dead letters of later stages)."""
+
+    def __init__(self, cfg: Config, store, stats: RunStats) -> None:
+        super().__init__(cfg, client_id="taishi-collector")
+        self.store = store
+        self.stats = stats
+
+    def produce(self, topic: str, table: pa.Table, meta: dict | None = None) -> tuple[int, int]:
+        out = super().produce(topic, table, meta)
+        if topic == TOPIC_DEADLETTER and table.num_rows:
+            self.store.write_deadletters(table)
+            self.stats.deadletters += table.num_rows
+            for reason in table.column("reason").to_pylist():
+                self.stats.deadletter_reasons[_reason_kind(reason)] += 1
+        return out
+
+
+class FileCollector:
+    """The embedded pipeline's file collector on another bus (the same methods, not a copy)."""
+
+    file_key = staticmethod(Pipeline.file_key)
+    collect_file = Pipeline.collect_file
+    _collect = getattr(Pipeline, "_collect", None)
+    _collect_pcap = Pipeline._collect_pcap
+    _deadletter_input = Pipeline._deadletter_input
+
+    def __init__(self, cfg: Config, bus, stats: RunStats) -> None:
+        self.cfg = cfg
+        self.bus = bus
+        self.stats = stats
+
+
+class ClusterRun:
+    """One Spark session, the Kafka producer and the search store for a cluster-mode run."""
+
+    def __init__(self, cfg: Config, spark=None) -> None:
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg
+        self.stats = RunStats()
+        self.store = jobs.open_search(cfg)
+        self.bus = _CollectorBus(cfg, self.store, self.stats)
+        self.spark = spark if spark is not None else jobs.session(cfg)
+        self.job = jobs.JobStats()
+
+    # -- the jobs -------------------------------------------------------------------
+    def _on_batch(self, st: dict) -> None:
+        self.job.add(st)
+
+    def detect(self, *, bounded: bool = True, available_now: bool = True, checkpoint: Path | None = None,
+               timeout_s: float | None = None):
+        conf = jobs.job_conf(self.spark, self.cfg, bounded=bounded)
+        q = jobs.detect_query(self.spark, self.cfg, conf, on_batch=self._on_batch, available_now=available_now,
+                              checkpoint=checkpoint, anomaly_models=self._models())
+        if available_now:
+            jobs.run_until_idle(q, timeout_s)
+        return q
+
+    def incidents(self, *, bounded: bool = True, available_now: bool = True, checkpoint: Path | None = None,
+                  timeout_s: float | None = None):
+        conf = jobs.job_conf(self.spark, self.cfg, bounded=bounded)
+        q = jobs.incidents_query(self.spark, self.cfg, conf, available_now=available_now, checkpoint=checkpoint,
+                                 on_batch=self._on_incidents)
+        if available_now:
+            jobs.run_until_idle(q, timeout_s)
+        return q
+
+    def _on_incidents(self, n: int) -> None:
+        self.incidents_written = getattr(self, "incidents_written", 0) + n
+
+    def _models(self) -> list:
+        from taishi.pipeline import _load_anomaly_models
+
+        return _load_anomaly_models(self.cfg.data_dir / "models")
+
+    def finish_bounded(self, *, checkpoint: Path | None = None, incidents_checkpoint: Path | None = None) -> None:
+        """Run the jobs over everything on Kafka, then close every window (flush) and build incidents."""
+        self.detect(checkpoint=checkpoint)
+        self.bus.send_control("flush", at=time.time())
+        self.detect(checkpoint=checkpoint)
+        self.incidents(checkpoint=incidents_checkpoint)
+
+    def run_stats(self) -> RunStats:
+        """The embedded summary, filled from the collector and the jobs."""
+        s, j = self.stats, self.job
+        s.events, s.events_stored = j.events, j.events_stored
+        s.alerts_stored = j.alerts_stored
+        s.deadletters += j.deadletters
+        s.late_events = j.late_events
+        s.by_dataset.update(j.by_dataset)
+        s.deadletter_reasons.update(j.deadletter_reasons)
+        s.alert_ids = set(j.alerts)
+        s.alerts = len(s.alert_ids)
+        s.by_level.clear(), s.by_rule.clear(), s.by_technique.clear()
+        for a in j.alerts.values():
+            if a.get("rule.level"):
+                s.by_level[a["rule.level"]] += 1
+            if a.get("rule.name"):
+                s.by_rule[a["rule.name"]] += 1
+            for t in a.get("threat.technique.id") or []:
+                s.by_technique[t] += 1
+        return s
+
+    def close(self) -> None:
+        self.bus.close()
+
+
+def ingest(cfg: Config, paths: Iterable[Path], fmt: str = "auto", *, from_start: bool = False,
+           logsource: str | None = None, progress: Callable[[Path, int], None] | None = None,
+           spark=None) -> tuple[RunStats, dict]:
+    """``taishi ingest --mode cluster``: files -> Kafka -> Spark -> search store; the embedded summary."""
+    t0 = time.perf_counter()
+    run = ClusterRun(cfg, spark)
+    try:
+        col = FileCollector(cfg, run.bus, run.stats)
+        for p in expand_paths(paths):
+            col.collect_file(p, fmt, from_start=from_start, logsource=logsource,
+                             progress=(lambda pos, p=p: progress(p, pos)) if progress else None)
+        run.finish_bounded()
+        stats = run.run_stats()
+        stats.seconds = time.perf_counter() - t0
+        store_stats = _store_stats(run.store)
+    finally:
+        run.close()
+    return stats, store_stats
+
+
+def _store_stats(store) -> dict:
+    fn = getattr(store, "stats", None)
+    try:
+        return dict(fn()) if fn else {}
+    except Exception:  # noqa: BLE001 - the summary's last line only
+        return {}
+
+
+def run_stream(cfg: Config, listeners: list, nf_listeners: list, *, certfile=None, keyfile=None,
+               duration: float | None = None, stop: threading.Event | None = None,
+               report: Callable[[str], None] | None = None) -> dict:
+    """``taishi run`` in cluster mode: collectors -> Kafka; the detect and incidents jobs run until stopped."""
+    from ingest.collectors.netflow import NetflowCollector
+    from ingest.collectors.syslog import SyslogCollector
+
+    run = ClusterRun(cfg)
+    collectors: dict[str, Any] = {}
+    queries = []
+    stop = stop or threading.Event()
+    try:
+        if listeners:
+            collectors["syslog"] = SyslogCollector(run.bus, listeners, certfile=certfile, keyfile=keyfile).start()
+        if nf_listeners:
+            collectors["netflow"] = NetflowCollector(run.bus, nf_listeners).start()
+        for kind, col in collectors.items():
+            for proto, (host, port) in col.bound.items():
+                if report:
+                    report(f"listening for {kind} on {proto}://{host}:{port} (cluster mode: Kafka {run.bus.bootstrap})")
+        queries.append(run.detect(bounded=False, available_now=False,
+                                  checkpoint=jobs.checkpoint_dir(cfg, "detect-stream")))
+        queries.append(run.incidents(bounded=False, available_now=False,
+                                     checkpoint=jobs.checkpoint_dir(cfg, "incidents-stream")))
+        deadline = time.monotonic() + duration if duration else None
+        last = 0.0
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            for q in queries:
+                if q.exception() is not None:
+                    raise RuntimeError(f"Spark query {q.name} failed: {q.exception()}")
+            if report and time.monotonic() - last > 10:
+                report(f"events {run.job.events:,}  alerts {len(run.job.alerts):,}  "
+                       f"dead letters {run.job.deadletters:,}")
+                last = time.monotonic()
+            stop.wait(0.5)
+    finally:
+        for col in collectors.values():
+            col.stop()
+        for q in queries:
+            try:
+                q.processAllAvailable()
+            except Exception:  # noqa: BLE001 - stopping anyway
+                pass
+            q.stop()
+        run.close()
+    out = {k: c.metrics() for k, c in collectors.items()}
+    return {**out, **run.run_stats().as_dict()}
