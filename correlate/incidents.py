@@ -346,9 +346,9 @@ class _Incident:
         self.actors.update(actors)
         self.targets.update(targets)
         for k in actors:
-            self._entity(k, "source", ts, rec.get("sa") if k.startswith("ip:") else None)
+            self._entity(k, "source", ts, rec.get("sa") if k.startswith(("ip:", "asset:")) else None)
         for k in targets:
-            self._entity(k, "target", ts, rec.get("da") if k.startswith("ip:") else None)
+            self._entity(k, "target", ts, rec.get("da") if k.startswith(("ip:", "asset:")) else None)
         if "user" in rec:
             self._entity(entity_key("user", rec["user"]), "source", ts)
         self.lvl = max(self.lvl, rec["lvl"])

@@ -67,6 +67,7 @@ def rebuild(store, state_dir: Path, detect_lateness_s: float, enrich: Callable[[
             batch: int = 50_000) -> dict:
     """Rebuild every incident from the stored alerts (oldest first), keep the workflow of the
     incidents that survive, drop unworked ones that no longer exist, and replace the checkpoint."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
     builder = IncidentBuilder(gap_s, builder_lateness(detect_lateness_s))
     total = store.count("alerts")
     done, outs = 0, []
