@@ -140,6 +140,36 @@ def _run_ingest(cfg: config_mod.Config, paths: list[Path], fmt: str, from_start:
     return stats, store_stats
 
 
+def _run_ingest_cluster(cfg: config_mod.Config, paths: list[Path], fmt: str, from_start: bool, quiet: bool,
+                        logsource: str | None = None):
+    """Cluster mode: files -> Kafka (a progress bar), then the Spark jobs until the input is consumed."""
+    from taishi.cluster import runner
+    from taishi.pipeline import expand_paths
+
+    files = expand_paths(paths)
+    missing = [p for p in files if not p.exists()]
+    if missing:
+        raise click.BadParameter(f"no such file: {missing[0]}")
+    if quiet:
+        return runner.ingest(cfg, files, fmt, from_start=from_start, logsource=logsource)
+    total = sum(p.stat().st_size for p in files)
+    with Progress(TextColumn("[bold blue]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err, transient=True) as prog:
+        task = prog.add_task("to Kafka", total=total)
+        sizes = {p: p.stat().st_size for p in files}
+        done: dict[Path, int] = {}
+
+        def progress(path: Path, pos: int) -> None:
+            done[path] = min(pos, sizes.get(path, pos))
+            prog.update(task, completed=sum(done.values()), description=f"to Kafka: {path.name[:24]}")
+
+        def phase(text: str) -> None:
+            prog.update(task, completed=total, description=text)
+
+        return runner.ingest(cfg, files, fmt, from_start=from_start, logsource=logsource, progress=progress,
+                             phase=phase)
+
+
 def _count_table(title: str, what: str, unit: str, rows: list[tuple]) -> None:
     """A small table of (name, count[, bar]) rows; nothing when there are none."""
     if not rows:
@@ -204,9 +234,10 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], fmt: str, from_start: bo
     Files resume from their checkpoint, so running the same command again after
     an interruption picks up where it stopped; --from-start re-reads them
     (events and alerts keep their ids, so nothing is stored twice).
+    With --mode cluster (or mode: cluster) the files go to Kafka and the Spark
+    jobs run until they have consumed them; the summary is the same.
     """
     cfg = _cfg(ctx)
-    _require_embedded(cfg)
     if logsource:
         from taishi.pipeline import check_logsource
 
@@ -214,7 +245,8 @@ def ingest(ctx: click.Context, paths: tuple[Path, ...], fmt: str, from_start: bo
             check_logsource(logsource)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--logsource")
-    stats, store_stats = _run_ingest(cfg, list(paths), fmt, from_start, quiet=as_json, logsource=logsource)
+    run = _run_ingest_cluster if cfg.mode == "cluster" else _run_ingest
+    stats, store_stats = run(cfg, list(paths), fmt, from_start, quiet=as_json, logsource=logsource)
     if as_json:
         click.echo(dumps({**stats.as_dict(), "store": store_stats}))
     else:
@@ -614,7 +646,8 @@ def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, netflow_udp, tls
 
     Listeners come from the flags or from taishi.yaml's `collectors:` section.
     Correlation runs on event time with the configured allowed lateness; state
-    is checkpointed, so a restart continues open windows.
+    is checkpointed, so a restart continues open windows. With mode: cluster
+    the collectors produce to Kafka and the Spark jobs run continuously.
     """
     import signal
     import threading
@@ -626,7 +659,6 @@ def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, netflow_udp, tls
     from taishi.pipeline import Pipeline
 
     cfg = _cfg(ctx)
-    _require_embedded(cfg)
     conf = dict(cfg.collectors.get("syslog") or {})
     for proto, flag in (("udp", syslog_udp), ("tcp", syslog_tcp), ("tls", syslog_tls)):
         if flag:
@@ -641,6 +673,15 @@ def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, netflow_udp, tls
                                "or a collectors: section")
     cert = tls_cert or (Path(conf["cert"]) if conf.get("cert") else None)
     key = tls_key or (Path(conf["key"]) if conf.get("key") else None)
+    if cfg.mode == "cluster":
+        from taishi.cluster.runner import run_stream
+
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        click.echo(dumps(run_stream(cfg, listeners, nf_listeners, certfile=cert, keyfile=key, duration=duration,
+                                    stop=stop, report=lambda text: err.print(f"[dim]{text}[/]"))))
+        return
     pipe = Pipeline(cfg)
     collectors: dict = {}
     if listeners:

@@ -110,11 +110,15 @@ class ClusterRun:
 
         return _load_anomaly_models(self.cfg.data_dir / "models")
 
-    def finish_bounded(self, *, checkpoint: Path | None = None, incidents_checkpoint: Path | None = None) -> None:
+    def finish_bounded(self, *, checkpoint: Path | None = None, incidents_checkpoint: Path | None = None,
+                       phase: Callable[[str], None] = lambda _text: None) -> None:
         """Run the jobs over everything on Kafka, then close every window (flush) and build incidents."""
+        phase("Spark: parse, detect, correlate")
         self.detect(checkpoint=checkpoint)
         self.bus.send_control("flush", at=time.time())
+        phase("Spark: end of input (close windows)")
         self.detect(checkpoint=checkpoint)
+        phase("Spark: incidents")
         self.incidents(checkpoint=incidents_checkpoint)
 
     def run_stats(self) -> RunStats:
@@ -144,16 +148,21 @@ class ClusterRun:
 
 def ingest(cfg: Config, paths: Iterable[Path], fmt: str = "auto", *, from_start: bool = False,
            logsource: str | None = None, progress: Callable[[Path, int], None] | None = None,
-           spark=None) -> tuple[RunStats, dict]:
-    """``taishi ingest --mode cluster``: files -> Kafka -> Spark -> search store; the embedded summary."""
+           phase: Callable[[str], None] | None = None, spark=None) -> tuple[RunStats, dict]:
+    """``taishi ingest --mode cluster``: files -> Kafka -> Spark -> search store; the embedded summary.
+
+    ``progress(path, position)`` follows the files onto Kafka; ``phase(text)`` names what runs next.
+    """
     t0 = time.perf_counter()
+    phase = phase or (lambda _text: None)
+    phase("starting Spark")
     run = ClusterRun(cfg, spark)
     try:
         col = FileCollector(cfg, run.bus, run.stats)
         for p in expand_paths(paths):
             col.collect_file(p, fmt, from_start=from_start, logsource=logsource,
                              progress=(lambda pos, p=p: progress(p, pos)) if progress else None)
-        run.finish_bounded()
+        run.finish_bounded(phase=phase)
         stats = run.run_stats()
         stats.seconds = time.perf_counter() - t0
         store_stats = _store_stats(run.store)
