@@ -40,6 +40,8 @@ and the API's routes each name one permission)::
     compliance:read                        x      x   CII inventory, discovery, compliance report
     inventory:manage                              x   import into the CII inventory
     views:read           x        x        x      x   posture index, flows, asset risk, map
+    incidents:read       x        x        x      x   incidents, their attack graph and history
+    incidents:triage              x               x   incident workflow: status, assignee, notes
 
 Dead letters hold raw input records, the same data class as an event's
 ``event.original`` that analysts already read, so they are readable by every
@@ -86,13 +88,16 @@ PERMISSIONS: dict[str, str] = {
     "compliance:read": "read the CII inventory, passive discovery and compliance reports",
     "inventory:manage": "import systems and assets into the CII inventory",
     "views:read": "read the situation views: posture index, flows, asset status and risk, map",
+    "incidents:read": "read incidents, their attack graph (traceback) and workflow history",
+    "incidents:triage": "change an incident's status and assignee, add notes",
 }
 
-_READ = frozenset({"health", "events:read", "alerts:read", "rules:read", "deadletters:read", "views:read"})
+_READ = frozenset({"health", "events:read", "alerts:read", "rules:read", "deadletters:read", "views:read",
+                   "incidents:read"})
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "analyst": _READ,
-    "responder": _READ | {"alerts:triage"},
+    "responder": _READ | {"alerts:triage", "incidents:triage"},
     "auditor": _READ | {"audit:read", "users:read", "compliance:read"},
     "admin": frozenset(PERMISSIONS),
 }
