@@ -231,6 +231,13 @@ def test_syn_scan_flows(shared_data: Path) -> None:
     assert flags["SRA"] == 1000  # closed port: SYN -> RST/ACK (open ones: SYN -> SYN/ACK -> RST)
     assert all(e["tcp.syn_seen"] for e in extras(tcp))
     assert max(tcp["source.packets"].to_pylist()) <= 2
+    # Zeek's conn_state from each side's flags: closed ports reject (REJ), open ones are reset by the scanner
+    states = Counter(zip(tcp["event.action"].to_pylist(), ((e["tcp.orig_flags"], e["tcp.resp_flags"]) for e in extras(tcp))))
+    assert {s for s, _ in states} <= {"REJ", "RSTO", "S0"}
+    assert all(fl == ("S", "RA") for s, fl in states if s == "REJ")
+    assert all(fl == ("SR", "SA") for s, fl in states if s == "RSTO")
+    assert sum(n for (s, _), n in states.items() if s == "REJ") > 990
+    assert set(tcp["taishi.logsource"].to_pylist()) == {"zeek//conn"}  # Zeek conn rules apply to captures
 
 
 # ---------------------------------------------------------------------------- application events
@@ -422,3 +429,45 @@ def test_is_pcap(shared_data: Path) -> None:
     assert is_pcap((shared_data / SYN_SCAN).read_bytes()[:4])
     assert is_pcap((shared_data / SYNSCAN_NG).read_bytes()[:4])
     assert not is_pcap(b"#separator \\x09")
+
+
+# ---------------------------------------------------------------------------- streaming flows
+
+
+def _flow_rows(f: dict) -> list[tuple]:
+    cols = ("frame", "start_ns", "end_ns", "src", "dst", "sport", "dport", "proto", "src_packets", "dst_packets",
+            "src_bytes", "dst_bytes", "tcp_flags", "orig_flags", "resp_flags", "syn_seen")
+    vals = [f[c].to_pylist() if isinstance(f[c], pa.Array) else list(map(int, f[c])) for c in cols]
+    return sorted(zip(*vals))
+
+
+@pytest.mark.parametrize("rel,idle,active", [(DNP3, 60, 1800), (MODBUS_ITI, 60, 30), (SYN_SCAN, 0.05, 1800),
+                                             (HTTP, 1.0, 3.0)])
+def test_streaming_flows_equal_whole_capture_flows(shared_data: Path, rel: str, idle: float, active: float) -> None:
+    """LiveFlows (open flows carried between batches as partial rows, emitted once idle or
+    active-timed-out as of the newest packet) gives exactly the whole-capture aggregation."""
+    from ingest.pcap.flows import FlowAccumulator, LiveFlows, packet_core
+    from ingest.pcap.tshark import TsharkRun
+
+    run = TsharkRun(shared_data / rel, block_size=1 << 12)  # many small batches
+    live, whole = LiveFlows(idle, active), FlowAccumulator()
+    emitted: list[tuple] = []
+    now = 0
+    batches = 0
+    for b in run.batches():
+        core = packet_core(b)
+        whole.add(core)
+        now = max(now, int(core["ts_ns"].to_numpy().max()))
+        done = live.add(core, now)
+        emitted += _flow_rows(done) if done else []
+        batches += 1
+        open_now = live.open
+        done = live.add(None, now)  # a tick without packets: only expiry, same clock
+        emitted += _flow_rows(done) if done else []
+        assert live.open == open_now  # add() already let go of everything finished as of `now`
+    run.close()
+    streamed = len(emitted)
+    done = live.flush()
+    emitted += _flow_rows(done) if done else []
+    assert batches > 3 and streamed > 0  # flows left before the end, not only at flush
+    assert sorted(emitted) == _flow_rows(whole.flows(idle, active))

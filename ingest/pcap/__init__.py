@@ -67,10 +67,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.parsers import deadletter, event_ids
-from taishi.schema import DEADLETTER_SCHEMA, EVENT_SCHEMA, conform, deadletters_table
+from taishi.schema import DEADLETTER_SCHEMA, EVENT_SCHEMA, deadletters_table
 
 from . import apps
-from .flows import FlowAccumulator, flags_text, packet_core, transport_names
+from .flows import FlowAccumulator, packet_core
 from .tshark import TsharkRun
 
 __all__ = ["read_pcap", "PcapReader", "PcapSummary", "IDLE_TIMEOUT_S", "ACTIVE_TIMEOUT_S", "PCAP_MAGICS", "is_pcap"]
@@ -202,15 +202,12 @@ class PcapReader:
                 s.first_frame_time_ns = tmin if s.first_frame_time_ns is None else min(s.first_frame_time_ns, tmin)
                 s.last_frame_time_ns = tmax if s.last_frame_time_ns is None else max(s.last_frame_time_ns, tmax)
                 acc.add(core)
-                tables = [t for t in (apps.dns_events(b, core, self._ctx), apps.modbus_events(b, core, self._ctx),
-                                      apps.dnp3_events(b, core, self._ctx), apps.enip_events(b, core, self._ctx))
-                          if t is not None]
-                rows = apps.http_rows(b, core, self._ctx) + apps.ssh_rows(b, core, self._ctx)
-                if rows:
-                    tables.append(conform(apps.events_from_rows(rows)))
-                hellos.extend(apps.tls_hellos(b, core))
-                if tables:
-                    yield self._count(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+                for frame, text, reason in apps.malformed(b, core):
+                    self._dead(frame, text, reason)
+                table, hello = apps.frame_events(b, core, self._ctx)
+                hellos.extend(hello)
+                if table is not None:
+                    yield self._count(table)
         except GeneratorExit:
             run.kill()
             run.close()
@@ -242,68 +239,12 @@ class PcapReader:
         s.seconds = time.perf_counter() - t0
 
     def _flow_tables(self, f: dict[str, Any]) -> Iterator[pa.Table]:
-        n = f["n"]
         s = self.summary
-        s.flows += n
-        transport = transport_names(f["proto"])
-        for row in pc.value_counts(transport).to_pylist():
+        s.flows += f["n"]
+        table = apps.flow_events(f, self._ctx)
+        for row in pc.value_counts(table.column("network.transport")).to_pylist():
             s.flows_by_transport[row["values"]] += row["counts"]
-        is_tcp = pc.equal(f["proto"], 6)
-        flags = pa.array(f["tcp_flags"])
-        ftext = apps.map_values(flags, flags_text)
-        extra = pc.if_else(
-            is_tcp,
-            apps.json_obj([("tcp.flags", apps.json_str(ftext)),
-                           ("tcp.flags_hex", apps.json_str(apps.map_values(flags, lambda v: f"0x{v:03x}"))),
-                           ("tcp.syn_seen", pc.cast(pa.array(f["syn_seen"]), pa.string()))]),
-            pa.scalar(None, pa.string()),
-        )
-        start = f["start_ns"]
-        end = f["end_ns"]
-        const = apps.const
-        cols = {
-            "@timestamp": apps.ts_array(start),
-            "event.kind": const("event", n),
-            "event.category": const("network", n),
-            "event.type": const("connection", n),
-            "event.action": const("network_flow", n),
-            "event.module": const("pcap", n),
-            "event.dataset": const("pcap.flow", n),
-            "event.start": apps.ts_array(start),
-            "event.end": apps.ts_array(end),
-            "event.duration": pa.array(end - start, pa.int64()),
-            "source.ip": f["src"],
-            "source.port": f["sport"],
-            "source.mac": f["smac"],
-            "source.bytes": pa.array(f["src_bytes"], pa.int64()),
-            "source.packets": pa.array(f["src_packets"], pa.int64()),
-            "destination.ip": f["dst"],
-            "destination.port": f["dport"],
-            "destination.mac": f["dmac"],
-            "destination.bytes": pa.array(f["dst_bytes"], pa.int64()),
-            "destination.packets": pa.array(f["dst_packets"], pa.int64()),
-            "network.transport": transport,
-            "network.bytes": pa.array(f["bytes"], pa.int64()),
-            "network.packets": pa.array(f["packets"], pa.int64()),
-            "related.ip": apps.related_ips(f["src"], f["dst"]),
-            "observer.name": const(self.path.name, n),
-            "observer.type": const("pcap", n),
-            "taishi.source": const(self.source, n),
-            "log.file.path": const(str(self.path), n),
-            "log.offset": pa.array(f["frame"], pa.int64()),
-            "taishi.extra": extra,
-        }
-        sp = pc.fill_null(pc.cast(f["sport"], pa.string()), "")
-        dp = pc.fill_null(pc.cast(f["dport"], pa.string()), "")
-        orig = pc.binary_join_element_wise(
-            apps.lit("flow "), transport, apps.lit(" "), f["src"], apps.lit(":"), sp, apps.lit(" -> "),
-            f["dst"], apps.lit(":"), dp, apps.lit(" start_ns="), pc.cast(pa.array(start), pa.string()), apps.lit(""))
-        cols["event.original"] = orig
-        cols["event.id"] = event_ids(cols["taishi.source"], cols["log.offset"], orig)
-        table = conform(pa.table(cols))
-        order = pc.sort_indices(table, sort_keys=[("event.start", "ascending"), ("log.offset", "ascending")])
-        table = table.take(order)
-        for i in range(0, n, FLOW_BATCH):
+        for i in range(0, f["n"], FLOW_BATCH):
             yield table.slice(i, FLOW_BATCH)
 
 

@@ -23,7 +23,7 @@ from taishi.ids import event_id
 from taishi.schema import EVENT_SCHEMA, TS, conform
 
 from . import names
-from .flows import transport_names
+from .flows import conn_states, flags_text, transport_names
 from .tshark import AGG, first, hex_to_int, map_values, split, to_int, valid_utf8
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -72,10 +72,11 @@ def kv_text(prefix: str, pairs: list[tuple[str, pa.Array]]) -> pa.Array:
 class Ctx:
     """What every event of one capture shares."""
 
-    def __init__(self, source: str, path: str, observer: str) -> None:
+    def __init__(self, source: str, path: str | None, observer: str, observer_type: str = "pcap") -> None:
         self.source = source
         self.path = path
         self.observer = observer
+        self.observer_type = observer_type  # "pcap" for a capture file, "sensor" for a live interface
 
     def base(self, core: dict[str, pa.Array], idx: pa.Array, dataset: str, protocol: str) -> dict[str, pa.Array]:
         n = len(idx)
@@ -99,7 +100,7 @@ class Ctx:
             "destination.mac": core["dmac"].take(idx),
             "related.ip": related_ips(src, dst),
             "observer.name": const(self.observer, n),
-            "observer.type": const("pcap", n),
+            "observer.type": const(self.observer_type, n),
             "taishi.source": const(self.source, n),
             "log.file.path": const(self.path, n),
             "log.offset": core["frame"].take(idx),
@@ -166,6 +167,80 @@ def _name_map(table: dict[int, str]) -> Callable[[Any], str | None]:
 
 def _rows_in(b: pa.RecordBatch, name: str) -> pa.Array:
     return pa.array(np.flatnonzero(pc.is_valid(b.column(name)).to_numpy(zero_copy_only=False)), pa.int64())
+
+
+# --- flows ------------------------------------------------------------------------------
+
+# Flows are the capture's conn log: they carry Zeek's conn_state in event.action and the
+# zeek//conn logsource tag, so Zeek conn rules (port scans, fan-out ...) apply to captures.
+FLOW_LOGSOURCE = "zeek//conn"
+
+
+def flow_events(f: dict[str, Any], ctx: Ctx) -> pa.Table:
+    """Flow events (``pcap.flow``) from :func:`ingest.pcap.flows.aggregate` columns, in
+    (event.start, frame) order."""
+    n = f["n"]
+    transport = transport_names(f["proto"])
+    proto = np.nan_to_num(pc.fill_null(f["proto"], -1).to_numpy(zero_copy_only=False)).astype(np.int64)
+    is_tcp = pc.equal(f["proto"], 6)
+    flags = pa.array(f["tcp_flags"])
+    ftext = map_values(flags, flags_text)
+    state = conn_states(proto, np.asarray(f["orig_flags"]), np.asarray(f["resp_flags"]),
+                        np.asarray(f["dst_packets"]), pc.is_valid(f["sport"]).to_numpy(zero_copy_only=False))
+    extra = pc.if_else(
+        is_tcp,
+        json_obj([("tcp.flags", json_str(ftext)),
+                  ("tcp.flags_hex", json_str(map_values(flags, lambda v: f"0x{v:03x}"))),
+                  ("tcp.syn_seen", pc.cast(pa.array(f["syn_seen"]), pa.string())),
+                  ("tcp.orig_flags", json_str(map_values(pa.array(f["orig_flags"]), flags_text))),
+                  ("tcp.resp_flags", json_str(map_values(pa.array(f["resp_flags"]), flags_text)))]),
+        pa.scalar(None, pa.string()),
+    )
+    start = np.asarray(f["start_ns"])
+    end = np.asarray(f["end_ns"])
+    cols = {
+        "@timestamp": ts_array(start),
+        "event.kind": const("event", n),
+        "event.category": const("network", n),
+        "event.type": const("connection", n),
+        "event.action": state,
+        "event.module": const("pcap", n),
+        "event.dataset": const("pcap.flow", n),
+        "event.start": ts_array(start),
+        "event.end": ts_array(end),
+        "event.duration": pa.array(end - start, pa.int64()),
+        "source.ip": f["src"],
+        "source.port": f["sport"],
+        "source.mac": f["smac"],
+        "source.bytes": pa.array(f["src_bytes"], pa.int64()),
+        "source.packets": pa.array(f["src_packets"], pa.int64()),
+        "destination.ip": f["dst"],
+        "destination.port": f["dport"],
+        "destination.mac": f["dmac"],
+        "destination.bytes": pa.array(f["dst_bytes"], pa.int64()),
+        "destination.packets": pa.array(f["dst_packets"], pa.int64()),
+        "network.transport": transport,
+        "network.bytes": pa.array(f["bytes"], pa.int64()),
+        "network.packets": pa.array(f["packets"], pa.int64()),
+        "related.ip": related_ips(f["src"], f["dst"]),
+        "observer.name": const(ctx.observer, n),
+        "observer.type": const(ctx.observer_type, n),
+        "taishi.source": const(ctx.source, n),
+        "taishi.logsource": const(FLOW_LOGSOURCE, n),
+        "log.file.path": const(ctx.path, n),
+        "log.offset": pa.array(f["frame"], pa.int64()),
+        "taishi.extra": extra,
+    }
+    sp = pc.fill_null(pc.cast(f["sport"], pa.string()), "")
+    dp = pc.fill_null(pc.cast(f["dport"], pa.string()), "")
+    orig = pc.binary_join_element_wise(
+        lit("flow "), transport, lit(" "), f["src"], lit(":"), sp, lit(" -> "),
+        f["dst"], lit(":"), dp, lit(" start_ns="), pc.cast(pa.array(start), pa.string()), lit(""))
+    cols["event.original"] = orig
+    cols["event.id"] = event_ids(cols["taishi.source"], cols["log.offset"], orig)
+    table = conform(pa.table(cols))
+    order = pc.sort_indices(table, sort_keys=[("event.start", "ascending"), ("log.offset", "ascending")])
+    return table.take(order)
 
 
 # --- DNS ------------------------------------------------------------------------------
@@ -357,7 +432,7 @@ def _base_row(r: dict[str, Any], ctx: Ctx, dataset: str, protocol: str) -> dict[
         "destination.mac": r["@dmac"],
         "related.ip": [x for x in dict.fromkeys((r["@src"], r["@dst"])) if x] or None,
         "observer.name": ctx.observer,
-        "observer.type": "pcap",
+        "observer.type": ctx.observer_type,
         "taishi.source": ctx.source,
         "log.file.path": ctx.path,
         "log.offset": r["@frame"],
@@ -553,3 +628,45 @@ def rows_table(rows: list[dict[str, Any]]) -> pa.Table | None:
 
 
 EMPTY = EVENT_SCHEMA.empty_table()
+
+
+# --- one batch of frames -> its application events --------------------------------------------
+
+
+def frame_events(b: pa.RecordBatch, core: dict[str, pa.Array], ctx: Ctx) -> tuple[pa.Table | None, list[dict[str, Any]]]:
+    """The application events of a batch of frames (DNS, Modbus, DNP3, ENIP, HTTP, SSH) and its
+    TLS hellos, which :func:`tls_rows` pairs once their stream's ServerHello has been seen."""
+    tables = [t for t in (dns_events(b, core, ctx), modbus_events(b, core, ctx), dnp3_events(b, core, ctx),
+                          enip_events(b, core, ctx)) if t is not None]
+    rows = http_rows(b, core, ctx) + ssh_rows(b, core, ctx)
+    if rows:
+        tables.append(conform(events_from_rows(rows)))
+    out = (pa.concat_tables(tables) if len(tables) > 1 else tables[0]) if tables else None
+    return out, tls_hellos(b, core)
+
+
+def malformed(b: pa.RecordBatch, core: dict[str, pa.Array]) -> list[tuple[int, str, str]]:
+    """(frame, compact text, reason) of each frame a dissector gave up on."""
+    col = b.column("_ws.malformed")
+    if col.null_count == len(col):
+        return []
+    idx = _rows_in(b, "_ws.malformed")
+    out = []
+    for r in _rows_of(b, core, idx, ("_ws.malformed",)):
+        what = (_first(r["_ws.malformed"]) or "").strip("[]") or "Malformed Packet"
+        text = (f"frame={r['@frame']} {r['@src'] or '-'}:{r['@sport'] if r['@sport'] is not None else '-'} -> "
+                f"{r['@dst'] or '-'}:{r['@dport'] if r['@dport'] is not None else '-'} proto={r['@proto']}")
+        out.append((r["@frame"], text, f"malformed packet: {what}"))
+    return out
+
+
+def tls_ready(hellos: list[dict[str, Any]], now_ns: int, hold_ns: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split live hellos into (ready to pair, still waiting): a stream's last ClientHello waits
+    up to ``hold_ns`` for its ServerHello."""
+    last: dict[Any, dict[str, Any]] = {}
+    for h in sorted(hellos, key=lambda r: (r["@ts_ns"], r["@frame"])):
+        last[h["@stream"]] = h
+    wait = {id(h) for h in last.values()
+            if h["hello"] == "client" and h["@stream"] is not None and now_ns - h["@ts_ns"] <= hold_ns}
+    return [h for h in hellos if id(h) not in wait], [h for h in hellos if id(h) in wait]
+

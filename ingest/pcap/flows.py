@@ -98,19 +98,200 @@ def flags_text(v: int) -> str:
     return "".join(ch for bit, ch in TCP_FLAG_BITS if v & bit)
 
 
+# Columns of a *partial flow*: a run of packets of one flow already summed up. A packet is the
+# smallest partial; the live collector keeps the open flows as partials between batches.
+PARTIAL_COLS = ("frame", "start", "end", "by", "pk", "lo_pk", "lo_by", "lo_fl", "hi_fl", "syn",
+                "src", "dst", "sport", "dport", "smac", "dmac", "proto", "stream")
+_CORE_KEYS = ("frame", "ts_ns", "len", "src", "dst", "proto", "sport", "dport", "flags", "stream", "smac", "dmac")
+_BIG = np.iinfo(np.int64).max // 4  # "no timeout"
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9) if np.isfinite(seconds) else _BIG
+
+
+def _endpoints(src: pa.Array, dst: pa.Array, sport: pa.Array, dport: pa.Array, proto: pa.Array,
+               stream: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(canonical flow key text, True where the row was sent by the key's "low" endpoint)."""
+    sport_s = pc.fill_null(pc.cast(sport, pa.string()), "")
+    dport_s = pc.fill_null(pc.cast(dport, pa.string()), "")
+    ep_s = pc.binary_join_element_wise(src, sport_s, "|")
+    ep_d = pc.binary_join_element_wise(dst, dport_s, "|")
+    fwd = pc.less_equal(ep_s, ep_d)
+    lo = pc.if_else(fwd, ep_s, ep_d)
+    hi = pc.if_else(fwd, ep_d, ep_s)
+    stream_s = pc.fill_null(pc.cast(stream, pa.string()), "")
+    key = pc.binary_join_element_wise(pc.cast(proto, pa.string()), lo, hi, stream_s, " ")
+    return key, fwd.to_numpy(zero_copy_only=False)
+
+
+def _packets_as_partials(cat: dict[str, pa.Array], fw: np.ndarray) -> dict[str, np.ndarray]:
+    ln = cat["len"].to_numpy().astype(np.int64)
+    ts = cat["ts_ns"].to_numpy().astype(np.int64)
+    fl = pc.fill_null(cat["flags"], 0).to_numpy().astype(np.int64)
+    return {
+        "frame": cat["frame"].to_numpy().astype(np.int64), "start": ts, "end": ts, "by": ln,
+        "pk": np.ones(len(ln), np.int64), "lo_pk": fw.astype(np.int64), "lo_by": np.where(fw, ln, 0),
+        "lo_fl": np.where(fw, fl, 0), "hi_fl": np.where(fw, 0, fl), "syn": (fl & 0x12) == 0x02,
+    }
+
+
+def aggregate(packets: dict[str, pa.Array] | None, carry: dict[str, object] | None,
+              idle_s: float, active_s: float) -> dict[str, object] | None:
+    """Bidirectional flows of ``packets`` (core columns) and ``carry`` (open partial flows).
+
+    Rows of one key are ordered by (start, frame) and cut where the key changes, where the gap
+    since the previous row's end exceeds the idle timeout, and where a row starts more than the
+    active timeout after its flow's first packet. The initiator is the sender of the flow's first
+    SYN without ACK, else of its first packet. Returns per-flow columns, or None without rows.
+    """
+    parts_s: list[dict[str, pa.Array]] = []
+    parts_n: list[dict[str, np.ndarray]] = []
+    if carry is not None and carry["n"]:
+        parts_s.append({k: carry[k] for k in ("src", "dst", "sport", "dport", "smac", "dmac", "proto", "stream")})
+        parts_n.append({k: np.asarray(carry[k]) for k in ("frame", "start", "end", "by", "pk", "lo_pk", "lo_by",
+                                                            "lo_fl", "hi_fl", "syn")})
+    if packets is not None and len(packets["frame"]):
+        parts_s.append({k: packets[k] for k in ("src", "dst", "sport", "dport", "smac", "dmac", "proto", "stream")})
+        parts_n.append({})  # filled once the canonical direction is known
+    if not parts_s:
+        return None
+    cat = {k: pa.concat_arrays([p[k] for p in parts_s]) if len(parts_s) > 1 else parts_s[0][k] for k in parts_s[0]}
+    key, fw_all = _endpoints(cat["src"], cat["dst"], cat["sport"], cat["dport"], cat["proto"], cat["stream"])
+    if packets is not None and len(packets["frame"]):
+        fw_p = fw_all[len(fw_all) - len(packets["frame"]):]
+        parts_n[-1] = _packets_as_partials(packets, fw_p)
+    num = {k: np.concatenate([p[k] for p in parts_n]) if len(parts_n) > 1 else parts_n[0][k] for k in parts_n[0]}
+    n = len(num["frame"])
+    kid = pc.dictionary_encode(key).indices.to_numpy().astype(np.int64)
+    order = np.lexsort((num["frame"], num["start"], kid))
+    k = kid[order]
+    s = num["start"][order]
+    e = num["end"][order]
+    idle_ns, active_ns = _ns(idle_s), _ns(active_s)
+    brk = np.empty(n, dtype=bool)
+    brk[0] = True
+    brk[1:] = (k[1:] != k[:-1]) | ((s[1:] - e[:-1]) > idle_ns)
+    starts = np.flatnonzero(brk)
+    ends = np.append(starts[1:], n)
+    long = np.flatnonzero(np.maximum.reduceat(e, starts) - s[starts] > active_ns)
+    if len(long):
+        extra: list[int] = []
+        for i in long:
+            a, b = int(starts[i]), int(ends[i])
+            cur = a
+            while True:
+                nxt = a + int(np.searchsorted(s[a:b], s[cur] + active_ns, side="right"))
+                if nxt >= b:
+                    break
+                extra.append(nxt)
+                cur = nxt
+        starts = np.sort(np.concatenate([starts, np.asarray(extra, dtype=np.int64)]))
+        ends = np.append(starts[1:], n)
+    col = {c: num[c][order] for c in ("frame", "by", "pk", "lo_pk", "lo_by", "lo_fl", "hi_fl", "syn")}
+    fw = fw_all[order]
+    tot_pk = np.add.reduceat(col["pk"], starts)
+    lo_pk = np.add.reduceat(col["lo_pk"], starts)
+    tot_by = np.add.reduceat(col["by"], starts)
+    lo_by = np.add.reduceat(col["lo_by"], starts)
+    lo_fl = np.bitwise_or.reduceat(col["lo_fl"], starts)
+    hi_fl = np.bitwise_or.reduceat(col["hi_fl"], starts)
+    pos = np.where(col["syn"], np.arange(n), n)
+    first_syn = np.minimum.reduceat(pos, starts)
+    syn_seen = first_syn < ends
+    init = np.where(syn_seen, first_syn, starts)
+    init_lo = fw[init]
+    src_pk = np.where(init_lo, lo_pk, tot_pk - lo_pk)
+    src_by = np.where(init_lo, lo_by, tot_by - lo_by)
+    orig_fl = np.where(init_lo, lo_fl, hi_fl)
+    resp_fl = np.where(init_lo, hi_fl, lo_fl)
+    oi = pa.array(order[init])
+    kid_f = k[starts]
+    last = np.ones(len(starts), dtype=bool)
+    last[:-1] = kid_f[1:] != kid_f[:-1]
+    return {
+        "n": len(starts),
+        "frame": col["frame"][starts],
+        "start_ns": s[starts],
+        "end_ns": np.maximum.reduceat(e, starts),
+        "src": cat["src"].take(oi),
+        "dst": cat["dst"].take(oi),
+        "sport": cat["sport"].take(oi),
+        "dport": cat["dport"].take(oi),
+        "smac": cat["smac"].take(oi),
+        "dmac": cat["dmac"].take(oi),
+        "proto": cat["proto"].take(oi),
+        "stream": cat["stream"].take(oi),
+        "src_packets": src_pk,
+        "dst_packets": tot_pk - src_pk,
+        "src_bytes": src_by,
+        "dst_bytes": tot_by - src_by,
+        "packets": tot_pk,
+        "bytes": tot_by,
+        "tcp_flags": lo_fl | hi_fl,
+        "orig_flags": orig_fl,
+        "resp_flags": resp_fl,
+        "syn_seen": syn_seen,
+        "last": last,  # the newest flow of its key (the one later packets may extend)
+        # the partial-flow view (canonical direction), for carrying open flows over
+        "lo_pk": lo_pk, "lo_by": lo_by, "lo_fl": lo_fl, "hi_fl": hi_fl,
+    }
+
+
+def take_flows(f: dict[str, object], mask: np.ndarray) -> dict[str, object]:
+    """The flows where ``mask`` holds (same columns)."""
+    idx = np.flatnonzero(mask)
+    ia = pa.array(idx, pa.int64())
+    out: dict[str, object] = {"n": len(idx)}
+    for k, v in f.items():
+        if k == "n":
+            continue
+        out[k] = v.take(ia) if isinstance(v, pa.Array) else np.asarray(v)[idx]
+    return out
+
+
+def as_carry(f: dict[str, object]) -> dict[str, object]:
+    """Open flows as partial rows for the next :func:`aggregate` (its ``carry``)."""
+    return {
+        "n": f["n"], "frame": f["frame"], "start": f["start_ns"], "end": f["end_ns"], "by": f["bytes"],
+        "pk": f["packets"], "lo_pk": f["lo_pk"], "lo_by": f["lo_by"], "lo_fl": f["lo_fl"], "hi_fl": f["hi_fl"],
+        "syn": f["syn_seen"], "src": f["src"], "dst": f["dst"], "sport": f["sport"], "dport": f["dport"],
+        "smac": f["smac"], "dmac": f["dmac"], "proto": f["proto"], "stream": f["stream"],
+    }
+
+
+# Zeek's conn_state, from the TCP flags each side sent (docs.zeek.org, base/protocols/conn):
+# S0 attempt, no reply; REJ attempt rejected (RST); S1 established; SF established and closed
+# both ways; S2/S3 close by originator/responder only; RSTO/RSTR reset by originator/responder;
+# RSTOS0 originator SYN then RST, no reply; RSTRH responder SYN-ACK then RST, no SYN seen;
+# SH/SHR SYN (SYN-ACK) then FIN without a handshake; OTH anything else (midstream).
+def conn_states(proto: np.ndarray, orig_fl: np.ndarray, resp_fl: np.ndarray, resp_pk: np.ndarray,
+                has_ports: np.ndarray) -> pa.Array:
+    o_syn, r_syn = (orig_fl & 0x02) != 0, (resp_fl & 0x02) != 0
+    o_rst, r_rst = (orig_fl & 0x04) != 0, (resp_fl & 0x04) != 0
+    o_fin, r_fin = (orig_fl & 0x01) != 0, (resp_fl & 0x01) != 0
+    r_none = resp_pk == 0
+    tcp = np.select(
+        [r_rst & o_syn & ~r_syn, r_rst & ~o_syn & r_syn, r_rst,
+         o_rst & o_syn & ~r_syn & r_none, o_rst,
+         o_fin & r_fin, o_fin & o_syn & ~r_syn, o_fin, r_fin & ~o_syn & r_syn, r_fin,
+         o_syn & r_none, o_syn & r_syn],
+        ["REJ", "RSTRH", "RSTR", "RSTOS0", "RSTO", "SF", "SH", "S2", "SHR", "S3", "S0", "S1"],
+        "OTH")
+    other = np.where(~has_ports, "OTH", np.where(r_none, "S0", "SF"))
+    return pa.array(np.where(proto == 6, tcp, other).tolist(), pa.string())
+
+
 @dataclass
 class FlowAccumulator:
-    """Collects the core columns of IP packets, batch by batch; :meth:`flows` aggregates."""
+    """Collects the core columns of IP packets, batch by batch; :meth:`flows` aggregates them all."""
 
     parts: list[dict[str, pa.Array]] = field(default_factory=list)
     packets: int = 0
 
     def add(self, core: dict[str, pa.Array]) -> None:
-        ip = pc.is_valid(core["src"])
-        keep = {k: core[k] for k in ("frame", "ts_ns", "len", "src", "dst", "proto", "sport", "dport", "flags", "stream", "smac", "dmac")}
-        if ip.false_count:
-            keep = {k: v.filter(ip) for k, v in keep.items()}
-        if len(keep["frame"]):
+        keep = ip_packets(core)
+        if keep is not None:
             self.parts.append(keep)
             self.packets += len(keep["frame"])
 
@@ -120,78 +301,67 @@ class FlowAccumulator:
             return None
         cat = {k: pa.concat_arrays([p[k] for p in self.parts]) for k in self.parts[0]}
         self.parts = []
-        n = len(cat["frame"])
-        sport_s = pc.fill_null(pc.cast(cat["sport"], pa.string()), "")
-        dport_s = pc.fill_null(pc.cast(cat["dport"], pa.string()), "")
-        ep_s = pc.binary_join_element_wise(cat["src"], sport_s, "|")
-        ep_d = pc.binary_join_element_wise(cat["dst"], dport_s, "|")
-        fwd = pc.less_equal(ep_s, ep_d)  # sent by the canonical "low" endpoint
-        lo = pc.if_else(fwd, ep_s, ep_d)
-        hi = pc.if_else(fwd, ep_d, ep_s)
-        stream_s = pc.fill_null(pc.cast(cat["stream"], pa.string()), "")
-        key = pc.binary_join_element_wise(pc.cast(cat["proto"], pa.string()), lo, hi, stream_s, " ")
-        kid = pc.dictionary_encode(key).indices.to_numpy().astype(np.int64)
-        frame = cat["frame"].to_numpy().astype(np.int64)
-        ts = cat["ts_ns"].to_numpy()
-        order = np.lexsort((frame, ts, kid))
-        k = kid[order]
-        t = ts[order]
-        big = np.iinfo(np.int64).max // 4  # "no timeout"
-        idle_ns = int(idle_s * 1e9) if np.isfinite(idle_s) else big
-        active_ns = int(active_s * 1e9) if np.isfinite(active_s) else big
-        brk = np.empty(n, dtype=bool)
-        brk[0] = True
-        brk[1:] = (k[1:] != k[:-1]) | ((t[1:] - t[:-1]) > idle_ns)
-        starts = np.flatnonzero(brk)
-        ends = np.append(starts[1:], n)
-        long = np.flatnonzero(t[ends - 1] - t[starts] > active_ns)
-        if len(long):
-            extra: list[int] = []
-            for i in long:
-                s, e = int(starts[i]), int(ends[i])
-                cur = s
-                while True:
-                    nxt = s + int(np.searchsorted(t[s:e], t[cur] + active_ns, side="right"))
-                    if nxt >= e:
-                        break
-                    extra.append(nxt)
-                    cur = nxt
-            starts = np.sort(np.concatenate([starts, np.asarray(extra, dtype=np.int64)]))
-            ends = np.append(starts[1:], n)
-        ln = cat["len"].to_numpy().astype(np.int64)[order]
-        fw = fwd.to_numpy(zero_copy_only=False)[order]
-        fl = pc.fill_null(cat["flags"], 0).to_numpy().astype(np.int64)[order]
-        tot_pk = ends - starts
-        lo_pk = np.add.reduceat(fw.astype(np.int64), starts)
-        tot_by = np.add.reduceat(ln, starts)
-        lo_by = np.add.reduceat(np.where(fw, ln, 0), starts)
-        flags_or = np.bitwise_or.reduceat(fl, starts)
-        syn = (fl & 0x12) == 0x02
-        pos = np.where(syn, np.arange(n), n)
-        first_syn = np.minimum.reduceat(pos, starts)
-        init = np.where(first_syn < ends, first_syn, starts)
-        init_lo = fw[init]
-        src_pk = np.where(init_lo, lo_pk, tot_pk - lo_pk)
-        src_by = np.where(init_lo, lo_by, tot_by - lo_by)
-        oi = pa.array(order[init])
-        return {
-            "n": len(starts),
-            "frame": frame[order][starts],
-            "start_ns": t[starts],
-            "end_ns": t[ends - 1],
-            "src": cat["src"].take(oi),
-            "dst": cat["dst"].take(oi),
-            "sport": cat["sport"].take(oi),
-            "dport": cat["dport"].take(oi),
-            "smac": cat["smac"].take(oi),
-            "dmac": cat["dmac"].take(oi),
-            "proto": cat["proto"].take(oi),
-            "src_packets": src_pk,
-            "dst_packets": tot_pk - src_pk,
-            "src_bytes": src_by,
-            "dst_bytes": tot_by - src_by,
-            "packets": tot_pk,
-            "bytes": tot_by,
-            "tcp_flags": flags_or,
-            "syn_seen": first_syn < ends,
-        }
+        return aggregate(cat, None, idle_s, active_s)
+
+
+def ip_packets(core: dict[str, pa.Array]) -> dict[str, pa.Array] | None:
+    """The flow columns of the IP packets of a batch (None when it has none)."""
+    ip = pc.is_valid(core["src"])
+    keep = {k: core[k] for k in _CORE_KEYS}
+    if ip.false_count:
+        keep = {k: v.filter(ip) for k, v in keep.items()}
+    return keep if len(keep["frame"]) else None
+
+
+class LiveFlows:
+    """Flows of an unbounded packet stream: open flows are kept as one partial row each and
+    emitted when they can grow no more (idle for ``idle_s``, or older than ``active_s``);
+    exactly the flows :func:`aggregate` gives for the whole stream at once (packets arrive in
+    time order). ``max_flows`` bounds memory: past it the least recently active flows are
+    emitted early and counted in ``evicted``."""
+
+    def __init__(self, idle_s: float, active_s: float, max_flows: int = 500_000) -> None:
+        self.idle_s, self.active_s, self.max_flows = idle_s, active_s, max_flows
+        self.carry: dict[str, object] | None = None
+        self.packets = 0
+        self.evicted = 0
+
+    @property
+    def open(self) -> int:
+        return int(self.carry["n"]) if self.carry else 0
+
+    def add(self, core: dict[str, pa.Array] | None, now_ns: int) -> dict[str, object] | None:
+        """Add a batch's packets; the flows finished as of ``now_ns`` (or None)."""
+        pk = ip_packets(core) if core is not None else None
+        if pk is None:  # nothing new: only expire (no re-aggregation of the open flows)
+            c = self.carry
+            if not c:
+                return None
+            still = (now_ns - np.asarray(c["end"]) <= _ns(self.idle_s)) & (now_ns - np.asarray(c["start"]) <= _ns(self.active_s))
+            if still.all():
+                return None
+            done = take_flows(c, ~still)
+            self.carry = take_flows(c, still) if still.any() else None
+            return aggregate(None, done, self.idle_s, self.active_s)
+        self.packets += len(pk["frame"])
+        f = aggregate(pk, self.carry, self.idle_s, self.active_s)
+        if f is None:
+            return None
+        still = f["last"] & (now_ns - f["end_ns"] <= _ns(self.idle_s)) & (now_ns - f["start_ns"] <= _ns(self.active_s))
+        n_open = int(still.sum())
+        if n_open > self.max_flows:  # least recently active first
+            idx = np.flatnonzero(still)
+            victims = idx[np.argsort(f["end_ns"][idx], kind="stable")[: n_open - self.max_flows]]
+            still[victims] = False
+            self.evicted += len(victims)
+        self.carry = as_carry(take_flows(f, still)) if still.any() else None
+        done = ~still
+        return take_flows(f, done) if done.any() else None
+
+    def flush(self) -> dict[str, object] | None:
+        """Every open flow (shutdown)."""
+        if not self.carry:
+            return None
+        f = aggregate(None, self.carry, self.idle_s, self.active_s)
+        self.carry = None
+        return f

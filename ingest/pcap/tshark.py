@@ -15,9 +15,13 @@ unreadable capture is reported, not hidden.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -99,6 +103,8 @@ FIELDS: tuple[str, ...] = (
     "cip.service",
     "cip.sc",
     "cip.class",
+    # a dissector gave up on the frame ("[Malformed Packet: DNP 3.0]"): dead-lettered, still counted in its flow
+    "_ws.malformed",
 )
 
 INT_FIELDS = frozenset({"frame.number", "frame.len"})
@@ -118,6 +124,29 @@ def tshark_path() -> str | None:
     return os.environ.get("TAISHI_TSHARK") or shutil.which("tshark")
 
 
+def field_args(decode_as: tuple[str, ...] = (), extra_args: tuple[str, ...] = ()) -> list[str]:
+    """tshark arguments after the input: ``-T fields`` with :data:`FIELDS`, decode-as, extras."""
+    cmd = ["-T", "fields", "-E", "header=n", "-E", "separator=/t", "-E", "quote=n", "-E", "occurrence=a",
+           "-E", f"aggregator={AGG}"]
+    cmd += list(PREFS)
+    for spec in decode_as:
+        cmd += ["-d", spec]
+    cmd += list(extra_args)
+    for f in FIELDS:
+        cmd += ["-e", f]
+    return cmd
+
+
+def csv_options(block_size: int, invalid_row) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
+    """How pyarrow reads tshark's TSV: every field a string column but the frame number and length."""
+    read = pacsv.ReadOptions(column_names=list(FIELDS), block_size=block_size, use_threads=False)
+    parse = pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
+                               newlines_in_values=False, invalid_row_handler=invalid_row)
+    types = {f: (pa.int64() if f in INT_FIELDS else pa.string()) for f in FIELDS}
+    conv = pacsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=True, check_utf8=False)
+    return read, parse, conv
+
+
 @dataclass
 class TsharkRun:
     """A running ``tshark -T fields``; iterate :meth:`batches`, then :meth:`close`."""
@@ -132,14 +161,7 @@ class TsharkRun:
         exe = tshark_path()
         if exe is None:
             raise FileNotFoundError("tshark not found (install wireshark's tshark or set TAISHI_TSHARK)")
-        cmd = [exe, "-n", "-r", str(self.path), "-T", "fields", "-E", "header=n", "-E", "separator=/t",
-               "-E", "quote=n", "-E", "occurrence=a", "-E", f"aggregator={AGG}"]
-        cmd += list(PREFS)
-        for spec in self.decode_as:
-            cmd += ["-d", spec]
-        cmd += list(self.extra_args)
-        for f in FIELDS:
-            cmd += ["-e", f]
+        cmd = [exe, "-n", "-r", str(self.path), *field_args(self.decode_as, self.extra_args)]
         self._err = tempfile.TemporaryFile()
         env = dict(os.environ, LC_ALL="C.UTF-8")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err, stdin=subprocess.DEVNULL, env=env)
@@ -151,12 +173,7 @@ class TsharkRun:
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         assert self.proc.stdout is not None
-        read = pacsv.ReadOptions(column_names=list(FIELDS), block_size=self.block_size, use_threads=False)
-        parse = pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
-                                   newlines_in_values=False, invalid_row_handler=self._invalid_row)
-        types = {f: (pa.int64() if f in INT_FIELDS else pa.string()) for f in FIELDS}
-        conv = pacsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=True,
-                                    check_utf8=False)
+        read, parse, conv = csv_options(self.block_size, self._invalid_row)
         try:
             reader = pacsv.open_csv(self.proc.stdout, read_options=read, parse_options=parse, convert_options=conv)
         except pa.ArrowInvalid as exc:
@@ -186,6 +203,129 @@ class TsharkRun:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
+
+
+def parse_tsv(data: bytes | bytearray | memoryview, invalid_row) -> pa.Table:
+    """Complete lines of tshark's TSV (bytes in memory) -> a table of :data:`FIELDS`."""
+    read, parse, conv = csv_options(max(1 << 20, len(data) + 1), invalid_row)
+    return pacsv.read_csv(pa.BufferReader(pa.py_buffer(data)), read_options=read, parse_options=parse,
+                          convert_options=conv)
+
+
+_STATS = re.compile(r"Packets received/dropped on interface '[^']*': (\d+)/(\d+)")
+
+
+class LiveTshark:
+    """``dumpcap -i IFACE -f BPF -w - | tshark -r - -l -M N -T fields ...``: a live capture.
+
+    dumpcap captures (with the BPF filter in the kernel) and writes pcapng to a pipe; tshark
+    dissects it line-buffered (``-l``), so each packet's fields arrive as soon as it is seen.
+    ``-M`` resets tshark's session every ``session_reset`` packets (frame numbers and
+    ``tcp.stream`` restart at 1 / 0), so its memory stays bounded on an endless stream;
+    nothing is written to disk (tshark's own live mode keeps a temporary capture file).
+    :meth:`stop` asks dumpcap to finish (SIGTERM: it prints its receive/drop counts), tshark
+    then reads to the end; :meth:`close` returns exit statuses and messages.
+    """
+
+    def __init__(self, interface: str, bpf: str = "", *, decode_as: tuple[str, ...] = (),
+                 extra_args: tuple[str, ...] = (), session_reset: int = 500_000, snaplen: int = 0,
+                 buffer_mb: int = 32) -> None:
+        exe = tshark_path()
+        dumpcap = os.environ.get("TAISHI_DUMPCAP") or shutil.which("dumpcap")
+        if exe is None or dumpcap is None:
+            raise FileNotFoundError("tshark/dumpcap not found (install wireshark's tshark or set TAISHI_TSHARK)")
+        cap = [dumpcap, "-q", "-n", "-i", interface, "-B", str(buffer_mb), "-w", "-"]
+        if snaplen:
+            cap += ["-s", str(snaplen)]
+        if bpf:
+            cap += ["-f", bpf]
+        env = dict(os.environ, LC_ALL="C.UTF-8")
+        self.interface, self.bpf = interface, bpf
+        self.cap = subprocess.Popen(cap, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    env=env)
+        self._err = tempfile.TemporaryFile()
+        cmd = [exe, "-n", "-r", "-", "-l", "-M", str(session_reset), *field_args(decode_as, extra_args)]
+        self.proc = subprocess.Popen(cmd, stdin=self.cap.stdout, stdout=subprocess.PIPE, stderr=self._err, env=env)
+        assert self.cap.stdout is not None and self.proc.stdout is not None
+        self.cap.stdout.close()  # tshark holds the read end
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.cap_lines: list[str] = []
+        self.started = threading.Event()
+        self._reader = threading.Thread(target=self._read_cap_stderr, daemon=True, name="taishi-dumpcap-stderr")
+        self._reader.start()
+
+    @property
+    def fd(self) -> int:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.fileno()
+
+    def _read_cap_stderr(self) -> None:
+        assert self.cap.stderr is not None
+        for raw in self.cap.stderr:
+            line = raw.decode("utf-8", "replace").strip()
+            if line.startswith("Capturing on"):
+                self.started.set()
+            if line and len(self.cap_lines) < 200:
+                self.cap_lines.append(line)
+        self.started.set()  # exited (failure or end): nobody waits forever
+
+    def wait_started(self, timeout: float = 15.0) -> None:
+        """Return once dumpcap is capturing; raise with its message when it could not start."""
+        self.started.wait(timeout)
+        time.sleep(0.05)
+        if self.cap.poll() is not None or not any(ln.startswith("Capturing on") for ln in self.cap_lines):
+            self.stop()
+            msg = "; ".join(ln for ln in self.cap_lines if "Capturing on" not in ln) or "no message"
+            raise RuntimeError(f"cannot capture on {self.interface!r}: {msg}")
+
+    def read(self) -> bytes | None:
+        """What tshark has printed so far (b"" when nothing is waiting); None at its end."""
+        assert self.proc.stdout is not None
+        try:
+            data = os.read(self.fd, 1 << 20)
+        except BlockingIOError:
+            return b""
+        return data or None
+
+    def stop(self) -> None:
+        if self.cap.poll() is None:
+            self.cap.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        for p in (self.cap, self.proc):
+            if p.poll() is None:
+                p.kill()
+
+    def close(self, timeout: float = 30.0) -> dict:
+        """Wait for both processes: exit statuses, messages and dumpcap's packet counts."""
+        self.stop()
+        try:
+            rc_cap = self.cap.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.cap.kill()
+            rc_cap = self.cap.wait()
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._err.seek(0)
+        err = self._err.read().decode("utf-8", "replace")
+        self._err.close()
+        lines = [ln for ln in err.splitlines() if ln.strip() and not any(b in ln for b in _BENIGN)
+                 and ln.strip() not in ("resetting session.", "tshark:")]
+        received = dropped = None
+        for ln in self.cap_lines:
+            m = _STATS.search(ln)
+            if m:
+                received, dropped = int(m.group(1)), int(m.group(2))
+        cap_err = [ln for ln in self.cap_lines if not (ln.startswith(("Capturing on", "File:", "Packets")))]
+        # dumpcap ends with status 0 on SIGTERM (or -SIGTERM when it had not set its handler yet)
+        return {"tshark_status": rc, "tshark_stderr": "\n".join(lines), "dumpcap_status": rc_cap,
+                "dumpcap_stderr": "\n".join(cap_err), "received": received, "kernel_drops": dropped}
 
 
 # --- column helpers ----------------------------------------------------------
