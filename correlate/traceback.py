@@ -398,3 +398,9 @@ def with_paths(incidents: Iterable[dict]) -> list[dict]:
         inc = dict(inc, graph=g)
         out.append(inc)
     return out
+
+
+def list_view(store: Any, query: str = "", since: Any = None, status: Any = None, limit: int = 100) -> dict:
+    """The incident list as the CLI and the API give it: ``{"count", "items"}``."""
+    items = with_paths(store.search_incidents(query, since=since, status=status, limit=limit))
+    return {"count": len(items), "items": items}

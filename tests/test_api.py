@@ -50,6 +50,10 @@ EXPECTED_ACCESS: dict[tuple[str, str], set[str]] = {
     ("GET", f"{API}/views/flows"): ALL,
     ("GET", f"{API}/views/assets"): ALL,
     ("GET", f"{API}/views/geo"): ALL,
+    ("GET", f"{API}/incidents"): ALL,
+    ("GET", f"{API}/incidents/{{incident_id}}"): ALL,
+    ("GET", f"{API}/incidents/{{incident_id}}/graph"): ALL,
+    ("POST", f"{API}/incidents/{{incident_id}}/workflow"): {"responder", "admin"},
 }
 # Everything reachable without a token. A new route is protected unless listed here.
 PUBLIC = {f"{API}/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/"}
@@ -200,7 +204,11 @@ def _request_for(env, method: str, path: str, role: str, n: int):
     app = env["app"]
     values = {"event_id": env["events"][0]["event.id"], "alert_id": env["alerts"][0]["id"]}
     body = None
-    if path.endswith("/triage"):
+    if "{incident_id}" in path:
+        values["incident_id"] = _incident_id(env)
+    if path.endswith("/workflow"):
+        body = {"note": f"by {role}"}
+    elif path.endswith("/triage"):
         body = {"status": "acknowledged", "note": f"by {role}"}
     elif path == f"{API}/compliance/inventory/import":
         body = {"format": "yaml", "content": "systems: []\n"}
@@ -211,6 +219,20 @@ def _request_for(env, method: str, path: str, role: str, n: int):
         app.state.users.add_user(victim, "analyst")
         values["name"] = victim
     return method, _fill(path, **values), body
+
+
+def _incident_id(env) -> str:
+    """An incident built from the fixture's alerts (created once)."""
+    if "incident_id" not in env:
+        from correlate.incidents import IncidentBuilder
+
+        store = Store(env["data_dir"])
+        b = IncidentBuilder(allowed_lateness_s=float("inf"))
+        b.process(store.search_alerts("", limit=None))
+        store.upsert_incidents(b.flush())
+        env["incident_id"] = store.search_incidents("")[0]["id"]
+        store.close()
+    return env["incident_id"]
 
 
 def test_role_matrix_enforced(env):

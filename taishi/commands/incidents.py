@@ -39,14 +39,6 @@ def _store(ctx: click.Context):
     return cfg, Store(cfg.data_dir)
 
 
-def list_json(store, query: str = "", since=None, status=None, limit: int = 100) -> dict:
-    """The list as the API gives it: ``{"count", "items"}`` (graphs without store reads)."""
-    from correlate.traceback import with_paths
-
-    items = with_paths(store.search_incidents(query, since=since, status=status, limit=limit))
-    return {"count": len(items), "items": items}
-
-
 def resolve_id(store, text: str) -> str | None:
     """An incident id, or a unique prefix of one (at least 4 hex digits)."""
     if store.incident(text) is not None:
@@ -75,11 +67,12 @@ def incidents_list(ctx: click.Context, query: str, statuses: tuple[str, ...], si
                    as_json: bool) -> None:
     """List incidents matching a Lucene QUERY (e.g. 'severity:critical AND entity.value:10.20.0.40'),
     most recently active first."""
+    from correlate.traceback import list_view
     from taishi.query import QueryError
 
     _, store = _store(ctx)
     try:
-        out = list_json(store, query, since=None if since == "all" else parse_since(since),
+        out = list_view(store, query, since=None if since == "all" else parse_since(since),
                         status=list(statuses) or None, limit=limit)
     except QueryError as exc:
         err.print(f"[red]query error:[/] {exc}")
