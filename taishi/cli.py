@@ -636,12 +636,15 @@ def _stage_report(cfg: config_mod.Config, manifest) -> list[dict]:
 @click.option("--syslog-tcp", metavar="HOST:PORT", help="Receive syslog over TCP (newline or octet-counted frames).")
 @click.option("--syslog-tls", metavar="HOST:PORT", help="Receive syslog over TLS (RFC 5425); needs --tls-cert/--tls-key.")
 @click.option("--netflow-udp", metavar="HOST:PORT", help="Receive NetFlow v5/v9 and IPFIX over UDP.")
+@click.option("--capture", "capture_if", metavar="IFACE", help="Capture packets live on this interface (flows + app events).")
+@click.option("--bpf", metavar="FILTER", help="BPF capture filter for --capture (e.g. 'not port 22').")
 @click.option("--tls-cert", type=click.Path(path_type=Path, exists=True))
 @click.option("--tls-key", type=click.Path(path_type=Path, exists=True))
 @click.option("--metrics", "metrics_addr", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: until interrupted).")
 @click.pass_context
-def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, netflow_udp, tls_cert, tls_key, metrics_addr, duration) -> None:
+def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, netflow_udp, capture_if, bpf, tls_cert, tls_key,
+        metrics_addr, duration) -> None:
     """Run the collectors and the streaming pipeline until interrupted.
 
     Listeners come from the flags or from taishi.yaml's `collectors:` section.
@@ -668,9 +671,14 @@ def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, netflow_udp, tls
     if netflow_udp:
         nf_conf["udp"] = netflow_udp
     nf_listeners = [Listener.parse("udp", nf_conf["udp"])] if nf_conf.get("udp") else []
-    if not listeners and not nf_listeners:
-        raise click.UsageError("no collector configured: give --syslog-udp/--syslog-tcp/--syslog-tls/--netflow-udp "
-                               "or a collectors: section")
+    cap_conf = dict(cfg.collectors.get("capture") or {})
+    if capture_if:
+        cap_conf["interface"] = capture_if
+    if bpf is not None:
+        cap_conf["bpf"] = bpf
+    if not listeners and not nf_listeners and not cap_conf.get("interface"):
+        raise click.UsageError("no collector configured: give --syslog-udp/--syslog-tcp/--syslog-tls/--netflow-udp/"
+                               "--capture or a collectors: section")
     cert = tls_cert or (Path(conf["cert"]) if conf.get("cert") else None)
     key = tls_key or (Path(conf["key"]) if conf.get("key") else None)
     if cfg.mode == "cluster":
@@ -688,8 +696,18 @@ def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, netflow_udp, tls
         collectors["syslog"] = SyslogCollector(pipe.bus, listeners, certfile=cert, keyfile=key).start()
     if nf_listeners:
         collectors["netflow"] = NetflowCollector(pipe.bus, nf_listeners).start()
+    if cap_conf.get("interface"):
+        from ingest.collectors.capture import CaptureCollector
+
+        opts = {k: cap_conf[k] for k in ("idle_timeout", "active_timeout", "decode_as", "max_flows", "snaplen")
+                if k in cap_conf}
+        collectors["capture"] = CaptureCollector(pipe.bus, str(cap_conf["interface"]), bpf=str(cap_conf.get("bpf") or ""),
+                                                 **opts).start()
     for kind, col in collectors.items():
         for proto, (host, port) in col.bound.items():
+            if proto == "capture":
+                console.print(f"capturing on {host}" + (f" (bpf: {col.bpf})" if col.bpf else ""))
+                continue
             console.print(f"listening for {kind} on {proto}://{host}:{port}")
     collector = next(iter(collectors.values()))  # the summary's "collector": syslog when it runs
     metrics_addr = metrics_addr or cfg.collectors.get("metrics")
@@ -716,7 +734,7 @@ def run(ctx: click.Context, syslog_udp, syslog_tcp, syslog_tls, netflow_udp, tls
         pipe.drain()
         pipe._save_detector()
         pipe.close()
-    extra = {"netflow": collectors["netflow"].metrics()} if "netflow" in collectors and collector is not collectors["netflow"] else {}
+    extra = {kind: c.metrics() for kind, c in collectors.items() if c is not collector}
     click.echo(dumps({"collector": collector.metrics(), **extra, **pipe.stats.as_dict()}))
 
 

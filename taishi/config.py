@@ -15,6 +15,10 @@ With no file and no flags, everything works: data goes to ``./taishi-data``
     collectors:               # what `taishi run` starts
       syslog: {udp: "0.0.0.0:514", tcp: "0.0.0.0:514", tls: "0.0.0.0:6514",
                cert: /etc/taishi/tls.crt, key: /etc/taishi/tls.key}
+      netflow: {udp: "0.0.0.0:2055"}
+      capture: {interface: eth0, bpf: "not port 22", idle_timeout: 60, active_timeout: 300}
+                              # live packets -> flows + DNS/HTTP/TLS/SSH/ICS events (root or
+                              # CAP_NET_RAW; optional decode_as: ["tcp.port==902,ssh"], max_flows)
       metrics: "127.0.0.1:9108"
     cluster:                  # mode: cluster (see taishi/cluster/ and docs/architecture.md)
       kafka: {bootstrap: "127.0.0.1:9092", partitions: 3, replication: 1, retention_hours: 168}

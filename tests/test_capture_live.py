@@ -298,3 +298,67 @@ def test_nmap_scan_flows_and_port_scan_alert(net: Net, listeners: tuple[int, ...
         assert set(alerts[0]["event.ids"]) <= set(ev["event.id"].to_pylist())
     finally:
         pipe.close()
+
+
+# ---------------------------------------------------------------------------------- taishi run
+
+
+def test_taishi_run_starts_the_capture_from_taishi_yaml(net: Net, shared_data: Path, tmp_path: Path) -> None:
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "taishi.yaml"
+    cfg.write_text(json.dumps({  # YAML is a superset of JSON
+        "data_dir": str(tmp_path / "data"),
+        "collectors": {"capture": {"interface": net.host_if, "bpf": "not port 22", "idle_timeout": 60,
+                                   "active_timeout": 300},
+                       "metrics": f"127.0.0.1:{port}"},
+    }))
+    proc = subprocess.Popen([sys.executable, "-m", "taishi.cli", "--config", str(cfg), "run", "--duration", "120"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def metric(name: str) -> int | None:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + "{"):
+                return int(float(line.rsplit(" ", 1)[1]))
+        return None
+
+    def wait(cond, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < end and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "timeout"
+            time.sleep(0.2)
+
+    path = shared_data / HTTP
+    try:
+        wait(lambda: metric("taishi_capture_received_total") is not None, 60)
+        replay(net, [path])()
+        wait(lambda: (metric("taishi_capture_received_total") or 0) >= frames(path), 30)
+        proc.send_signal(signal.SIGINT)  # stop: the collector flushes its open flows
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads(out[out.index("{"):])
+    cap = summary["collector"]
+    assert cap["received"] == frames(path) and cap["open_flows"] == 0 and cap["deadlettered"] == 0
+    theirs = read_pcap(path).read_all()
+    assert cap["flows"] == dataset(theirs, "pcap.flow").num_rows
+    assert summary["events"] == theirs.num_rows  # every flow and app event reached the store
+    from taishi.store import Store
+
+    store = Store(tmp_path / "data")
+    try:
+        stored = store.search_events("event.module:pcap", limit=None)
+    finally:
+        store.close()
+    assert flow_view(stored) == flow_view(theirs)
+    assert app_view(stored) == app_view(theirs)
