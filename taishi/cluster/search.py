@@ -1,0 +1,887 @@
+"""The search store: cluster mode's counterpart of :mod:`taishi.store`.
+
+One interface over an Elasticsearch 8 node (the ``elasticsearch`` 8.x client)
+and an OpenSearch 2 node (``opensearch-py``); ``flavor: auto`` asks the root
+endpoint which one answers. Method names and return types parallel
+:class:`taishi.store.Store` (``write_events``, ``search_alerts``, ``count``,
+``alert(id)``, ``aggregate``, ``histogram`` ...), so the CLI and the API can
+use either store.
+
+Indices (prefix ``taishi`` by default, from ``cluster.search.index_prefix``)::
+
+    taishi-events       a data stream (backing indices .ds-taishi-events-*),
+                        rolled over monthly and kept >= 180 days
+    taishi-alerts       alerts, _id = alert id
+    taishi-incidents    incidents, _id = incident id
+    taishi-assets       the CII inventory (one document per asset, with its system)
+    taishi-deadletters  dead letters, _id = dead-letter id
+    taishi-posture      posture index time series, _id = digest(scope, time)
+
+Mappings are generated from :mod:`taishi.schema`: ``ip`` for addresses (a
+``.text`` keyword sub-field keeps the embedded store's wildcard match on
+addresses), ``date`` for times, ``long``/``double``/``boolean`` for numbers
+and flags, ``keyword`` for the rest, ``text`` for the free-text fields the
+query language treats as text (``message`` ...), and ``match_only_text`` for
+``event.original`` (searchable, not scored, no positions: the raw record is
+big and read rarely). Documents are the flattened dotted ECS names (the node
+expands them into objects), with one exception: ``taishi.source`` (the input a
+record came from) is both a value and the parent of ``taishi.source.asset.*``,
+which a mapping cannot be, so it is stored as ``taishi.input`` and renamed on
+the way in and out (queries name it ``taishi.source`` as in embedded mode).
+
+Writes are idempotent: every document's ``_id`` is its Taishi id and is written
+with ``op_type=create``, so a replay changes nothing (the first version wins,
+as in the embedded store). Events go to a data stream whose backing index
+changes at rollover, so ids already stored are looked up first (an ``ids``
+query over the stream, the counterpart of the embedded store's anti-join).
+
+Retention (the Cybersecurity Law, art. 21: network logs kept at least six
+months): events are kept ``max(retention_days.events, 180)`` days after their
+backing index rolled over. On Elasticsearch an ILM policy does it; on
+OpenSearch an ISM policy when the node has the Index State Management plugin;
+on a node without it (the one ``taishi services up`` assembles from Maven
+Central has no ISM plugin: Maven Central does not serve it) the policy is
+recorded in the index template's ``_meta`` and :meth:`SearchStore.apply_retention`
+enforces it (rollover after 30 days, delete a backing index once the next one
+is older than the retention). :meth:`retention_policy` reads back what the
+node holds.
+
+Queries are the Lucene syntax of :mod:`taishi.query`, run by the node's
+``query_string`` with the table's default fields. Each query is first compiled
+by :func:`taishi.query.compile_query` against the same schema (so unknown
+fields and bad values give the same :class:`QueryError` in both modes), then
+parsed with luqum and re-serialised with three rewrites: ``timestamp`` ->
+``@timestamp`` and ``taishi.source`` -> ``taishi.input``; address and CIDR
+values on IP fields are quoted (``/`` and ``:`` are query-string syntax); a
+wildcard on an IP field goes to its ``.text`` sub-field. One difference is
+left: on the text fields (``message``, ``event.original``, ``rule.description``,
+``reason``, ``process.command_line``) and for bare terms the node matches
+analysed *words* (``message:fail`` does not match "failed"; ``message:fail*``
+does), where the embedded store matches substrings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Sequence
+
+import orjson
+import pyarrow as pa
+from luqum import tree
+from luqum.parser import parser
+
+from taishi.query import TEXT_FIELDS, QueryError, compile_query, parse_time_value, resolve_field
+from taishi.schema import (
+    ALERT_SCHEMA,
+    DEADLETTER_SCHEMA,
+    EVENT_SCHEMA,
+    IP_FIELDS,
+    TS,
+    conform,
+    rows_table,
+)
+
+__all__ = ["SearchStore", "SearchStoreError", "QueryError", "detect_flavor", "MIN_EVENT_RETENTION_DAYS"]
+
+TIME = "@timestamp"
+INGESTED = "event.ingested"
+MIN_EVENT_RETENTION_DAYS = 180  # Cybersecurity Law of the PRC, art. 21: network logs >= six months
+ROLLOVER_DAYS = 30
+RENAMED = {"taishi.source": "taishi.input"}  # a value and an object parent at once: see module doc
+UNRENAMED = {v: k for k, v in RENAMED.items()}
+MATCH_ONLY = frozenset({"event.original"})
+KEYWORD_MAX = 8191  # longer keyword values stay in _source but are not indexed (Lucene's term limit)
+
+
+class SearchStoreError(RuntimeError):
+    """The search node refused a request; the message has its status and reason."""
+
+
+# --------------------------------------------------------------------------- tables
+class _Kind:
+    def __init__(self, name: str, schema: pa.Schema, key: str, defaults: tuple[str, ...], ingested: bool):
+        self.name, self.schema, self.key, self.defaults, self.ingested = name, schema, key, defaults, ingested
+
+    @property
+    def query_schema(self) -> pa.Schema:
+        if self.ingested and INGESTED not in self.schema.names:
+            return self.schema.append(pa.field(INGESTED, TS))
+        return self.schema
+
+
+# The same tables, keys and default fields as taishi.store.TABLES
+KINDS: dict[str, _Kind] = {
+    "events": _Kind("events", EVENT_SCHEMA, "event.id", ("message", "event.original", "rule.name"), True),
+    "alerts": _Kind("alerts", ALERT_SCHEMA, "id", ("message", "rule.name", "rule.description"), True),
+    "deadletters": _Kind("deadletters", DEADLETTER_SCHEMA, "id", ("reason", "event.original", "taishi.source"), False),
+}
+
+
+def _is_ip(name: str) -> bool:
+    return name in IP_FIELDS or name.endswith(".ip")
+
+
+def _field_mapping(name: str, typ: pa.DataType) -> dict:
+    elem = typ.value_type if pa.types.is_list(typ) else typ
+    if pa.types.is_timestamp(elem):
+        return {"type": "date", "ignore_malformed": True}
+    if pa.types.is_integer(elem):
+        return {"type": "long", "ignore_malformed": True}
+    if pa.types.is_floating(elem):
+        return {"type": "double", "ignore_malformed": True}
+    if pa.types.is_boolean(elem):
+        return {"type": "boolean"}
+    if _is_ip(name):
+        return {"type": "ip", "ignore_malformed": True,
+                "fields": {"text": {"type": "keyword", "ignore_above": 64}}}
+    if name in MATCH_ONLY:
+        return {"type": "match_only_text"}
+    if name in TEXT_FIELDS:
+        return {"type": "text"}
+    return {"type": "keyword", "ignore_above": KEYWORD_MAX}
+
+
+def _properties(fields: Iterable[tuple[str, pa.DataType]]) -> dict:
+    """Nested ``properties`` for dotted names (what the node builds from dotted keys)."""
+    root: dict = {}
+    for name, typ in fields:
+        parts = RENAMED.get(name, name).split(".")
+        node = root
+        for p in parts[:-1]:
+            node = node.setdefault(p, {"properties": {}})["properties"]
+        node[parts[-1]] = _field_mapping(name, typ)
+    return root
+
+
+def mappings_for(kind: str) -> dict:
+    """The index mapping of ``events``, ``alerts`` or ``deadletters`` from :mod:`taishi.schema`."""
+    k = KINDS[kind]
+    return {"dynamic": False, "properties": _properties((f.name, f.type) for f in k.query_schema)}
+
+
+INCIDENT_MAPPING = {"dynamic": False, "properties": {
+    **_properties([
+        ("id", pa.string()), ("status", pa.string()), ("assignee", pa.string()), ("severity", pa.string()),
+        ("risk_score", pa.int64()), ("first_seen", TS), ("last_seen", TS), ("alert.count", pa.int64()),
+        ("threat.tactic.name", pa.list_(pa.string())), ("threat.technique.id", pa.list_(pa.string())),
+        ("rule.names", pa.list_(pa.string())), ("entity.value", pa.list_(pa.string())),
+        ("alert.ids", pa.list_(pa.string())), ("merged_into", pa.string()), ("closed", pa.bool_()),
+    ]),
+    "title": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 1024}}},
+    "entities": {"type": "object", "enabled": False},
+    "graph": {"type": "object", "enabled": False},
+    "history": {"type": "object", "enabled": False},
+    "notes": {"type": "object", "enabled": False},
+}}
+
+ASSET_MAPPING = {"dynamic": False, "properties": {
+    "asset_id": {"type": "keyword"}, "system_id": {"type": "keyword"}, "hostname": {"type": "keyword"},
+    "ips": {"type": "ip_range"}, "role": {"type": "keyword"}, "criticality": {"type": "keyword"},
+    "services": {"type": "keyword"},
+    "system": {"properties": {
+        "cii_id": {"type": "keyword"}, "name": {"type": "keyword"}, "operator": {"type": "keyword"},
+        "credit_code": {"type": "keyword"}, "sector": {"type": "keyword"}, "protection_dept": {"type": "keyword"},
+        "key_business": {"type": "keyword"}, "mlps_level": {"type": "integer"}, "zone": {"type": "keyword"},
+        "cidrs": {"type": "ip_range"}, "location": {"type": "keyword"}, "owner": {"type": "keyword"},
+        "filing_no": {"type": "keyword"}, "crypto_assessment": {"type": "keyword"},
+        "last_assessment_date": {"type": "date", "ignore_malformed": True},
+        "last_assessment_result": {"type": "keyword"}, "reidentify": {"type": "boolean"},
+    }},
+}}
+
+POSTURE_MAPPING = {"dynamic_templates": [
+    {"numbers": {"match_mapping_type": "double", "mapping": {"type": "double"}}},
+    {"strings": {"match_mapping_type": "string", "mapping": {"type": "keyword", "ignore_above": 1024}}},
+], "properties": {"@timestamp": {"type": "date"}, "scope": {"type": "keyword"}, "index": {"type": "double"},
+                  "band": {"type": "keyword"}, "pressure": {"type": "double"}}}
+
+
+def detect_flavor(url: str, timeout: float = 5.0) -> str:
+    """``elasticsearch`` or ``opensearch``, from the node's root endpoint."""
+    from taishi.cluster.services import search_info
+
+    info = search_info(url, timeout=timeout)
+    if info is None:
+        raise SearchStoreError(f"no search node answers at {url} (start one: taishi services up --search)")
+    return "opensearch" if (info.get("version") or {}).get("distribution") == "opensearch" else "elasticsearch"
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _iso(dt: datetime) -> str:
+    return _utc(dt).astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC)
+
+
+def _docs(tbl: pa.Table) -> list[dict]:
+    """Rows as documents: dotted names, no nulls or empty lists, renamed fields."""
+    out = []
+    for row in tbl.to_pylist():
+        doc = {}
+        for k, v in row.items():
+            if v is None or (isinstance(v, list) and not v):
+                continue
+            doc[RENAMED.get(k, k)] = v
+        out.append(doc)
+    return out
+
+
+def _unescape(s: str) -> str:
+    return re.sub(r"\\(.)", r"\1", s)
+
+
+# --------------------------------------------------------------------------- the store
+class SearchStore:
+    """The cluster's store on a search node (see module doc)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:9200", flavor: str = "auto", index_prefix: str = "taishi",
+                 *, retention_days: dict | None = None, refresh: str | bool = "wait_for",
+                 clock: Callable[[], datetime] | None = None, timeout: float = 60.0,
+                 replicas: int = 0):
+        self.url = url.rstrip("/")
+        self.flavor = detect_flavor(self.url) if flavor in (None, "", "auto") else flavor
+        if self.flavor not in ("elasticsearch", "opensearch"):
+            raise ValueError(f"flavor must be auto, elasticsearch or opensearch, not {flavor!r}")
+        self.prefix = index_prefix
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.refresh = refresh
+        self.replicas = int(replicas)
+        days = dict(retention_days or {})
+        self.retention_days = {
+            "events": max(int(days.get("events") or MIN_EVENT_RETENTION_DAYS), MIN_EVENT_RETENTION_DAYS),
+            "alerts": days.get("alerts", 365),
+            "deadletters": days.get("deadletters", 30),
+        }
+        if self.flavor == "elasticsearch":
+            from elasticsearch import Elasticsearch
+
+            self._client = Elasticsearch(self.url, request_timeout=timeout)
+        else:
+            from opensearchpy import OpenSearch
+
+            self._client = OpenSearch(hosts=[self.url], timeout=timeout)
+        self._ready = False
+        self._retention_kind: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg, **kw) -> "SearchStore":
+        """The store ``cfg.cluster.search`` names (url, flavor, index_prefix)."""
+        conf = dict((cfg.cluster or {}).get("search") or {})
+        return cls(conf.get("url", "http://127.0.0.1:9200"), conf.get("flavor", "auto"),
+                   conf.get("index_prefix", "taishi"), retention_days=getattr(cfg, "retention_days", None), **kw)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "SearchStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- requests -------------------------------------------------------------------------------
+    def _req(self, method: str, path: str, body: Any = None, params: dict | None = None,
+             ok: tuple[int, ...] = (), ndjson: bool = False) -> Any:
+        """One REST call through the flavor's client; a status in ``ok`` returns None."""
+        headers = {"accept": "application/json",
+                   "content-type": "application/x-ndjson" if ndjson else "application/json"}
+        if self.flavor == "elasticsearch":
+            from elasticsearch import ApiError
+
+            try:
+                return self._client.perform_request(method, path, params=params, headers=headers, body=body).body
+            except ApiError as e:
+                status, info = e.meta.status, e.body
+        else:
+            from opensearchpy import TransportError
+
+            try:
+                return self._client.transport.perform_request(method, path, params=params, body=body,
+                                                              headers=headers)
+            except TransportError as e:
+                status, info = e.status_code, e.info
+        if status in ok:
+            return None
+        reason = info.get("error", info) if isinstance(info, dict) else info
+        if isinstance(reason, dict):
+            reason = reason.get("reason") or reason.get("type") or reason
+        raise SearchStoreError(f"{method} {path}: {status} {str(reason)[:500]}")
+
+    def index_name(self, kind: str) -> str:
+        return f"{self.prefix}-{kind}"
+
+    # -- setup ------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Create (or update) policies, templates, the events data stream and the indices. Idempotent."""
+        settings = {"number_of_shards": 1, "number_of_replicas": self.replicas, "refresh_interval": "1s"}
+        ev = self.index_name("events")
+        kind = self._setup_retention(ev)
+        ev_settings = dict(settings)
+        if kind == "ilm":
+            ev_settings["index.lifecycle.name"] = ev
+        meta = {"taishi": {"retention_days": self.retention_days["events"], "rollover_days": ROLLOVER_DAYS,
+                           "enforced_by": {"ilm": "ilm", "ism": "ism"}.get(kind, "taishi apply_retention"),
+                           "law": "Cybersecurity Law of the PRC, art. 21: network logs kept >= 6 months"}}
+        self._req("PUT", f"/_index_template/{ev}", {
+            "index_patterns": [f"{ev}*"], "data_stream": {}, "priority": 200, "_meta": meta,
+            "template": {"settings": ev_settings, "mappings": mappings_for("events")},
+        })
+        if self._req("GET", f"/_data_stream/{ev}", ok=(404,)) is None:
+            self._req("PUT", f"/_data_stream/{ev}", ok=(400,))  # 400: created concurrently
+        for name, mapping in (("alerts", mappings_for("alerts")), ("deadletters", mappings_for("deadletters")),
+                              ("incidents", INCIDENT_MAPPING), ("assets", ASSET_MAPPING),
+                              ("posture", POSTURE_MAPPING)):
+            idx = self.index_name(name)
+            self._req("PUT", f"/_index_template/{idx}", {
+                "index_patterns": [idx], "priority": 200,
+                "template": {"settings": settings, "mappings": mapping}})
+            if self._req("GET", f"/{idx}", ok=(404,)) is None:
+                self._req("PUT", f"/{idx}", ok=(400,))  # 400: resource_already_exists (a concurrent setup)
+        self._ready = True
+
+    def _ensure(self) -> None:
+        if not self._ready:
+            self.setup()
+
+    def _has_ism(self) -> bool:
+        r = self._req("GET", "/_plugins/_ism/policies", params={"size": 1}, ok=(400, 404, 405))
+        return r is not None
+
+    def _setup_retention(self, ev: str) -> str:
+        days = self.retention_days["events"]
+        if self.flavor == "elasticsearch":
+            self._req("PUT", f"/_ilm/policy/{ev}", {"policy": {
+                "_meta": {"taishi.retention_days": days},
+                "phases": {
+                    "hot": {"actions": {"rollover": {"max_age": f"{ROLLOVER_DAYS}d",
+                                                     "max_primary_shard_size": "50gb"}}},
+                    # min_age of the delete phase counts from rollover: every event is kept >= days
+                    "delete": {"min_age": f"{days}d", "actions": {"delete": {}}},
+                }}})
+            self._retention_kind = "ilm"
+        elif self._has_ism():
+            policy = {"policy": {
+                "description": f"Taishi events: kept >= {days} days (Cybersecurity Law art. 21)",
+                "default_state": "hot",
+                "states": [
+                    {"name": "hot", "actions": [{"rollover": {"min_index_age": f"{ROLLOVER_DAYS}d"}}],
+                     # ISM ages from index creation: the rollover period is added so that the
+                     # newest document of a backing index is kept >= days too
+                     "transitions": [{"state_name": "delete",
+                                      "conditions": {"min_index_age": f"{days + ROLLOVER_DAYS}d"}}]},
+                    {"name": "delete", "actions": [{"delete": {}}], "transitions": []},
+                ],
+                "ism_template": [{"index_patterns": [f".ds-{ev}-*"], "priority": 100}],
+            }}
+            cur = self._req("GET", f"/_plugins/_ism/policies/{ev}", ok=(404,))
+            params = ({"if_seq_no": cur["_seq_no"], "if_primary_term": cur["_primary_term"]} if cur else None)
+            self._req("PUT", f"/_plugins/_ism/policies/{ev}", policy, params=params)
+            self._retention_kind = "ism"
+        else:
+            self._retention_kind = "taishi"
+        return self._retention_kind
+
+    def retention_policy(self) -> dict:
+        """The events retention the node holds: ``{"kind": ilm|ism|taishi, "name", "min_days"}``."""
+        self._ensure()
+        ev = self.index_name("events")
+        if self._retention_kind == "ilm":
+            pol = self._req("GET", f"/_ilm/policy/{ev}")[ev]["policy"]
+            min_age = pol["phases"]["delete"]["min_age"]
+            return {"kind": "ilm", "name": ev, "min_days": _days(min_age), "policy": pol}
+        if self._retention_kind == "ism":
+            pol = self._req("GET", f"/_plugins/_ism/policies/{ev}")["policy"]
+            hot = next(s for s in pol["states"] if s["name"] == "hot")
+            age = _days(hot["transitions"][0]["conditions"]["min_index_age"])
+            return {"kind": "ism", "name": ev, "min_days": age - ROLLOVER_DAYS, "policy": pol}
+        tpl = self._req("GET", f"/_index_template/{ev}")["index_templates"][0]["index_template"]
+        meta = tpl.get("_meta", {}).get("taishi", {})
+        return {"kind": "taishi", "name": ev, "min_days": int(meta["retention_days"]), "policy": meta}
+
+    # -- writes ---------------------------------------------------------------------------------------
+    def write_events(self, tbl: pa.Table) -> int:
+        """Store events not stored yet (by ``event.id``); returns how many were new."""
+        return self._write_table(KINDS["events"], tbl)
+
+    def write_alerts(self, tbl: pa.Table) -> int:
+        """Store alerts not stored yet (by ``id``); returns how many were new."""
+        return self._write_table(KINDS["alerts"], tbl)
+
+    def write_deadletters(self, tbl: pa.Table) -> int:
+        """Store dead letters not stored yet (by ``id``); returns how many were new."""
+        return self._write_table(KINDS["deadletters"], tbl)
+
+    def _write_table(self, k: _Kind, tbl: pa.Table) -> int:
+        if isinstance(tbl, pa.RecordBatch):
+            tbl = pa.Table.from_batches([tbl])
+        if tbl.num_rows == 0:
+            return 0
+        unknown = [c for c in tbl.column_names if c not in k.schema.names]
+        if unknown:
+            raise ValueError(f"columns not in the {k.name} schema: {', '.join(unknown)}")
+        tbl = conform(tbl, k.schema)
+        keys = tbl.column(k.key)
+        if keys.null_count:
+            raise ValueError(f"{keys.null_count} {k.name} rows have no {k.key}")
+        self._ensure()
+        docs = _docs(tbl)
+        now = _iso(self.clock())
+        seen: set[str] = set()
+        uniq = []
+        for d in docs:  # duplicates inside a batch: the first wins
+            if d[k.key] not in seen:
+                seen.add(d[k.key])
+                if k.ingested:
+                    d[INGESTED] = now
+                uniq.append(d)
+        if k.name == "events":
+            for d in uniq:
+                d.setdefault(TIME, d[INGESTED])  # a data stream needs @timestamp on every document
+            stored = self._existing_ids(self.index_name("events"), [d[k.key] for d in uniq])
+            uniq = [d for d in uniq if d[k.key] not in stored]
+        return self._bulk_create(self.index_name(k.name), ((d[k.key], d) for d in uniq))
+
+    def _existing_ids(self, index: str, ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), 5000):
+            chunk = ids[i:i + 5000]
+            r = self._req("POST", f"/{index}/_search", {"query": {"ids": {"values": chunk}}, "_source": False,
+                                                        "size": len(chunk)}, params={"ignore_unavailable": "true"})
+            found.update(h["_id"] for h in r["hits"]["hits"])
+        return found
+
+    def _bulk_create(self, index: str, docs: Iterable[tuple[str, dict]], op: str = "create") -> int:
+        """Bulk ``op`` (create: existing ids are skipped, 409) in ~4 MB requests; returns how many were written."""
+        created = 0
+        lines: list[bytes] = []
+        size = 0
+
+        def flush() -> None:
+            nonlocal created, lines, size
+            if not lines:
+                return
+            params = {"refresh": self.refresh} if self.refresh else None
+            r = self._req("POST", f"/{index}/_bulk", b"\n".join(lines) + b"\n", params=params, ndjson=True)
+            for item in r["items"]:
+                res = item.get(op) or next(iter(item.values()))
+                st = res.get("status", 500)
+                if st in (200, 201):
+                    created += 1
+                elif st != 409:
+                    raise SearchStoreError(f"bulk {op} into {index} failed for {res.get('_id')}: {res.get('error')}")
+            lines, size = [], 0
+
+        for _id, doc in docs:
+            lines.append(_dumps({op: {"_id": _id}}))
+            body = _dumps(doc)
+            lines.append(body)
+            size += len(body)
+            if size > 4_000_000 or len(lines) >= 4000:
+                flush()
+        flush()
+        return created
+
+    def write_incidents(self, incidents: Iterable[dict]) -> int:
+        """Index incidents (the agreed incident JSON) by ``id``; a newer version replaces the older."""
+        self._ensure()
+        docs = []
+        for inc in incidents:
+            d = dict(inc)
+            d["entity.value"] = [e.get("value") for e in inc.get("entities") or [] if e.get("value")]
+            docs.append((inc["id"], d))
+        return self._bulk_create(self.index_name("incidents"), docs, op="index")
+
+    def write_assets(self, inventory) -> int:
+        """Index the CII inventory (:class:`compliance.inventory.Inventory`): one document per asset, with its system."""
+        from dataclasses import asdict
+
+        self._ensure()
+        systems = {s.cii_id: asdict(s) for s in _values(getattr(inventory, "systems", {}))}
+        docs = []
+        for a in _values(getattr(inventory, "assets", {})):
+            d = asdict(a)
+            d["ips"] = [ip for ip in d.get("ips") or [] if ip]
+            sysd = dict(systems.get(a.system_id) or {})
+            sysd.pop("dependencies", None)
+            sysd.pop("security_contacts", None)
+            d["system"] = {k: v for k, v in sysd.items() if v not in ("", None, [])}
+            docs.append((a.asset_id, {k: v for k, v in d.items() if v not in ("", None, [])}))
+        return self._bulk_create(self.index_name("assets"), docs, op="index")
+
+    def write_posture(self, rows: Iterable[dict]) -> int:
+        """Index posture points (``@timestamp``, ``scope``, ``index``, ``band`` ...); ``_id`` = digest(scope, time)."""
+        self._ensure()
+        docs = []
+        for r in rows:
+            ts = r["@timestamp"]
+            ts = _iso(ts) if isinstance(ts, datetime) else str(ts)
+            key = hashlib.blake2b(f"ps1\x1f{r.get('scope')}\x1f{ts}".encode(), digest_size=16).hexdigest()
+            docs.append((key, {**r, "@timestamp": ts}))
+        return self._bulk_create(self.index_name("posture"), docs, op="index")
+
+    def refresh_indices(self) -> None:
+        self._ensure()
+        self._req("POST", f"/{self.prefix}-*/_refresh", params={"expand_wildcards": "all"})
+
+    # -- queries ------------------------------------------------------------------------------------------
+    def _kind(self, name: str) -> _Kind:
+        try:
+            return KINDS[name]
+        except KeyError:
+            raise ValueError(f"unknown table {name!r}; one of {', '.join(KINDS)}") from None
+
+    def query_dsl(self, table: str, query: str | None = "", since: datetime | str | None = None,
+                  until: datetime | str | None = None) -> dict:
+        """The node's query for a Lucene ``query`` on ``table`` (validated as the embedded store does)."""
+        k = self._kind(table)
+        now = self.clock()
+        compile_query(query or "", k.query_schema, k.defaults, now=now)  # same errors as embedded
+        filters: list[dict] = []
+        text = translate_query(query or "", k.query_schema)
+        if text is not None:
+            filters.append({"query_string": {
+                "query": text, "fields": [RENAMED.get(f, f) for f in k.defaults if f in k.query_schema.names],
+                "default_operator": "OR", "allow_leading_wildcard": True, "analyze_wildcard": True,
+                "time_zone": "UTC"}})
+        rng: dict = {}
+        if since is not None:
+            rng["gte"] = _iso(parse_time_value(since, now))
+        if until is not None:
+            rng["lt"] = _iso(parse_time_value(until, now))
+        if rng:
+            filters.append({"range": {TIME: rng}})
+        if not filters:
+            return {"match_all": {}}
+        return {"bool": {"filter": filters}}
+
+    def _search_raw(self, table: str, dsl: dict, limit: int | None, order: str, offset: int) -> list[dict]:
+        k = self._kind(table)
+        direction = {"desc": "desc", "asc": "asc"}.get(str(order).lower())
+        if direction is None:
+            raise ValueError("order must be 'asc' or 'desc'")
+        self._ensure()
+        sort = [{TIME: {"order": direction, "missing": "_last"}}, {k.key: {"order": direction}}]
+        index = self.index_name(table)
+        want = None if limit is None else max(0, int(limit))
+        offset = max(0, int(offset))
+        if want == 0:
+            return []
+        if want is not None and offset + want <= 10_000:
+            r = self._req("POST", f"/{index}/_search", {"query": dsl, "sort": sort, "from": offset, "size": want,
+                                                        "track_total_hits": False})
+            return [h["_source"] for h in r["hits"]["hits"]]
+        out: list[dict] = []
+        after = None
+        skip = offset
+        while want is None or len(out) < want:
+            body = {"query": dsl, "sort": sort, "size": 5000, "track_total_hits": False}
+            if after is not None:
+                body["search_after"] = after
+            hits = self._req("POST", f"/{index}/_search", body)["hits"]["hits"]
+            if not hits:
+                break
+            for h in hits:
+                if skip:
+                    skip -= 1
+                    continue
+                out.append(h["_source"])
+            after = hits[-1]["sort"]
+        return out if want is None else out[:want]
+
+    def _table_of(self, k: _Kind, sources: list[dict]) -> pa.Table:
+        names = set(k.schema.names)
+        rows = [{UNRENAMED.get(f, f): v for f, v in s.items() if UNRENAMED.get(f, f) in names} for s in sources]
+        return conform(rows_table(rows, k.schema), k.schema)
+
+    def _search(self, table: str, query, since, until, limit, order, offset) -> pa.Table:
+        k = self._kind(table)
+        dsl = self.query_dsl(table, query, since, until)
+        return self._table_of(k, self._search_raw(table, dsl, limit, order, offset))
+
+    def search_events(self, query: str | None = "", since: datetime | str | None = None,
+                      until: datetime | str | None = None, limit: int | None = 100, order: str = "desc",
+                      offset: int = 0) -> pa.Table:
+        """Events matching a Lucene ``query`` with ``since <= @timestamp < until``, newest first."""
+        return self._search("events", query, since, until, limit, order, offset)
+
+    def search_alerts(self, query: str | None = "", since: datetime | str | None = None,
+                      until: datetime | str | None = None, limit: int | None = 100, order: str = "desc",
+                      offset: int = 0) -> pa.Table:
+        return self._search("alerts", query, since, until, limit, order, offset)
+
+    def search_deadletters(self, query: str | None = "", since: datetime | str | None = None,
+                           until: datetime | str | None = None, limit: int | None = 100, order: str = "desc",
+                           offset: int = 0) -> pa.Table:
+        return self._search("deadletters", query, since, until, limit, order, offset)
+
+    def count(self, table: str, query: str | None = "", since: datetime | str | None = None,
+              until: datetime | str | None = None) -> int:
+        dsl = self.query_dsl(table, query, since, until)
+        self._ensure()
+        return int(self._req("POST", f"/{self.index_name(table)}/_count", {"query": dsl})["count"])
+
+    def alert(self, id: str) -> dict | None:
+        """One alert as a dict keyed by field name, or None."""
+        self._ensure()
+        r = self._req("GET", f"/{self.index_name('alerts')}/_doc/{_path_id(id)}", ok=(404,))
+        if r is None or not r.get("found"):
+            return None
+        return self._table_of(KINDS["alerts"], [r["_source"]]).to_pylist()[0]
+
+    def events_by_ids(self, ids: Iterable[str]) -> pa.Table:
+        """The stored events with these ids (unknown ids are skipped), oldest first."""
+        ids = [i for i in dict.fromkeys(ids) if i is not None]
+        k = KINDS["events"]
+        if not ids:
+            return conform(k.schema.empty_table(), k.schema)
+        out: list[dict] = []
+        for i in range(0, len(ids), 5000):
+            out += self._search_raw("events", {"ids": {"values": ids[i:i + 5000]}}, None, "asc", 0)
+        out.sort(key=lambda s: (s.get(TIME) is None, s.get(TIME) or "", s.get(k.key)))
+        return self._table_of(k, out)
+
+    def aggregate(self, table: str, field: str, query: str | None = "", since: datetime | str | None = None,
+                  size: int = 10, until: datetime | str | None = None) -> list[tuple[Any, int]]:
+        """Top ``size`` values of ``field`` among matching rows, most frequent first (ties by value)."""
+        k = self._kind(table)
+        col = resolve_field(field, k.query_schema)
+        typ = k.query_schema.field(col).type
+        elem = typ.value_type if pa.types.is_list(typ) else typ
+        if col in TEXT_FIELDS:
+            raise QueryError(f"{col} is a text field: it cannot be aggregated on the search node")
+        dsl = self.query_dsl(table, query, since, until)
+        self._ensure()
+        body = {"query": dsl, "size": 0, "aggs": {"top": {"terms": {
+            "field": RENAMED.get(col, col), "size": max(1, int(size)),
+            "order": [{"_count": "desc"}, {"_key": "asc"}]}}}}
+        r = self._req("POST", f"/{self.index_name(table)}/_search", body)
+        out = []
+        for b in r["aggregations"]["top"]["buckets"][: max(0, int(size))]:
+            key = b["key"]
+            if pa.types.is_timestamp(elem):
+                key = datetime.fromtimestamp(key / 1000, tz=timezone.utc)
+            elif pa.types.is_boolean(elem):
+                key = bool(key)
+            out.append((key, int(b["doc_count"])))
+        return out
+
+    def histogram(self, table: str, query: str | None = "", since: datetime | str | None = None,
+                  interval_s: int = 3600, until: datetime | str | None = None,
+                  fill: bool = True) -> list[tuple[datetime, int]]:
+        """Row counts per ``interval_s``-second bucket of ``@timestamp`` (epoch-aligned), oldest first;
+        the same buckets and filling as :meth:`taishi.store.Store.histogram`."""
+        step = int(interval_s)
+        if step <= 0:
+            raise ValueError("interval_s must be a positive number of seconds")
+        now = self.clock()
+        dsl = self.query_dsl(table, query, since, until)
+        self._ensure()
+        body = {"query": dsl, "size": 0, "aggs": {"h": {"date_histogram": {
+            "field": TIME, "fixed_interval": f"{step}s", "min_doc_count": 1}}}}
+        r = self._req("POST", f"/{self.index_name(table)}/_search", body)
+        step_ms = step * 1000
+        rows = {int(b["key"]): int(b["doc_count"]) for b in r["aggregations"]["h"]["buckets"]}
+
+        def at(ms: int) -> datetime:
+            return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)
+
+        if not fill:
+            return [(at(b), n) for b, n in sorted(rows.items())]
+
+        def floor_ms(dt: datetime) -> int:
+            return (int(_utc(dt).timestamp() * 1000) // step_ms) * step_ms
+
+        if since is not None:
+            start = floor_ms(parse_time_value(since, now))
+        elif rows:
+            start = min(rows)
+        else:
+            return []
+        if until is not None:
+            end = ((int(parse_time_value(until, now).timestamp() * 1000) - 1) // step_ms) * step_ms
+        elif since is not None:
+            end = max([floor_ms(now)] + list(rows))
+        else:
+            end = max(rows)
+        if (end - start) // step_ms > 100_000:
+            raise ValueError("histogram would have more than 100000 buckets; use a larger interval")
+        return [(at(b), rows.get(b, 0)) for b in range(start, end + 1, step_ms)]
+
+    def stats(self) -> dict[str, int]:
+        """Document count per table."""
+        self._ensure()
+        return {name: int(self._req("POST", f"/{self.index_name(name)}/_count", {"query": {"match_all": {}}})["count"])
+                for name in KINDS}
+
+    # -- incidents -----------------------------------------------------------------------------------------
+    def incident(self, iid: str) -> dict | None:
+        self._ensure()
+        r = self._req("GET", f"/{self.index_name('incidents')}/_doc/{_path_id(iid)}", ok=(404,))
+        if r is None or not r.get("found"):
+            return None
+        d = dict(r["_source"])
+        d.pop("entity.value", None)
+        return d
+
+    def search_incidents(self, query: str | None = "", since: datetime | str | None = None,
+                         status: str | Sequence[str] | None = None, limit: int | None = 100) -> list[dict]:
+        from taishi.store import INCIDENT_DEFAULT_FIELDS, INCIDENT_QUERY_SCHEMA
+
+        now = self.clock()
+        compile_query(query or "", INCIDENT_QUERY_SCHEMA, INCIDENT_DEFAULT_FIELDS, now=now)
+        filters: list[dict] = [{"bool": {"must_not": [{"exists": {"field": "merged_into"}}]}}]
+        text = translate_query(query or "", INCIDENT_QUERY_SCHEMA)
+        if text is not None:
+            filters.append({"query_string": {"query": text, "fields": list(INCIDENT_DEFAULT_FIELDS),
+                                             "default_operator": "OR", "allow_leading_wildcard": True}})
+        if since is not None:
+            filters.append({"range": {"last_seen": {"gte": _iso(parse_time_value(since, now))}}})
+        if status:
+            filters.append({"terms": {"status": [status] if isinstance(status, str) else list(status)}})
+        self._ensure()
+        r = self._req("POST", f"/{self.index_name('incidents')}/_search", {
+            "query": {"bool": {"filter": filters}}, "size": 10_000 if limit is None else max(0, int(limit)),
+            "sort": [{"last_seen": {"order": "desc"}}, {"id": {"order": "asc"}}]})
+        out = []
+        for h in r["hits"]["hits"]:
+            d = dict(h["_source"])
+            d.pop("entity.value", None)
+            out.append(d)
+        return out
+
+    # -- retention --------------------------------------------------------------------------------------------
+    def apply_retention(self, max_age_days: dict[str, int | float | None] | None = None,
+                        now: datetime | None = None) -> dict[str, int]:
+        """Enforce retention by ``now`` (default: the store's clock); returns what was deleted per table.
+
+        Events: with ILM/ISM the node does it and nothing happens here; otherwise the
+        data stream is rolled over when its write index is older than 30 days, and a
+        backing index is deleted once the one after it (so its last write) is older
+        than the retention (never less than 180 days). Alerts age by ``event.ingested``
+        and dead letters by ``@timestamp``, as in the embedded store."""
+        self._ensure()
+        now = _utc(now or self.clock())
+        days = {**self.retention_days, **(max_age_days or {})}
+        days["events"] = max(int(days.get("events") or MIN_EVENT_RETENTION_DAYS), MIN_EVENT_RETENTION_DAYS)
+        out = {"events": 0}
+        if self._retention_kind == "taishi":
+            out["events"] = self._expire_event_indices(now, days["events"])
+        for name, field in (("alerts", INGESTED), ("deadletters", TIME)):
+            d = days.get(name)
+            out[name] = 0 if not d or d <= 0 else self._delete_older(name, field, now - timedelta(days=float(d)))
+        return out
+
+    def _backing(self) -> list[tuple[str, datetime]]:
+        ev = self.index_name("events")
+        ds = self._req("GET", f"/_data_stream/{ev}")["data_streams"][0]
+        names = [i["index_name"] for i in ds["indices"]]
+        st = self._req("GET", f"/{','.join(names)}/_settings/index.creation_date", params={"expand_wildcards": "all"})
+        return [(n, datetime.fromtimestamp(int(st[n]["settings"]["index"]["creation_date"]) / 1000, tz=timezone.utc))
+                for n in names]
+
+    def _expire_event_indices(self, now: datetime, days: int) -> int:
+        ev = self.index_name("events")
+        backing = self._backing()
+        if now - backing[-1][1] >= timedelta(days=ROLLOVER_DAYS):
+            self._req("POST", f"/{ev}/_rollover")
+            backing = self._backing()
+        deleted = 0
+        cutoff = now - timedelta(days=days)
+        for (name, _created), (_next, next_created) in zip(backing, backing[1:]):
+            if next_created < cutoff:  # its last write was before the next one was created
+                n = int(self._req("POST", f"/{name}/_count", {"query": {"match_all": {}}})["count"])
+                self._req("DELETE", f"/{name}")
+                deleted += n
+        return deleted
+
+    def _delete_older(self, table: str, field: str, cutoff: datetime) -> int:
+        index = self.index_name(table)
+        dsl = {"range": {field: {"lt": _iso(cutoff)}}}
+        deleted = 0
+        while True:
+            hits = self._req("POST", f"/{index}/_search", {"query": dsl, "_source": False, "size": 5000})["hits"]["hits"]
+            if not hits:
+                return deleted
+            lines = [_dumps({"delete": {"_id": h["_id"]}}) for h in hits]
+            self._req("POST", f"/{index}/_bulk", b"\n".join(lines) + b"\n", params={"refresh": "true"}, ndjson=True)
+            deleted += len(hits)
+
+
+def _values(x: Any) -> list:
+    return list(x.values()) if isinstance(x, dict) else list(x or [])
+
+
+def _path_id(i: str) -> str:
+    from urllib.parse import quote
+
+    return quote(str(i), safe="")
+
+
+def _days(age: str) -> int:
+    m = re.fullmatch(r"(\d+)d", str(age))
+    if not m:
+        raise SearchStoreError(f"unexpected age {age!r} in the retention policy")
+    return int(m.group(1))
+
+
+# --------------------------------------------------------------------------- query translation
+def translate_query(query: str, schema: pa.Schema) -> str | None:
+    """The query string the node runs for an embedded-syntax ``query`` (None: match everything).
+
+    Field names are resolved as the embedded store resolves them and renamed for the
+    index; address values on IP fields are quoted; wildcards on IP fields go to the
+    ``.text`` sub-field (see module doc)."""
+    q = (query or "").strip()
+    if not q or q == "*":
+        return None
+    t = parser.parse(q)
+    _rewrite(t, None, schema)
+    return str(t)
+
+
+def _ip_value(node: tree.Item) -> None:
+    if isinstance(node, tree.Word) and not any(c in node.value for c in "*?"):
+        node.value = '"' + _unescape(node.value).replace('"', '\\"') + '"'
+
+
+def _rewrite(node: tree.Item, field: str | None, schema: pa.Schema) -> None:
+    if isinstance(node, tree.SearchField):
+        name = _unescape(node.name)
+        if name == "_exists_":
+            if isinstance(node.expr, tree.Word):
+                target = resolve_field(_unescape(node.expr.value), schema)
+                node.expr.value = RENAMED.get(target, target)
+            return
+        col = resolve_field(name, schema)
+        target = RENAMED.get(col, col)
+        if _is_ip(col) and _has_wildcard(node.expr):
+            target += ".text"
+        node.name = target
+        _rewrite(node.expr, col, schema)
+        return
+    if field is not None and _is_ip(field):
+        if isinstance(node, tree.Word):
+            _ip_value(node)
+            return
+        if isinstance(node, tree.Range):
+            _ip_value(node.low)
+            _ip_value(node.high)
+            return
+        if isinstance(node, (tree.From, tree.To)):
+            _ip_value(node.a)
+            return
+    for child in node.children:
+        _rewrite(child, field, schema)
+
+
+def _has_wildcard(node: tree.Item) -> bool:
+    if isinstance(node, tree.Word):
+        return any(c in node.value for c in "*?") and node.value != "*"
+    return any(_has_wildcard(c) for c in node.children)

@@ -1,0 +1,71 @@
+"""Real services for the integration tests, started once per test session.
+
+``kafka_bootstrap`` (``"127.0.0.1:9092"``) and ``search_node``
+(``{"url": "http://127.0.0.1:9200", "flavor": "opensearch"|"elasticsearch"}``)
+start the service through :mod:`taishi.cluster.services` (the first run
+fetches it from Maven Central into ``.cache/services``), or reuse one that
+already runs. A service the session started is stopped when the session ends;
+one that was already running is left running (``TAISHI_KEEP_SERVICES=1``
+keeps the session's own too, for quick re-runs). When a service cannot start
+the tests that need it skip, except under ``CI=true``, where they fail.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+
+def _unavailable(msg: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def _import(name: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        _unavailable(f"{name} is not installed ({exc}); `pip install -e '.[cluster]'` (make test does)")
+
+
+@pytest.fixture(scope="session")
+def require_module():
+    """``require_module("kafka")``: import a client library the cluster extra installs;
+    skip (fail under CI=true) when it is missing."""
+    return _import
+
+
+def _service(name: str):
+    from taishi.cluster import services
+
+    try:
+        info = services.up(name)
+    except (services.ServiceError, OSError) as exc:
+        _unavailable(f"{name} could not start: {exc}")
+    started = info["started"]
+    yield info
+    if started and os.environ.get("TAISHI_KEEP_SERVICES") != "1":
+        services.down(name)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    """``host:port`` of a running Kafka broker (KRaft, one node)."""
+    gen = _service("kafka")
+    info = next(gen)
+    yield info["endpoint"]
+    next(gen, None)
+
+
+@pytest.fixture(scope="session")
+def search_node():
+    """``{"url", "flavor"}`` of a running search node."""
+    from taishi.cluster.search import detect_flavor
+
+    gen = _service("search")
+    info = next(gen)
+    yield {"url": info["endpoint"], "flavor": detect_flavor(info["endpoint"])}
+    next(gen, None)
