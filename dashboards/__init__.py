@@ -45,6 +45,8 @@ FLAVORS = ("elasticsearch", "opensearch")
 PLUGIN = {"elasticsearch": "elasticsearch", "opensearch": "grafana-opensearch-datasource"}
 DEFAULT_OPENSEARCH_VERSION = "2.19.0"
 TIME_FIELD = "@timestamp"
+# An index's time field when it is not @timestamp (incidents: their last activity).
+TIME_FIELDS = {"incidents": "last_seen"}
 
 BUCKET_AGGS = ("date_histogram", "terms", "geohash_grid")
 METRICS = ("count", "sum", "avg", "min", "max", "cardinality", "raw_data")
@@ -96,6 +98,11 @@ def datasource_uid(index: str) -> str:
     return f"taishi-{index}"
 
 
+def index_time_field(name: str) -> str:
+    """The time field of Taishi index ``name`` (``alerts``, ``incidents`` ...)."""
+    return TIME_FIELDS.get(name, TIME_FIELD)
+
+
 def datasources(url: str, flavor: str = "elasticsearch", *, prefix: str = "taishi",
                 version: str | None = None) -> list[dict[str, Any]]:
     """The Grafana datasources, one per index, as the HTTP API and provisioning both take them."""
@@ -104,7 +111,7 @@ def datasources(url: str, flavor: str = "elasticsearch", *, prefix: str = "taish
     out = []
     for name in INDICES:
         index = f"{prefix}-{name}"
-        json_data: dict[str, Any] = {"timeField": TIME_FIELD, "maxConcurrentShardRequests": 5,
+        json_data: dict[str, Any] = {"timeField": index_time_field(name), "maxConcurrentShardRequests": 5,
                                      "logMessageField": "message"}
         if flavor == "elasticsearch":
             json_data["index"] = index
@@ -285,12 +292,13 @@ def _bucket(agg: Mapping[str, Any], start: int, end: int, interval: str) -> dict
 
 def target_request(dash: Mapping[str, Any], target: Mapping[str, Any], *, start: int, end: int,
                    interval: str = "1h", values: Mapping[str, Any] | None = None,
-                   adhoc: Sequence[tuple[str, str, str]] = ()) -> dict[str, Any]:
-    """The search body Grafana sends for one target (times in epoch ms)."""
+                   adhoc: Sequence[tuple[str, str, str]] = (), time_field: str | None = None) -> dict[str, Any]:
+    """The search body Grafana sends for one target (times in epoch ms). The time field is the
+    datasource's (Grafana's backend ignores the target's copy); default the target's, then @timestamp."""
     query = interpolate(str(target.get("query") or ""), dash, values)
     if adhoc:
         query = _adhoc(query, adhoc)
-    time_field = target.get("timeField") or TIME_FIELD
+    time_field = time_field or target.get("timeField") or TIME_FIELD
     filters: list[dict[str, Any]] = [{"range": {time_field: {"gte": start, "lte": end, "format": "epoch_millis"}}}]
     if query.strip():
         filters.append({"query_string": {"analyze_wildcard": True, "query": query}})
@@ -333,9 +341,10 @@ def panel_requests(dash: Mapping[str, Any], panel: Mapping[str, Any], *, start: 
         if t.get("hide"):
             continue
         ref = t.get("datasource") or panel.get("datasource")
-        out.append({"refId": t.get("refId"), "index": _index_of(ref, dash, prefix), "target": t,
+        index = _index_of(ref, dash, prefix)
+        out.append({"refId": t.get("refId"), "index": index, "target": t,
                     "body": target_request(dash, t, start=start, end=end, interval=interval, values=values,
-                                           adhoc=adhoc)})
+                                           adhoc=adhoc, time_field=index_time_field(index[len(prefix) + 1:]))})
     return out
 
 
@@ -449,6 +458,8 @@ def validate(dash: Mapping[str, Any], known_fields: Mapping[str, Iterable[str]] 
             except DashboardError as e:
                 bad(pid, str(e))
                 continue
+            if t.get("timeField", index_time_field(index)) != index_time_field(index):
+                bad(pid, f"timeField {t.get('timeField')!r}: the {index} datasource's is {index_time_field(index)!r}")
             fields_used: list[str] = []
             for m in t.get("metrics", []):
                 if m.get("type") not in METRICS:
