@@ -460,8 +460,8 @@ class _Incident:
         for n in nodes:
             s = acts.get(n["id"], hit.get(n["id"]))
             n["stage"] = KILL_CHAIN[s] if s is not None and s < len(KILL_CHAIN) else None
-        actor = next((v for k, e in ents if e["role"] in ("source", "both") and k.startswith("ip:")
-                      for v in [_split(k)[1]]), None)
+        actor = next((_split(k)[1] for role in ("source", "both") for k, e in ents
+                      if e["role"] == role and k.startswith("ip:")), None)
         victims = [_split(k)[1] for k, e in ents if e["role"] in ("target", "both") and k.startswith(("ip:", "host:"))
                    and _split(k)[1] != actor]
         head = tactics[-1] if tactics else "Alerts"
