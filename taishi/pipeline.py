@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -113,6 +113,11 @@ def _rules_fingerprint(ruleset: RuleSet) -> str:
 BOUNDED = float("inf")  # allowed lateness of a bounded run: windows close at the end of input
 CHECKPOINT_EVERY_S = 30.0  # detect state; a crash replays at most this much (same alert ids)
 STORE_BATCH = 131072  # rows per store write: fewer, larger Parquet files
+# Raw records parsed as one batch (and so one events frame). Each batch pays
+# fixed costs per column of the ~130-column event schema (building, LZ4 and
+# IPC framing, an fsync, detection's per-batch set-up), so 64k-record batches
+# cost about half as much per event as 8k ones.
+PARSE_BATCH = 65536
 
 
 class Pipeline:
@@ -139,6 +144,7 @@ class Pipeline:
         self.detector, self._detect_offset = self._restore_detector()
         self._saved_at = time.monotonic()
         self.anomaly_models = _load_anomaly_models(cfg.data_dir / "models")
+        self.anomaly = _anomaly_stage(self)  # None without models
         self._inventory, self._inventory_mtime = None, None
         self.incidents = IncidentStage(self.store, cfg.state_dir, self.lateness)  # alerts -> incidents
 
@@ -191,6 +197,22 @@ class Pipeline:
 
         An unreadable file or an unknown format is a dead letter, not an error.
         """
+        n = 0
+        for n in self._collect(path, fmt, from_start=from_start, progress=progress, logsource=logsource):
+            pass
+        return n
+
+    def _collect(
+        self,
+        path: Path,
+        fmt: str = "auto",
+        *,
+        from_start: bool = False,
+        progress: Callable[[int], None] | None = None,
+        logsource: str | None = None,
+    ) -> Iterator[int]:
+        """``collect_file`` one frame at a time: yields the records produced so far
+        after each frame, so a bounded run can parse a large file while reading it."""
         path = Path(path)
         self.stats.files += 1
         tag = set_hint({"taishi.logsource": check_logsource(logsource)}) if logsource else None
@@ -200,12 +222,15 @@ class Pipeline:
                 fmt = sniff(path)
         except OSError as exc:
             self._deadletter_input(path, f"cannot read file: {exc}")
-            return 0
+            yield 0
+            return
         if fmt == "unknown":
             self._deadletter_input(path, "unknown format: no parser recognises this file (use --format)")
-            return 0
+            yield 0
+            return
         if fmt == "pcap":
-            return self._collect_pcap(path, st, from_start=from_start, progress=progress, logsource=logsource)
+            yield self._collect_pcap(path, st, from_start=from_start, progress=progress, logsource=logsource)
+            return
         topic = raw_topic(fmt)
         key = self.file_key(path)
         prev = self.bus.last_meta(topic, "file", key)
@@ -238,11 +263,12 @@ class Pipeline:
                 n += batch.num_rows
                 if progress:
                     progress(last)
+                yield n
         except OSError as exc:
             self._deadletter_input(path, f"read failed after {n} records: {exc}")
         self.stats.records += n
         self.stats.bytes_read += st.st_size
-        return n
+        yield n
 
     def _collect_pcap(
         self,
@@ -311,35 +337,58 @@ class Pipeline:
         meta = self.bus.last_meta(TOPIC_EVENTS, "src", topic)
         return max(self.bus.committed(GROUP_PARSE, topic), int(meta["next"]) if meta else 0)
 
-    def step_parse(self) -> int:
+    def step_parse(self, max_records: int = PARSE_BATCH) -> int:
+        """Parse up to about ``max_records`` raw records of each raw topic.
+
+        Consecutive raw frames are parsed together as one batch, which becomes
+        one events frame whose meta names the input offset after it.
+        """
         done = 0
         for topic in self.bus.topics():
             if not topic.startswith("raw."):
                 continue
             fmt = topic[4:]
+            tables: list[pa.Table] = []
             end = None
-            for batch in self.bus.read(topic, self.parse_position(topic), self.cfg.batch_size * 4):
-                res = parse_raw(fmt, batch.table)
-                self.bus.produce(TOPIC_DEADLETTER, res.deadletters)
-                self.bus.produce(TOPIC_EVENTS, res.events, meta={"src": topic, "next": batch.next_offset})
+            for batch in self.bus.read(topic, self.parse_position(topic), max_records):
+                if tables and batch.table.schema != tables[0].schema:
+                    self._parse_batch(topic, fmt, tables, end)
+                    tables = []
+                tables.append(batch.table)
                 end = batch.next_offset
                 done += batch.table.num_rows
+            if tables:
+                self._parse_batch(topic, fmt, tables, end)
             if end is not None:  # progress is in the events frames' meta; the commit is for `taishi status`
                 self.bus.commit(GROUP_PARSE, topic, end)
+                self.bus.release(topic, end)
         return done
+
+    def _parse_batch(self, topic: str, fmt: str, tables: list[pa.Table], end: int) -> None:
+        raw = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        res = parse_raw(fmt, raw)
+        self.bus.produce(TOPIC_DEADLETTER, res.deadletters)
+        self.bus.produce(TOPIC_EVENTS, res.events, meta={"src": topic, "next": end})
 
     def step_detect(self) -> int:
         done = 0
-        for batch in self.bus.read(TOPIC_EVENTS, self._detect_offset, self.cfg.batch_size * 4):
+        for batch in self.bus.read(TOPIC_EVENTS, self._detect_offset, PARSE_BATCH):
             self._detected(self.detector.process(batch.table))
-            for version, model in self.anomaly_models:
-                # stateless per batch; alert ids depend only on (model version, event id), so replays dedupe
-                self.bus.produce(TOPIC_ALERTS, anomaly_alerts(model, batch.table, version))
             self._detect_offset = batch.next_offset
             done += batch.table.num_rows
             if time.monotonic() - self._saved_at > CHECKPOINT_EVERY_S:
                 self._save_detector()
+        if done:
+            self._release_events()
         return done
+
+    def _release_events(self) -> None:
+        """Drop the bus's in-memory copies of events both detect and store are past."""
+        self.bus.release(TOPIC_EVENTS, min(self._detect_offset, self.bus.committed(GROUP_STORE, TOPIC_EVENTS)))
+
+    def step_anomaly(self) -> int:
+        """Anomaly scoring on whole event-time windows (``detect.anomaly.windows``), its own checkpoint."""
+        return self.anomaly.step() if self.anomaly is not None else 0
 
     def _detected(self, result) -> None:
         self.bus.produce(TOPIC_ALERTS, result.alerts)
@@ -387,6 +436,10 @@ class Pipeline:
                 if rows:
                     write(pa.concat_tables(tables) if len(tables) > 1 else tables[0])
                 self.bus.commit(GROUP_STORE, topic, end)
+                if topic == TOPIC_EVENTS:
+                    self._release_events()
+                else:
+                    self.bus.release(topic, end)
                 done += rows
                 if rows < STORE_BATCH:
                     break
@@ -439,7 +492,7 @@ class Pipeline:
     def drain(self) -> None:
         """Run the stages until no topic has anything left to do."""
         while True:
-            work = self.step_parse() + self.step_detect() + self.step_store()
+            work = self.step_parse() + self.step_detect() + self.step_anomaly() + self.step_store()
             if not work:
                 return
 
@@ -447,6 +500,8 @@ class Pipeline:
         """End of input: close every open correlation window, drain, apply retention."""
         self.drain()
         self._detected(self.detector.flush())
+        if self.anomaly is not None:
+            self.anomaly.finish()
         self._save_detector()
         self.drain()
         self.incidents.finish()
@@ -463,8 +518,12 @@ class Pipeline:
     ) -> RunStats:
         t0 = time.perf_counter()
         for p in paths:
-            self.collect_file(p, fmt, from_start=from_start, logsource=logsource,
-                              progress=(lambda pos, p=p: progress(p, pos)) if progress else None)
+            drained = 0
+            for n in self._collect(p, fmt, from_start=from_start, logsource=logsource,
+                                   progress=(lambda pos, p=p: progress(p, pos)) if progress else None):
+                if n - drained >= PARSE_BATCH:  # parse while reading: raw frames are still in memory
+                    self.drain()
+                    drained = n
             self.drain()
         self.finish()
         self.stats.seconds = time.perf_counter() - t0
@@ -491,6 +550,15 @@ def _load_anomaly_models(model_dir: Path) -> list[tuple[str, object]]:
         meta = json.loads(side.read_text())
         out.append((meta.get("model_version") or side.stem, AnomalyModel.load(side)))
     return out
+
+
+def _anomaly_stage(p: "Pipeline"):
+    if not p.anomaly_models:
+        return None
+    from detect.anomaly.windows import AnomalyStage
+
+    return AnomalyStage(p.bus, p.anomaly_models, p.cfg.state_dir / "anomaly.ckpt", p.lateness,
+                        start_offset=p._detect_offset, max_records=p.cfg.batch_size * 4)
 
 
 def anomaly_alerts(model, events: pa.Table, version: str) -> pa.Table:

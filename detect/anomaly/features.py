@@ -8,10 +8,16 @@ an entity class per row (the baseline a row's explanation is compared to).
 Missing columns become neutral values, so the same code serves Zeek conn logs,
 CIC-IDS2017 flows mapped to ECS, or Suricata flow events.
 
-Entity/window features (per ``source.ip`` and tumbling window of
-``window_s`` seconds) are computed *within the batch*: give a batch that holds
-whole windows (in Spark: ``groupBy(window, source.ip).applyInPandas`` or
-batches cut on window boundaries) for them to mean the same thing everywhere.
+Entity/window features are defined on event-time tumbling windows keyed by
+entity: the *window* of a row is ``floor(@timestamp in µs / window_us)``
+(:func:`window_index`, integer arithmetic, so every executor agrees on the
+boundaries), its *entity* is ``source.ip``. A row's window features are a
+function of the rows sharing its ``(source.ip, window)`` and nothing else
+(:func:`window_features`), so any call given whole ``(source.ip, window)``
+groups computes the same values, however the stream was cut into batches.
+Both executors make sure a call sees whole groups: the embedded pipeline holds
+rows until their window closes (:mod:`detect.anomaly.windows`), Spark groups
+by ``(window, entity bucket)`` before scoring (:mod:`detect.anomaly.spark`).
 
 >>> import pyarrow as pa
 >>> X, cls = flow_features(pa.table({"source.ip": ["10.0.0.1"], "destination.port": [443]}))
@@ -112,6 +118,34 @@ def _str(t: pa.Table, name: str) -> np.ndarray:
     if name not in t.column_names:
         return np.full(t.num_rows, "", dtype=object)
     return np.asarray(pc.fill_null(pc.cast(t.column(name), pa.string()), "").to_pylist(), dtype=object)
+
+
+def _ts_micros(t: pa.Table) -> np.ndarray:
+    """Epoch microseconds of ``@timestamp`` as int64 (a missing or null time is 0)."""
+    if "@timestamp" not in t.column_names:
+        return np.zeros(t.num_rows, np.int64)
+    col = pc.cast(pc.cast(t.column("@timestamp"), pa.timestamp("us", tz="UTC")), pa.int64())
+    return pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def window_index(batch: Any, window_s: float = DEFAULT_WINDOW_S) -> np.ndarray:
+    """Tumbling event-time window of each row: ``floor(µs / window_us)`` (int64).
+
+    >>> import pyarrow as pa
+    >>> from datetime import datetime, timezone
+    >>> ts = [datetime(2024, 1, 1, 0, 4, 59, 999999, tzinfo=timezone.utc), datetime(2024, 1, 1, 0, 5, tzinfo=timezone.utc)]
+    >>> w = window_index(pa.table({"@timestamp": pa.array(ts, pa.timestamp("us", tz="UTC"))}), 300)
+    >>> int(w[1] - w[0])
+    1
+    """
+    return np.floor_divide(_ts_micros(as_table(batch)), window_us(window_s))
+
+
+def window_us(window_s: float) -> int:
+    w = int(round(float(window_s) * 1e6))
+    if w <= 0:
+        raise ValueError(f"window must be positive, got {window_s!r} s")
+    return w
 
 
 def _ts_seconds(t: pa.Table) -> np.ndarray:
@@ -223,21 +257,44 @@ def flow_features(
     ]
     cols += [(state == s).astype(float) for s in CONN_STATES]
 
-    # entity (source.ip) x tumbling window
+    if n and window:
+        cols.append(_window_columns(t, window_s, port, state))
+    else:
+        cols.append(np.zeros((n, len(FLOW_WINDOW))))
+    X = np.column_stack(cols) if n else np.zeros((0, len(FLOW_FEATURES)))
+    return X.astype(np.float64), entity_classes(t)
+
+
+def window_features(batch: Any, window_s: float = DEFAULT_WINDOW_S) -> np.ndarray:
+    """X[n, len(FLOW_WINDOW)]: the entity/window features of each row.
+
+    Row ``i``'s values depend only on the rows with the same ``source.ip`` and
+    :func:`window_index` (all sums run over rows sorted within that group), so
+    they are the same in any call that holds the whole group, whatever else
+    the call holds or in which order.
+    """
+    t = as_table(batch)
+    if t.num_rows == 0:
+        return np.zeros((0, len(FLOW_WINDOW)))
+    port = _num(t, "destination.port") if "destination.port" in t.column_names else np.full(t.num_rows, -1.0)
+    return _window_columns(t, window_s, port, _str(t, "event.action").astype(str))
+
+
+def _window_columns(t: pa.Table, window_s: float, port: np.ndarray, state: np.ndarray) -> np.ndarray:
     ts = _ts_seconds(t)
     src = _str(t, "source.ip")
     dst = _str(t, "destination.ip")
-    win = np.floor(ts / window_s).astype(np.int64) if n else np.zeros(0, np.int64)
-    if n and window:
-        g = _group_ids(src, win)
-        flows = np.bincount(g).astype(float)
-        ndst = _distinct_per_group(g, dst)
-        nport = _distinct_per_group(g, port.astype(np.int64))
-        failed = np.isin(state, FAILED_STATES).astype(float)
-        fratio = np.bincount(g, weights=failed) / flows
-        gp = _group_ids(src, dst, win)
-        pflows = np.bincount(gp).astype(float)
-        cols += [
+    win = window_index(t, window_s)
+    g = _group_ids(src, win)
+    flows = np.bincount(g).astype(float)
+    ndst = _distinct_per_group(g, dst)
+    nport = _distinct_per_group(g, port.astype(np.int64))
+    failed = np.isin(state, FAILED_STATES).astype(float)
+    fratio = np.bincount(g, weights=failed) / flows
+    gp = _group_ids(src, dst, win)
+    pflows = np.bincount(gp).astype(float)
+    return np.column_stack(
+        [
             np.log1p(flows[g]),
             np.log1p(ndst[g]),
             np.log1p(nport[g]),
@@ -245,10 +302,7 @@ def flow_features(
             np.log1p(pflows[gp]),
             _periodicity(gp, ts),
         ]
-    else:
-        cols += [np.zeros(n)] * len(FLOW_WINDOW)
-    X = np.column_stack(cols) if n else np.zeros((0, len(FLOW_FEATURES)))
-    return X.astype(np.float64), entity_classes(t)
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -349,6 +349,39 @@ def map_in_pandas(model: AnomalyModel):
 # ---------------------------------------------------------------------------
 # alerts for the pipeline
 
+# what scoring and the alerts read of an event (windows and Spark carry only these)
+INPUT_COLUMNS = (
+    "event.id", "@timestamp", "event.type", "event.action", "event.duration", "event.dataset",
+    "source.ip", "source.port", "source.bytes", "source.packets",
+    "destination.ip", "destination.port", "destination.bytes", "destination.packets",
+    "network.transport", "dns.question.name", "host.name",
+)
+
+
+def scoreable(model: AnomalyModel, events: Any) -> pa.Table:
+    """The rows of ``events`` that ``model``'s kind applies to, with :data:`INPUT_COLUMNS` only.
+
+    Flows (``event.type`` = connection, or no such column) for ``kind="flow"``;
+    events with a ``dns.question.name`` for ``kind="dns"``. Window features are
+    computed over these rows only, in both executors.
+    """
+    import pyarrow.compute as pc
+
+    t = F.as_table(events)
+    if t.num_rows == 0:
+        return t.select([c for c in INPUT_COLUMNS if c in t.column_names])
+    if model.kind == "dns":
+        if "dns.question.name" not in t.column_names:
+            return t.slice(0, 0).select([c for c in INPUT_COLUMNS if c in t.column_names])
+        mask = pc.is_valid(t.column("dns.question.name"))
+    elif "event.type" in t.column_names:
+        mask = pc.fill_null(pc.equal(t.column("event.type"), "connection"), False)
+    else:
+        mask = None
+    t = t.select([c for c in INPUT_COLUMNS if c in t.column_names])
+    return t if mask is None else t.filter(mask)
+
+
 
 def anomaly_alerts(model: AnomalyModel, events: Any, model_version: str | None = None) -> pa.Table:
     """``ALERT_SCHEMA`` rows (rule.type "anomaly") for the events ``model`` flags.
@@ -357,24 +390,15 @@ def anomaly_alerts(model: AnomalyModel, events: Any, model_version: str | None =
     connection, or no such column) for ``kind="flow"``, events with a
     ``dns.question.name`` for ``kind="dns"``. Ids are stable
     (``ids.alert_id(rule id, [event.id])``), so replays give the same alerts.
+    Window features are computed over ``events`` as given: hand it whole
+    ``(source.ip, window)`` groups (:class:`detect.anomaly.windows.WindowBuffer`
+    in the embedded pipeline, :func:`detect.anomaly.spark.anomaly_alerts_dataframe`
+    on Spark) and the alerts do not depend on how the stream was batched.
     """
     from taishi import ids
     from taishi.schema import alerts_table
 
-    t = F.as_table(events)
-    if t.num_rows == 0:
-        return alerts_table([])
-    import pyarrow.compute as pc
-
-    if model.kind == "dns":
-        if "dns.question.name" not in t.column_names:
-            return alerts_table([])
-        mask = pc.is_valid(t.column("dns.question.name"))
-    elif "event.type" in t.column_names:
-        mask = pc.fill_null(pc.equal(t.column("event.type"), "connection"), False)
-    else:
-        mask = pa.array([True] * t.num_rows)
-    t = t.filter(mask)
+    t = scoreable(model, events)
     if t.num_rows == 0:
         return alerts_table([])
     s = model.score(t)
