@@ -14,10 +14,11 @@ first time. :func:`attack_graph` completes it from the store:
   addresses in its time span (plus :data:`MARGIN`), one ``connection`` edge
   per (source, destination) with its first time, count and ports.
 
-:func:`attack_path` reconstructs the path: starting from the actor of the
-incident's first alert, alert edges are walked in time order and a node is
-*reached* by the first alert edge from an already reached node (time-
-respecting, so a later foothold cannot explain an earlier hop). The path
+:func:`attack_path` reconstructs the path: alert edges are walked in time
+order and a node is *reached* by the first alert edge from an already
+reached node (time-respecting, so a later foothold cannot explain an earlier
+hop); the start is the first actor that no alert acted on (the outside
+attacker). The path
 ends at the alert of the most advanced kill-chain stage (latest on a tie) and
 is read back through the reaching edges. Each hop lists its evidence: the
 alert edges between the two nodes and the connections between them seen
@@ -174,7 +175,9 @@ def attack_path(graph: dict) -> list[dict]:
                     key=lambda e: (e["time"], e.get("alert_id") or "", e["source"], e["target"]))
     if not alerts:
         return []
-    root = alerts[0]["source"]
+    hit = {e["target"] for e in alerts}
+    # the root: the first actor nobody acted on (the outside attacker), else the first actor
+    root = next((e["source"] for e in alerts if e["source"] not in hit), alerts[0]["source"])
     reached: dict[str, str] = {root: ""}  # node -> time reached ("" = from the start)
     pred: dict[str, dict] = {}
     for e in alerts:
