@@ -202,8 +202,10 @@ def _compliance_report(tmp_path: Path):
 # ------------------------------------------------------------------------------ fixtures
 
 @pytest.fixture(scope="module")
-def world(search_node, tmp_path_factory):
+def world(search_node, require_module, tmp_path_factory):
     from compliance.report import records
+
+    require_module("opensearchpy" if search_node["flavor"] == "opensearch" else "elasticsearch")
 
     rng = random.Random(20260302)
     w = {"events": _flows(rng), "alerts": _alerts(rng), "posture": _posture(rng), "deadletters": _deadletters(rng),
