@@ -281,7 +281,7 @@ def register(app: FastAPI, ctx: Any) -> None:
                         "sectors": [{k: r[k] for k in ("key", "name", "index", "band", "alerts")} for r in post["sector"]],
                         "regions": [{k: r[k] for k in ("key", "name", "index", "band", "alerts")} for r in post["region"]],
                         "worst_assets": [{k: r[k] for k in ("key", "name", "index", "band", "alerts", "mlps_level", "system")}
-                                         for r in post["asset"][:5]],
+                                         for r in post["asset"] if not r["key"].startswith("ip:")][:5],
                         "params": post["params"]},
             "alerts_by_level": by_level,
             "alerts_histogram": {"interval_s": step, "buckets": [{"time": iso(datetime.fromtimestamp(b, timezone.utc)), **c}
