@@ -33,6 +33,10 @@ EXPECTED_ROLE_PERMISSIONS = {
 }
 for _perms in EXPECTED_ROLE_PERMISSIONS.values():  # the situation views (posture, flows, assets, map): every role
     _perms.add("views:read")
+for _role, _perms in EXPECTED_ROLE_PERMISSIONS.items():  # incidents: every role reads, responders work them
+    _perms.add("incidents:read")
+    if _role in ("responder", "admin"):
+        _perms.add("incidents:triage")
 
 
 @pytest.fixture
@@ -57,6 +61,7 @@ def test_least_privilege_invariants():
     assert ROLE_PERMISSIONS["analyst"] < ROLE_PERMISSIONS["responder"]
     for role in ("analyst", "auditor"):
         assert "alerts:triage" not in ROLE_PERMISSIONS[role]
+        assert "incidents:triage" not in ROLE_PERMISSIONS[role]
     for role in ("analyst", "responder", "auditor"):  # only admin changes users or rules
         assert not {"users:manage", "rules:manage", "inventory:manage"} & ROLE_PERMISSIONS[role]
     assert not {p for p in ROLE_PERMISSIONS["auditor"] if not p.endswith(":read") and p != "health"}
