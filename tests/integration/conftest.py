@@ -69,3 +69,19 @@ def search_node():
     info = next(gen)
     yield {"url": info["endpoint"], "flavor": detect_flavor(info["endpoint"])}
     next(gen, None)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """A local Spark session (``taishi.cluster.spark_jobs.session``: the config's master, default
+    ``local[2]``, UTC, Arrow, the Kafka source), shared by the session's tests and stopped at the end."""
+    _import("pyspark")
+    from taishi.cluster import spark_jobs
+    from taishi.config import Config
+
+    try:
+        s = spark_jobs.session(Config(data_dir=tmp_path_factory.mktemp("spark-data")), app="taishi-tests")
+    except Exception as exc:  # no Java, or the Kafka source could not be fetched
+        _unavailable(f"Spark could not start: {exc}")
+    yield s
+    s.stop()
