@@ -77,6 +77,7 @@ DEFAULT_GAP_S = 3600.0
 MAX_ALERT_IDS = 5000
 MAX_ENTITIES = 500
 MAX_OPEN = 50_000
+MAX_SEEN = 262_144  # alert ids remembered against replays (see IncidentBuilder._forget)
 
 # ATT&CK tactics, enterprise and ICS matrices merged, in kill-chain order.
 KILL_CHAIN: tuple[str, ...] = (
@@ -216,13 +217,27 @@ _ALERT_COLS = (
 )
 
 
-def alert_records(alerts: pa.Table | Iterable[dict]) -> list[dict]:
-    """Compact alert records (what the builder keeps) from a table or dict rows."""
+def _plain(v: Any) -> Any:
+    """pandas/numpy cells as plain values: NaN/NaT -> None, arrays -> lists, Timestamps -> datetimes."""
+    if v is None or (isinstance(v, float) and v != v) or type(v).__name__ == "NaTType":
+        return None
+    if hasattr(v, "to_pydatetime"):
+        return v.to_pydatetime()
+    if hasattr(v, "tolist") and not isinstance(v, (str, bytes)):
+        return v.tolist()
+    return v
+
+
+def alert_records(alerts: Any) -> list[dict]:
+    """Compact alert records (what the builder keeps) from an Arrow table, a pandas
+    DataFrame (a Spark ``applyInPandasWithState`` batch) or dict rows."""
     if isinstance(alerts, pa.Table):
         cols = [c for c in _ALERT_COLS if c in alerts.column_names]
         rows = alerts.select(cols).to_pylist()
+    elif hasattr(alerts, "to_dict") and hasattr(alerts, "columns"):
+        rows = [{k: _plain(v) for k, v in r.items() if k in _ALERT_COLS} for r in alerts.to_dict("records")]
     else:
-        rows = list(alerts)
+        rows = [{k: _plain(v) for k, v in r.items()} for r in alerts]
     out = []
     for r in rows:
         aid = r.get("id")
@@ -525,16 +540,15 @@ class IncidentBuilder:
         self.open: dict[str, _Incident] = {}
         self.by_actor: dict[str, set[str]] = {}
         self.by_target: dict[str, set[str]] = {}
-        self.seen: dict[str, int] = {}  # alert id -> ts, for replays (pruned by event time)
+        self.seen: dict[str, int] = {}  # alert id -> ts in arrival order, against replays (bounded)
         self.late_alerts = 0
         self.untimed_alerts = 0
         self.incidents_opened = 0
         self._heap: list[tuple[int, str]] = []  # (last + gap, id), lazily invalidated
-        self._seen_kept = 0
         self._out: dict[str, dict] = {}
 
     # -- public ---------------------------------------------------------------
-    def process(self, alerts: pa.Table | Iterable[dict]) -> list[dict]:
+    def process(self, alerts: Any) -> list[dict]:
         """Take a batch of alerts; return the incidents created, changed, merged or closed."""
         recs = alert_records(alerts)
         n_in = alerts.num_rows if isinstance(alerts, pa.Table) else None
@@ -555,7 +569,27 @@ class IncidentBuilder:
             self._apply(r)
         if math.isfinite(self.allowed_lateness_s):
             self._advance(self.max_ts - int(self.allowed_lateness_s * 1_000_000))
+        self._forget()
         return self._emit()
+
+    def _forget(self) -> None:
+        """Bound the replay guard: beyond :data:`MAX_SEEN` ids, forget the earliest arrivals that are
+        far behind the watermark and in no open incident. A replay after a crash repeats only the
+        latest arrivals (the store's uncommitted batch, seconds of re-detected events)."""
+        if len(self.seen) <= MAX_SEEN:
+            return
+        lat = self.allowed_lateness_s if math.isfinite(self.allowed_lateness_s) else 0.0
+        horizon = self.watermark - 2 * self.gap_us - int(lat * 1_000_000)
+        keep = {a[1] for inc in self.open.values() for a in inc.alerts}
+        excess = len(self.seen) - MAX_SEEN // 2
+        drop = []
+        for k, ts in self.seen.items():  # arrival order
+            if len(drop) >= excess:
+                break
+            if ts < horizon and k not in keep:
+                drop.append(k)
+        for k in drop:
+            del self.seen[k]
 
     def flush(self) -> list[dict]:
         """End of input: apply every buffered alert (incidents stay open; they close by event time)."""
@@ -589,11 +623,6 @@ class IncidentBuilder:
             for r in ready:
                 self._apply(r)
         self._close_before(wm)
-        if len(self.seen) > 4096 + 2 * self._seen_kept:  # forget ids of alerts far behind the watermark
-            horizon = wm - 2 * self.gap_us - int(min(self.allowed_lateness_s, 1e9) * 1_000_000)
-            keep = {a[1] for inc in self.open.values() for a in inc.alerts}
-            self.seen = {k: v for k, v in self.seen.items() if v >= horizon or k in keep}
-            self._seen_kept = len(self.seen)
 
     def _close_before(self, t: int) -> None:
         while self._heap and self._heap[0][0] < t:
@@ -716,7 +745,7 @@ class IncidentBuilder:
         return b
 
 
-def build(state: bytes | str | dict | None, alerts: pa.Table | Iterable[dict], *, flush: bool = False,
+def build(state: bytes | str | dict | None, alerts: Any, *, flush: bool = False,
           gap_s: float = DEFAULT_GAP_S, allowed_lateness_s: float = 600.0) -> tuple[bytes, list[dict]]:
     """State in, alerts in -> state out, incidents out (for grouped-state executors such as Spark).
 

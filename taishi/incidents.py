@@ -39,10 +39,15 @@ class IncidentStage:
         self.store = store
         self.path = Path(state_dir) / CHECKPOINT
         lateness = builder_lateness(detect_lateness_s)
+        self.builder = IncidentBuilder(gap_s, lateness)
+        self.restore_error: str | None = None
         if self.path.exists():
-            self.builder = IncidentBuilder.restore(self.path.read_bytes(), allowed_lateness_s=lateness)
-        else:
-            self.builder = IncidentBuilder(gap_s, lateness)
+            try:
+                self.builder = IncidentBuilder.restore(self.path.read_bytes(), allowed_lateness_s=lateness)
+            except (ValueError, KeyError, TypeError) as exc:  # an unreadable or foreign checkpoint: keep it
+                # aside and start afresh (`taishi incidents rebuild` regroups the stored alerts)
+                self.restore_error = f"{type(exc).__name__}: {exc}"
+                self.path.replace(self.path.with_name(self.path.name + ".bad"))
         self.written = 0
 
     def process(self, alerts: pa.Table) -> int:

@@ -301,3 +301,52 @@ def test_rebuilt_incident_keeps_its_workflow_and_new_alerts_reopen_a_resolved_on
     assert [i["id"] for i in store.search_incidents("alert.ids:a3")] == [iid]
     assert store.search_incidents("severity:high AND entity.value:10.0.0.3", status=["acknowledged"])[0]["id"] == iid
     assert store.search_incidents("", status="new") == []
+
+
+def test_pandas_batches_as_spark_hands_them_give_the_same_incidents():
+    """applyInPandasWithState hands pandas frames (NaN for missing strings, numpy arrays for
+    lists, Timestamps) and keeps the state as bytes between calls."""
+    pd = pytest.importorskip("pandas")
+    alerts = sorted(_campaigns(4, 150), key=lambda a: a["@timestamp"])
+    b = IncidentBuilder(gap_s=900, allowed_lateness_s=INF)
+    ref = _final([b.process(alerts_table(alerts)), b.flush()])
+    state, outs = None, []
+    for k in range(0, len(alerts), 40):
+        frame = alerts_table(alerts[k:k + 40]).to_pandas()
+        assert isinstance(frame, pd.DataFrame)
+        state, out = build(state, frame, gap_s=900, allowed_lateness_s=INF, flush=k + 40 >= len(alerts))
+        assert isinstance(state, bytes)
+        outs.append(out)
+    assert _final(outs) == ref
+
+
+def test_replay_guard_is_bounded_but_keeps_the_latest_arrivals(monkeypatch):
+    import correlate.incidents as mod
+
+    monkeypatch.setattr(mod, "MAX_SEEN", 64)
+    b = IncidentBuilder(gap_s=60, allowed_lateness_s=0)
+    batches = [[A(f"a{k}-{i}", k * 10 + i * 0.01, f"198.51.100.{k}", "10.0.0.1") for i in range(20)]
+               for k in range(20)]
+    outs = [b.process(alerts_table(batch)) for batch in batches]
+    assert len(b.seen) <= 64
+    outs.append(b.process(alerts_table(batches[-1])))  # the latest batch again: still recognised
+    final = _final(outs + [b.flush()])
+    assert sum(i["alert.count"] for i in final.values() if "merged_into" not in i) == 400
+
+
+def test_unreadable_checkpoint_is_set_aside_not_a_crash(data_dir):
+    from taishi.incidents import CHECKPOINT, IncidentStage
+
+    state = data_dir / "state"
+    state.mkdir()
+    (state / CHECKPOINT).write_text('{"version": 99}')
+    store = Store(data_dir)
+    try:
+        stage = IncidentStage(store, state, 60.0)
+        assert stage.restore_error and (state / (CHECKPOINT + ".bad")).exists()
+        stage.process(alerts_table([A("a1", 0, "203.0.113.5", "10.0.0.1")]))
+        stage.finish()
+        assert [i["id"] for i in store.search_incidents("")] == [incident_id("a1")]
+        assert IncidentStage(store, state, 60.0).restore_error is None  # the new checkpoint reads back
+    finally:
+        store.close()
