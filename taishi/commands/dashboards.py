@@ -115,3 +115,36 @@ def dashboards_provisioning(out: Path | None, search_url: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
         console.print(f"wrote {path}")
+
+
+@dashboards.command("posture")
+@click.option("--since", default="24h", show_default=True, help="From when (24h, 7d or an ISO time).")
+@click.option("--step", default="15m", show_default=True, help="One point per step (30s, 15m, 1h).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def dashboards_posture(ctx: click.Context, since: str, step: str, as_json: bool) -> None:
+    """Compute the posture index (态势指数) per scope from the alerts on the search node, as the
+    console does, and write the series to <prefix>-posture for the Grafana posture panels.
+    Run it every step (cron, systemd timer) to keep them current; points are replaced, not added."""
+    from datetime import datetime, timezone
+
+    from compliance.inventory import Inventory
+    from taishi.cli import parse_since
+    from taishi.cluster import posture_index
+    from taishi.cluster.search import SearchStore, SearchStoreError
+
+    m = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if not step[:-1].isdigit() or step[-1] not in m or int(step[:-1]) == 0:
+        raise click.BadParameter(f"{step!r}: use N followed by s, m, h or d", param_hint="--step")
+    cfg = _cfg(ctx)
+    start, until = parse_since(since), datetime.now(timezone.utc)
+    try:
+        with SearchStore.from_config(cfg) as search:
+            n = posture_index.publish(search, Inventory.open(cfg.data_dir), start, until, int(step[:-1]) * m[step[-1]])
+            index = search.index_name("posture")
+    except (SearchStoreError, OSError) as e:
+        raise click.ClickException(f"posture to the search node failed: {e}")
+    if as_json:
+        click.echo(dumps({"index": index, "points": n, "since": start, "until": until}))
+    else:
+        console.print(f"wrote {n} posture points to {index} ({since} in steps of {step})")
