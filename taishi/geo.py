@@ -178,9 +178,11 @@ def classify(ip: str | None, internal_networks: Iterable[Any] = ()) -> tuple[str
         return "unknown", "unspecified address"
     if addr.version == 4 and addr in _BENCH_NET:
         return "unknown", "benchmarking range"
+    if addr.is_reserved:  # 240.0.0.0/4 and IPv6's unassigned space (Python counts 240/4 as private)
+        return "unknown", "reserved range"
     if addr.is_private:  # RFC 1918, RFC 4193 ULA (documentation/benchmarks handled above)
         return "internal", "private network"
-    if addr.is_reserved or not addr.is_global:
+    if not addr.is_global:
         return "unknown", "reserved range"
     return "public", ""
 

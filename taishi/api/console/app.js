@@ -63,7 +63,7 @@
       else if (k === "style") e.style.cssText = v; // CSSOM, which the CSP (style-src 'self') allows; a style attribute it would block
       else e.setAttribute(k, v === true ? "" : String(v));
     }
-    for (const c of kids.flat()) if (c !== null && c !== undefined && c !== false) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    for (const c of kids.flat(Infinity)) if (c !== null && c !== undefined && c !== false) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
     return e;
   }
   const num = (n) => (n == null ? "–" : Number(n).toLocaleString(state.lang));
@@ -510,7 +510,7 @@
     const el = h("div", { class: "incident" }, h("a", { href: "#/incidents", class: "back", text: t("inc.back") }), h("div", { id: "inc-head" }),
       h("div", { class: "grid g-1" },
         card("inc.graph", h("div", {}, h("div", { id: "inc-graph", class: "graph-box" }), h("div", { class: "legend", id: "inc-legend" })))),
-      h("div", { class: "grid g-2" }, h("div", { id: "inc-workflow" }), card("inc.entities", h("div", { id: "inc-entities" }))),
+      h("div", { class: "grid g-2" }, h("div", { id: "inc-workflow" }), card("inc.entities", h("div", { id: "inc-entities", class: "scroll" }))),
       h("div", { class: "grid g-2-1" }, card("inc.alerts", h("div", { id: "inc-alerts" })),
         card("inc.history", h("div", {}, h("div", { id: "inc-history" }), h("h3", { text: t("inc.notes") }), h("div", { id: "inc-notes" })))));
     let lastDrawn = null;

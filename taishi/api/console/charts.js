@@ -285,11 +285,11 @@
     });
     const maxRows = Math.max(...cols.map((c) => c.length));
     const TOP = heads ? 34 : 0;
-    const W = Math.max(el.clientWidth || 900, 190 * nl), H = Math.max(240, 84 * maxRows + 50 + TOP);
+    const W = Math.max(el.clientWidth || 900, 190 * nl), H = Math.max(260, 96 * maxRows + 50 + TOP);
     const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, width: "100%", height: H, class: "tgraph" }, el);
     const defs = s("defs", {}, svg);
     for (const [k, c] of [["alert", "#f97316"], ["connection", "#64748b"], ["path", "#ef4444"]]) {
-      const m = s("marker", { id: "arr-" + k, viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto-start-reverse" }, defs);
+      const m = s("marker", { id: "arr-" + k, viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 9, markerHeight: 9, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" }, defs);
       s("path", { d: "M0,0 L10,5 L0,10 z", fill: c }, m);
     }
     const colW = W / nl;
@@ -324,7 +324,7 @@
       const kind = e.kind === "connection" ? "connection" : "alert";
       const bend = kind === "alert" ? 0.12 : -0.12;
       const mx = (x0 + x1) / 2 - dy * bend, my = (y0 + y1) / 2 + dx * bend;
-      const p = s("path", { d: `M${x0},${y0} Q${mx},${my} ${x1},${y1}`, class: "edge " + kind + (path ? " on-path" : ""), "marker-end": `url(#arr-${path ? "path" : kind})`, "stroke-width": Math.min(5, 1.2 + Math.log2(n) / 2) + (path ? 1 : 0) }, eg);
+      const p = s("path", { d: `M${x0},${y0} Q${mx},${my} ${x1},${y1}`, class: "edge " + kind + (path ? " on-path" : ""), "marker-end": `url(#arr-${path ? "path" : kind})`, "stroke-width": kind === "connection" ? 1 : Math.min(4, 1.2 + Math.log2(n) / 3) + (path ? 0.8 : 0) }, eg);
       title(p, [...rules].join("\n") + (tactics.size ? "\n[" + [...tactics].join(", ") + "]" : "") + (n > 1 ? `\n×${n}` : ""));
       const lab = [...tactics][0] || [...rules][0];
       if (lab && kind === "alert" && (path || !opts.pathLabelsOnly)) text(eg, mx, my - 4, (opts.tactic ? opts.tactic(lab) : lab) + (n > 1 ? ` ×${n}` : ""), { class: "edge-label", "text-anchor": "middle" });
