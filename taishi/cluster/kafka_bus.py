@@ -56,8 +56,16 @@ DEFAULT_KAFKA = {"bootstrap": "127.0.0.1:9092", "partitions": 3, "replication": 
 
 
 def kafka_settings(cfg: Config) -> dict[str, Any]:
-    """``cfg.cluster["kafka"]`` over the defaults."""
-    return {**DEFAULT_KAFKA, **(cfg.cluster.get("kafka") or {})}
+    """``cfg.cluster["kafka"]`` over the defaults.
+
+    ``topic_prefix`` (default none) puts a deployment's topics in their own
+    namespace on a shared broker (``<prefix>raw.zeek`` ...); tests use it.
+    """
+    return {**DEFAULT_KAFKA, "topic_prefix": "", **(cfg.cluster.get("kafka") or {})}
+
+
+def topic_prefix(cfg: Config) -> str:
+    return str(kafka_settings(cfg).get("topic_prefix") or "")
 
 
 # --------------------------------------------------------------------------- encoding
@@ -142,12 +150,14 @@ def decode_rows(topic: str, values: Iterable[bytes | None]) -> tuple[pa.Table, l
 class KafkaBus:
     """Producing side of the bus on Kafka (see module doc)."""
 
-    def __init__(self, cfg: Config, *, client_id: str = "taishi", meta_file: Path | None = None) -> None:
+    def __init__(self, cfg: Config, *, client_id: str = "taishi", meta_file: Path | None = None,
+                 keep_meta: bool = True) -> None:
         from kafka import KafkaProducer
 
         self.cfg = cfg
         self.settings = kafka_settings(cfg)
         self.bootstrap = str(self.settings["bootstrap"])
+        self.prefix = str(self.settings.get("topic_prefix") or "")
         self.producer = KafkaProducer(
             bootstrap_servers=self.bootstrap.split(","),
             client_id=client_id,
@@ -159,8 +169,10 @@ class KafkaBus:
             batch_size=int(self.settings.get("batch_bytes", 256 * 1024)),
             compression_type=self.settings.get("compression"),
         )
-        self.meta_file = meta_file if meta_file is not None else cfg.state_dir / "kafka-produced.json"
-        self._metas: dict[str, dict] = json.loads(self.meta_file.read_text()) if self.meta_file.exists() else {}
+        # producers without input positions (the Spark jobs' sinks) keep no meta file
+        self.meta_file = (meta_file or cfg.state_dir / "kafka-produced.json") if keep_meta else None
+        self._metas: dict[str, dict] = (json.loads(self.meta_file.read_text())
+                                        if self.meta_file is not None and self.meta_file.exists() else {})
         self._known: set[str] = set()
         self._lock = threading.Lock()
         self.produced = 0
@@ -188,7 +200,8 @@ class KafkaBus:
     def send_rows(self, topic: str, rows: pa.Table | list[dict]) -> int:
         """Send rows (a batch or JSON-ready dicts) to ``topic``; returns once all are acknowledged."""
         self.ensure_topics([topic])
-        futures = [self.producer.send(topic, key=k, value=v) for k, v in encode(topic, rows)]
+        name = self.prefix + topic
+        futures = [self.producer.send(name, key=k, value=v) for k, v in encode(topic, rows)]
         self.producer.flush()
         for f in futures:
             f.get(timeout=0)  # raises if Kafka refused a record
@@ -200,7 +213,8 @@ class KafkaBus:
             for k in ("file", "listener", "pcap", "src"):
                 if k in meta:
                     self._metas[f"{topic}\x1f{k}\x1f{meta[k]}"] = meta
-            atomic_write(self.meta_file, json.dumps(self._metas, separators=(",", ":")).encode())
+            if self.meta_file is not None:
+                atomic_write(self.meta_file, json.dumps(self._metas, separators=(",", ":")).encode())
 
     def last_meta(self, topic: str, key: str, value: str) -> dict | None:
         """The meta of the newest acknowledged batch on ``topic`` whose meta has ``key == value``."""
@@ -209,7 +223,7 @@ class KafkaBus:
     def send_control(self, what: str, **fields: Any) -> None:
         """A control record (``{"control": what, ...}``) for the cluster jobs, acknowledged."""
         self.ensure_topics([TOPIC_CONTROL])
-        self.producer.send(TOPIC_CONTROL, key=b"control", value=_dumps({"control": what, **fields})).get(timeout=60)
+        self.producer.send(self.prefix + TOPIC_CONTROL, key=b"control", value=_dumps({"control": what, **fields})).get(timeout=60)
 
     def flush(self) -> None:
         self.producer.flush()
@@ -220,21 +234,22 @@ class KafkaBus:
 
 
 def ensure_topics(cfg: Config, topics: Iterable[str]) -> list[str]:
-    """Create the topics that do not exist yet; returns the ones created."""
+    """Create the topics that do not exist yet (names without the prefix); returns the ones created."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     s = kafka_settings(cfg)
     admin = KafkaAdminClient(bootstrap_servers=str(s["bootstrap"]).split(","), client_id="taishi-admin")
+    prefix = str(s.get("topic_prefix") or "")
     try:
         have = set(admin.list_topics())
-        want = [t for t in dict.fromkeys(topics) if t not in have]
+        want = [prefix + t for t in dict.fromkeys(topics) if prefix + t not in have]
         if not want:
             return []
         retention_ms = str(int(float(s["retention_hours"]) * 3600 * 1000))
         new = [
-            NewTopic(t, num_partitions=1 if t == TOPIC_CONTROL else int(s["partitions"]),
+            NewTopic(t, num_partitions=1 if t == prefix + TOPIC_CONTROL else int(s["partitions"]),
                      replication_factor=int(s["replication"]),
                      topic_configs={"retention.ms": retention_ms, "min.insync.replicas": "1"})
             for t in want
@@ -258,7 +273,7 @@ def consume(cfg: Config, topic: str, *, group: str | None = None, timeout_s: flo
 
     s = kafka_settings(cfg)
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=str(s["bootstrap"]).split(","), group_id=group, auto_offset_reset="earliest",
+        str(s.get("topic_prefix") or "") + topic, bootstrap_servers=str(s["bootstrap"]).split(","), group_id=group, auto_offset_reset="earliest",
         enable_auto_commit=group is not None, consumer_timeout_ms=int(timeout_s * 1000),
     )
     n = 0

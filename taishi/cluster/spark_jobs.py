@@ -66,7 +66,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from taishi.bus import TOPIC_ALERTS, TOPIC_DEADLETTER, TOPIC_EVENTS
-from taishi.cluster.kafka_bus import TOPIC_CONTROL, decode_raw, decode_rows, kafka_settings
+from taishi.cluster.kafka_bus import TOPIC_CONTROL, decode_raw, decode_rows, kafka_settings, topic_prefix
 from taishi.config import REPO_ROOT, Config
 from taishi.schema import ALERT_SCHEMA, DEADLETTER_SCHEMA, EVENT_SCHEMA, conform, deadletters_table
 
@@ -77,7 +77,14 @@ STATS_DDL = "stats string"
 EVENTS, ALERTS, DEADLETTERS, CORR = "events", "alerts", "deadletters", "corr"
 _SCHEMA = {EVENTS: EVENT_SCHEMA, ALERTS: ALERT_SCHEMA, DEADLETTERS: DEADLETTER_SCHEMA}
 _IPC = ipc.IpcWriteOptions(compression="lz4")
-SOURCE_PATTERN = r"raw\..*|events|control"
+
+
+def source_pattern(cfg: Config) -> str:
+    """The detect job's topics: every ``raw.<format>``, ``events`` (packet captures) and ``control``."""
+    import re
+
+    p = re.escape(topic_prefix(cfg))
+    return rf"{p}raw\..*|{p}events|{p}control"
 
 
 # --------------------------------------------------------------------------- Arrow <-> bytes
@@ -140,7 +147,7 @@ def _kafka(conf: JobConf):
         from taishi.cluster.kafka_bus import KafkaBus
 
         cfg = conf.config()
-        kb = _WORKER[key] = KafkaBus(cfg, client_id="taishi-spark", meta_file=Path(os.devnull))
+        kb = _WORKER[key] = KafkaBus(cfg, client_id="taishi-spark", keep_meta=False)
     return kb
 
 
@@ -174,6 +181,12 @@ def _kafka_deadletters(topics: list[str], partitions: list[int], offsets: list[i
     return deadletters_table(rows)
 
 
+def _unprefixed(conf: JobConf, topics: list[str]) -> list[str]:
+    """Topic names as the bus names them (the deployment's ``topic_prefix`` removed)."""
+    prefix = str((json.loads(conf.cluster).get("kafka") or {}).get("topic_prefix") or "")
+    return [t[len(prefix):] if prefix and t.startswith(prefix) else t for t in topics]
+
+
 def _row(kind: str, key: str, payload: bytes | None = None, aux: bytes | None = None,
          max_ts: int | None = None, flush: bool = False) -> dict:
     return {"kind": kind, "key": key, "payload": payload, "aux": aux, "max_ts": max_ts, "flush": flush}
@@ -188,7 +201,7 @@ def stage_rows(conf: JobConf, batch: pa.Table, partition: int = 0) -> list[dict]
     from ingest.parsers import parse as parse_raw
 
     rs = _ruleset(conf.rules)
-    topics = batch.column("topic").to_pylist()
+    topics = _unprefixed(conf, batch.column("topic").to_pylist())
     parts = batch.column("partition").to_pylist()
     offsets = batch.column("offset").to_pylist()
     values = batch.column("value").to_pylist()
@@ -397,7 +410,6 @@ def write_rows(conf: JobConf, rows: Iterable[dict], *, to_kafka: bool = True) ->
             continue
         t = from_ipc(payload)
         if kind == EVENTS:
-            t = t.cast(pa.schema([pa.field(f.name, f.type) for f in t.schema]))
             st["events"] += t.num_rows
             st["events_stored"] += _written(store.write_events(t), t)
             from taishi.pipeline import _value_counts
@@ -521,7 +533,7 @@ def detect_query(spark, cfg: Config, conf: JobConf, *, on_batch: Callable[[dict]
     k = kafka_settings(cfg)
     reader = (spark.readStream.format("kafka")
               .option("kafka.bootstrap.servers", str(k["bootstrap"]))
-              .option("subscribePattern", SOURCE_PATTERN)
+              .option("subscribePattern", source_pattern(cfg))
               .option("startingOffsets", "earliest")
               .option("failOnDataLoss", "true"))
     if max_offsets:
@@ -595,7 +607,7 @@ INCIDENTS_DDL = "kind string, payload binary"
 def incident_rows(conf: JobConf, batch: pa.Table) -> list[dict]:
     """Kafka ``alerts``/``control`` records -> the incidents group's input rows (alerts enriched
     with the CII asset columns, as the embedded pipeline hands them to its incident stage)."""
-    topics = batch.column("topic").to_pylist()
+    topics = _unprefixed(conf, batch.column("topic").to_pylist())
     values = batch.column("value").to_pylist()
     alerts = [v for t, v in zip(topics, values) if t == TOPIC_ALERTS]
     flush = False
@@ -666,9 +678,10 @@ def incidents_query(spark, cfg: Config, conf: JobConf, *, on_batch: Callable[[in
     from pyspark.sql.streaming.state import GroupStateTimeout
 
     k = kafka_settings(cfg)
+    prefix = topic_prefix(cfg)
     src = (spark.readStream.format("kafka")
            .option("kafka.bootstrap.servers", str(k["bootstrap"]))
-           .option("subscribe", f"{TOPIC_ALERTS},{TOPIC_CONTROL}")
+           .option("subscribe", f"{prefix}{TOPIC_ALERTS},{prefix}{TOPIC_CONTROL}")
            .option("startingOffsets", "earliest")
            .load().select("topic", "value"))
     staged = src.mapInArrow(incidents_stage_fn(conf), INCIDENTS_DDL).withColumn("key", F.lit(INCIDENTS_KEY))
