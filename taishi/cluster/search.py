@@ -311,7 +311,9 @@ class SearchStore:
             return None
         reason = info.get("error", info) if isinstance(info, dict) else info
         if isinstance(reason, dict):
-            reason = reason.get("reason") or reason.get("type") or reason
+            causes = reason.get("root_cause") or []
+            reason = "; ".join(f"{c.get('type')}: {c.get('reason')}" for c in causes if isinstance(c, dict)) \
+                or reason.get("reason") or reason.get("type") or reason
         raise SearchStoreError(f"{method} {path}: {status} {str(reason)[:500]}")
 
     def index_name(self, kind: str) -> str:
@@ -841,44 +843,63 @@ def translate_query(query: str, schema: pa.Schema) -> str | None:
     q = (query or "").strip()
     if not q or q == "*":
         return None
-    t = parser.parse(q)
-    _rewrite(t, None, schema)
-    return str(t)
+    return str(_rewrite(parser.parse(q), None, schema))
 
 
-def _ip_value(node: tree.Item) -> None:
+def _quote(node: tree.Item) -> None:
     if isinstance(node, tree.Word) and not any(c in node.value for c in "*?"):
         node.value = '"' + _unescape(node.value).replace('"', '\\"') + '"'
 
 
-def _rewrite(node: tree.Item, field: str | None, schema: pa.Schema) -> None:
+def _as_range(node: tree.Item) -> tree.Range:
+    """``>=x`` / ``<x`` ... as ``[x TO *]`` / ``[* TO x}`` (the node's parser takes quoted bounds only there)."""
+    star = tree.Word("*")
+    bound = node.a
+    outer_head, outer_tail = node.head + bound.head, bound.tail + node.tail
+    if isinstance(node, tree.From):
+        low, high, inc_low, inc_high = bound, star, node.include, True
+    else:
+        low, high, inc_low, inc_high = star, bound, True, node.include
+    low.head, low.tail, high.head, high.tail = "", " ", " ", ""
+    r = tree.Range(low, high, include_low=inc_low, include_high=inc_high)
+    r.head, r.tail = outer_head, outer_tail
+    return r
+
+
+def _rewrite(node: tree.Item, field: str | None, schema: pa.Schema) -> tree.Item:
+    """Rewrite ``node`` in place for the node's query_string; returns it or its replacement."""
     if isinstance(node, tree.SearchField):
         name = _unescape(node.name)
         if name == "_exists_":
             if isinstance(node.expr, tree.Word):
                 target = resolve_field(_unescape(node.expr.value), schema)
                 node.expr.value = RENAMED.get(target, target)
-            return
+            return node
         col = resolve_field(name, schema)
         target = RENAMED.get(col, col)
         if _is_ip(col) and _has_wildcard(node.expr):
             target += ".text"
         node.name = target
-        _rewrite(node.expr, col, schema)
-        return
-    if field is not None and _is_ip(field):
-        if isinstance(node, tree.Word):
-            _ip_value(node)
-            return
-        if isinstance(node, tree.Range):
-            _ip_value(node.low)
-            _ip_value(node.high)
-            return
+        node.children = [_rewrite(node.expr, col, schema)]
+        return node
+    if field is not None:
+        ftype = schema.field(field).type
+        elem = ftype.value_type if pa.types.is_list(ftype) else ftype
+        quote = _is_ip(field) or pa.types.is_timestamp(elem)
         if isinstance(node, (tree.From, tree.To)):
-            _ip_value(node.a)
-            return
-    for child in node.children:
-        _rewrite(child, field, schema)
+            node = _as_range(node)
+        if isinstance(node, tree.Word):
+            if quote or ":" in node.value:
+                _quote(node)
+            return node
+        if isinstance(node, tree.Range):
+            if quote:
+                _quote(node.low)
+                _quote(node.high)
+            return node
+    if node.children:
+        node.children = [_rewrite(c, field, schema) for c in node.children]
+    return node
 
 
 def _has_wildcard(node: tree.Item) -> bool:
