@@ -1,7 +1,7 @@
 """The Grafana dashboards as files: valid JSON, unique panel ids, datasource uid variables,
 queries that parse, provisioning files that match their generator; the request translation
 and the push decisions as pure logic. The numbers are checked against a real search node in
-tests/integration/test_dashboards.py."""
+tests/integration/test_dashboard_panels.py."""
 
 from __future__ import annotations
 
@@ -208,7 +208,7 @@ def test_panel_fields_exist_in_the_search_store_mappings():
     """Every field a panel filters or aggregates on is mapped in its index (the search store's
     templates, generated from taishi.schema); no node needed. Fields the alert schema does not
     have yet are tolerated only while taishi.schema.ALERT_FIELDS lacks them (see
-    tests/integration/test_dashboards.py, where those panels are expected failures)."""
+    tests/integration/test_dashboard_panels.py, where those panels are expected failures)."""
     from taishi.cluster import compliance_index
     from taishi.cluster.search import ASSET_MAPPING, INCIDENT_MAPPING, POSTURE_MAPPING, mappings_for
     from taishi.schema import ALERT_SCHEMA
