@@ -273,8 +273,17 @@ def _query_or_exit(fn, *args, **kwargs):
 def _fetch(ctx: click.Context, method: str, query: str, **kwargs: Any) -> list[dict]:
     """Run one store search for a CLI command; a bad query exits with status 2."""
     cfg = _cfg(ctx)
-    _require_embedded(cfg)
-    store = _open_store(cfg)
+    if cfg.mode == "cluster":  # the search node (taishi.cluster.search): same methods, same query syntax
+        from taishi.cluster.search import SearchStore, SearchStoreError
+
+        try:
+            store = SearchStore.from_config(cfg)
+        except SearchStoreError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            sys.exit(1)
+    else:
+        _require_embedded(cfg)
+        store = _open_store(cfg)
     try:
         return _rows(_query_or_exit(getattr(store, method), query, **kwargs))
     finally:

@@ -272,3 +272,35 @@ def test_events_by_ids_and_stats(both):
     ids = emb.search_events("event.dataset:zeek.conn", limit=5).column("event.id").to_pylist()
     assert srch.events_by_ids(ids + ["missing"]).to_pylist() == emb.events_by_ids(ids + ["missing"]).to_pylist()
     assert srch.stats() == emb.stats()
+
+
+# ------------------------------------------------------------------------------ the CLI in cluster mode
+
+def test_cli_alerts_and_search_in_cluster_mode(store, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from taishi.cli import main
+
+    store.write_events(_events())
+    store.write_alerts(alerts_table([
+        {"id": f"al-{i}", "@timestamp": START + timedelta(minutes=i), "rule.id": "r1", "rule.name": f"Rule {i % 2}",
+         "rule.level": ["high", "low"][i % 2], "source.ip": f"10.9.0.{i}"} for i in range(6)]))
+    conf = tmp_path / "taishi.yaml"
+    conf.write_text(json.dumps({"cluster": {"search": {"url": store.url, "flavor": store.flavor,
+                                                       "index_prefix": store.prefix}}}))
+    base = ["--config", str(conf), "--data-dir", str(tmp_path / "data"), "--mode", "cluster"]
+    res = CliRunner().invoke(main, base + ["alerts", "rule.level:high AND source.ip:10.9.0.0/24", "--since", "all",
+                                           "--json"])
+    assert res.exit_code == 0, res.output
+    assert sorted(r["id"] for r in json.loads(res.output)) == ["al-0", "al-2", "al-4"]
+    res = CliRunner().invoke(main, base + ["search", 'source.ip:"2001:db8::/32" AND destination.port:22', "--json",
+                                           "--limit", "100"])
+    assert res.exit_code == 0, res.output
+    got = sorted(r["event.id"] for r in json.loads(res.output))
+    want = sorted(r["event.id"] for r in _events().to_pylist()
+                  if r["source.ip"] == "2001:db8::5" and r["destination.port"] == 22)
+    assert got == want and want
+    res = CliRunner().invoke(main, base + ["search", "sorce.ip:1.2.3.4"])
+    assert res.exit_code == 2 and "unknown field" in res.output
