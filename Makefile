@@ -11,7 +11,8 @@ TEST_STAMP := $(VENV)/.stamp-test
 
 # Real exporters, packet tools, PDF rendering and a CJK font the tests use (Debian packages).
 SYSTEM_PKGS := tshark softflowd nfdump tcpreplay nmap iproute2 bsdutils poppler-utils fonts-wqy-microhei \
-               libpango-1.0-0 libpangoft2-1.0-0 chromium
+               libpango-1.0-0 libpangoft2-1.0-0 chromium \
+               maven openjdk-17-jre-headless
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +23,10 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# The cluster extra too: the integration tests (tests/integration) drive a real Kafka broker and search
+# node, which their fixtures fetch once from Maven Central into .cache/services, start, and stop again.
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,anomaly]'
+	$(BIN)/pip install -q -e '.[test,anomaly,cluster]'
 	touch $@ $(DEMO_STAMP)
 
 install: $(DEMO_STAMP)

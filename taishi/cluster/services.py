@@ -63,8 +63,29 @@ def _quiet(_msg: str) -> None:
 
 
 def cache_dir() -> Path:
+    """``$TAISHI_SERVICES_CACHE``, else ``<repo>/.cache/services``.
+
+    As root the search node runs as ``nobody`` (OpenSearch refuses root), which must be
+    able to reach the cache: when the repository sits below a directory others cannot
+    enter (a ``mktemp -d`` checkout), the cache is ``/var/cache/taishi/services`` instead.
+    """
     env = os.environ.get("TAISHI_SERVICES_CACHE")
-    return Path(env).expanduser().resolve() if env else REPO / ".cache" / "services"
+    if env:
+        return Path(env).expanduser().resolve()
+    default = REPO / ".cache" / "services"
+    if os.geteuid() == 0 and not _others_can_enter(REPO):
+        return Path("/var/cache/taishi/services")
+    return default
+
+
+def _others_can_enter(path: Path) -> bool:
+    for p in [path, *path.parents]:
+        try:
+            if not p.stat().st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def run_dir() -> Path:
