@@ -148,3 +148,56 @@ def dashboards_posture(ctx: click.Context, since: str, step: str, as_json: bool)
         click.echo(dumps({"index": index, "points": n, "since": start, "until": until}))
     else:
         console.print(f"wrote {n} posture points to {index} ({since} in steps of {step})")
+
+
+@dashboards.command("probe")
+@click.option("--since", default="24h", show_default=True, help="Time range of the queries (24h, 7d or an ISO time).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def dashboards_probe(ctx: click.Context, since: str, as_json: bool) -> None:
+    """Run every panel's query on the search node as Grafana would send it and show how many
+    rows each returns, or the node's error (an unmapped field, a missing aggregation ...).
+    Exit status 1 when any panel's query fails."""
+    from datetime import datetime, timezone
+
+    import dashboards as dash_mod
+    from taishi.cli import parse_since
+    from taishi.cluster.search import SearchStore, SearchStoreError
+
+    cfg = _cfg(ctx)
+    end = datetime.now(timezone.utc)
+    start = parse_since(since)
+    span_ms = (end - start).total_seconds() * 1000
+    interval = next((iv for iv, ms in (("1m", 60_000), ("5m", 300_000), ("15m", 900_000), ("1h", 3_600_000),
+                                       ("6h", 21_600_000)) if span_ms / ms <= 400), "1d")
+    results = []
+    try:
+        with SearchStore.from_config(cfg) as search:
+            for uid, dash in dash_mod.load_all().items():
+                for p in dash_mod.panels(dash):
+                    reqs = dash_mod.panel_requests(dash, p, start=int(start.timestamp() * 1000),
+                                                   end=int(end.timestamp() * 1000), interval=interval,
+                                                   prefix=search.prefix)
+                    for r in reqs:
+                        item = {"dashboard": uid, "panel": p["id"], "title": p["title"], "index": r["index"]}
+                        try:
+                            resp = search._req("POST", f"/{r['index']}/_search", r["body"])
+                            item["rows"] = len(dash_mod.rows(r["target"], resp))
+                        except SearchStoreError as e:
+                            item["error"] = str(e).split(": ", 1)[-1]  # without "POST /index/_search"
+                        results.append(item)
+    except (SearchStoreError, OSError) as e:
+        raise click.ClickException(f"cannot reach the search node: {e}")
+    failed = [r for r in results if "error" in r]
+    if as_json:
+        click.echo(dumps(results))
+    else:
+        t = Table(title=f"Panel queries over the last {since} ({interval} buckets)", title_justify="left")
+        for col in ("dashboard", "panel", "index", "rows / error"):
+            t.add_column(col, overflow="fold")
+        for r in results:
+            t.add_row(r["dashboard"], f"{r['panel']} {r['title']}", r["index"],
+                      f"[red]{r['error']}[/]" if "error" in r else str(r["rows"]))
+        console.print(t)
+        console.print(f"{len(results) - len(failed)} of {len(results)} queries ran")
+    sys.exit(1 if failed else 0)

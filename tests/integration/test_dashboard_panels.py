@@ -789,3 +789,30 @@ def _mapped_fields(store, index):
     for idx in m.values():
         walk(idx["mappings"].get("properties", {}), "")
     return out
+
+
+def test_probe_command_runs_every_panel(world, search_node, tmp_path):
+    """`taishi dashboards probe` sends every panel's query to the node and reports rows or the error."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from taishi.cli import main
+
+    cfg = tmp_path / "taishi.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "d"), "cluster": {"search": {
+        "url": search_node["url"], "flavor": search_node["flavor"], "index_prefix": world["prefix"]}}}))
+    res = CliRunner().invoke(main, ["--config", str(cfg), "dashboards", "probe", "--since", T0.isoformat(), "--json"])
+    out = json.loads(res.output)
+    assert {(r["dashboard"], r["panel"]) for r in out} == {(u, p) for u, p, _ in PANELS}
+    failed = [r for r in out if "error" in r]
+    assert res.exit_code == (1 if failed else 0)
+    map_panel = [p for u, p, t in PANELS if u == OV and "map" in t]
+    if "geohash_grid" in world["gaps"]:
+        assert [(r["dashboard"], r["panel"]) for r in failed] == [(OV, map_panel[0])]
+        assert "geohash_grid" in failed[0]["error"]
+    else:
+        assert failed == []
+    rows = {(r["dashboard"], r["panel"]): r.get("rows") for r in out}
+    assert rows[(TR, next(p for u, p, t in PANELS if u == TR and t.startswith("Alerts 告警")))] == len(alerts_in(world))
