@@ -227,3 +227,62 @@ def test_panel_fields_exist_in_the_search_store_mappings():
             continue
         left.append(str(i))
     assert left == []
+
+
+# ------------------------------------------------------------------------------ Grafana's own schemas
+
+def _dropped(a, b, path: str = "") -> list[str]:
+    """What of ``a`` does not survive the round trip to ``b`` (keys the schema does not know, changed values)."""
+    if isinstance(a, dict):
+        out = []
+        for k, v in a.items():
+            if not isinstance(b, dict) or k not in b:
+                out.append(f"{path}.{k}")
+            else:
+                out += _dropped(v, b[k], f"{path}.{k}")
+        return out
+    if isinstance(a, list):
+        if not isinstance(b, list) or len(a) != len(b):
+            return [f"{path} (list)"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _dropped(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} -> {b!r}"]
+
+
+def _roundtrip(model, doc: dict) -> dict:
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+
+    return json.loads(json.dumps(model.from_json(doc), cls=JSONEncoder))
+
+
+@pytest.fixture(scope="module")
+def grafana_models():
+    from grafana_foundation_sdk.cog import plugins
+    from grafana_foundation_sdk.models import dashboard, elasticsearch
+
+    plugins.register_default_plugins()  # panel options and queries decode by plugin type
+    return dashboard.Dashboard, elasticsearch.Dataquery
+
+
+@pytest.mark.parametrize("uid", sorted(ALL))
+def test_dashboard_matches_grafanas_schema(uid, grafana_models):
+    """Every key of the dashboard, its panels (options, field config, transformations), its
+    variables and every panel query is one Grafana's schemas define (grafana-foundation-sdk,
+    generated from Grafana's own CUE schemas): nothing is lost in a round trip through them."""
+    dashboard_model, query_model = grafana_models
+    dash = ALL[uid]
+    assert _dropped(dash, _roundtrip(dashboard_model, dash)) == []
+    for p in D.panels(dash):
+        for t in p["targets"]:
+            assert _dropped(t, _roundtrip(query_model, t)) == [], (p["id"], t["refId"])
+
+
+def test_schema_check_notices_unknown_keys(grafana_models):
+    dashboard_model, query_model = grafana_models
+    t = copy.deepcopy(next(D.panels(ALL["taishi-overview"]))["targets"][0])
+    t["bucketAggs"][0]["settings"]["intervall"] = "1h"
+    t["metrics"][0]["feild"] = "x"
+    assert sorted(_dropped(t, _roundtrip(query_model, t))) == [".bucketAggs[0].settings.intervall",
+                                                               ".metrics[0].feild"]
+    dash = copy.deepcopy(ALL["taishi-overview"])
+    dash["panels"][0]["gridPoss"] = dash["panels"][0]["gridPos"]
+    assert _dropped(dash, _roundtrip(dashboard_model, dash)) == [".panels[0].gridPoss"]
