@@ -48,7 +48,7 @@ TIME_FIELD = "@timestamp"
 # An index's time field when it is not @timestamp (incidents: their last activity).
 TIME_FIELDS = {"incidents": "last_seen"}
 
-BUCKET_AGGS = ("date_histogram", "terms", "geohash_grid")
+BUCKET_AGGS = ("date_histogram", "terms", "geohash_grid", "filters")
 METRICS = ("count", "sum", "avg", "min", "max", "cardinality", "raw_data")
 _METRIC_AGG = {"sum": "sum", "avg": "avg", "min": "min", "max": "max", "cardinality": "cardinality"}
 
@@ -271,7 +271,8 @@ def _metric_aggs(metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return aggs
 
 
-def _bucket(agg: Mapping[str, Any], start: int, end: int, interval: str) -> dict[str, Any]:
+def _bucket(agg: Mapping[str, Any], start: int, end: int, interval: str,
+            interp: Any = lambda q: q) -> dict[str, Any]:
     s = agg.get("settings", {})
     if agg["type"] == "date_histogram":
         iv = s.get("interval", "auto")
@@ -287,6 +288,12 @@ def _bucket(agg: Mapping[str, Any], start: int, end: int, interval: str) -> dict
                           "min_doc_count": _int(s, "min_doc_count", 1)}}
     if agg["type"] == "geohash_grid":
         return {"geohash_grid": {"field": agg["field"], "precision": _int(s, "precision", 3)}}
+    if agg["type"] == "filters":  # one bucket per Lucene filter, named by its label or query
+        fs = s.get("filters") or [{"query": "*", "label": ""}]
+        return {"filters": {"filters": {(f.get("label") or f.get("query") or "*"):
+                                        {"query_string": {"query": interp(f.get("query") or "*"),
+                                                          "analyze_wildcard": True}}
+                                        for f in fs}}}
     raise DashboardError(f"bucket aggregation {agg['type']!r} is not supported")
 
 
@@ -320,7 +327,7 @@ def target_request(dash: Mapping[str, Any], target: Mapping[str, Any], *, start:
         return body
     aggs: dict[str, Any] | None = None
     for b in reversed(buckets):
-        node = _bucket(b, start, end, interval)
+        node = _bucket(b, start, end, interval, lambda q: interpolate(q, dash, values))
         sub = aggs if aggs is not None else inner
         if sub:
             node["aggs"] = sub
@@ -381,8 +388,11 @@ def rows(target: Mapping[str, Any], response: Mapping[str, Any]) -> list[dict[st
 
     def walk(node: Mapping[str, Any], level: int, keys: dict[str, Any]) -> None:
         b = buckets[level]
-        name = TIME_FIELD if b["type"] == "date_histogram" else b["field"]
-        for bucket in node[str(b["id"])]["buckets"]:
+        name = TIME_FIELD if b["type"] == "date_histogram" else b.get("field") or "Filters"
+        buckets_ = node[str(b["id"])]["buckets"]
+        if isinstance(buckets_, dict):  # filters: {name: bucket}
+            buckets_ = [{**v, "key": k} for k, v in buckets_.items()]
+        for bucket in buckets_:
             k = {**keys, name: bucket["key"]}
             if level + 1 < len(buckets):
                 walk(bucket, level + 1, k)
@@ -466,6 +476,10 @@ def validate(dash: Mapping[str, Any], known_fields: Mapping[str, Iterable[str]] 
                     bad(pid, f"metric type {m.get('type')!r} not supported")
                 if m.get("field"):
                     fields_used.append(m["field"])
+            metric_types = [m.get("type") for m in t.get("metrics", [])]
+            if not t.get("bucketAggs") and metric_types[:1] != ["raw_data"]:
+                bad(pid, "a metric query needs a bucket aggregation (Grafana refuses it without one; "
+                         "a single 'filters' bucket gives a total)")
             for b in t.get("bucketAggs", []):
                 if b.get("type") not in BUCKET_AGGS:
                     bad(pid, f"bucket aggregation {b.get('type')!r} not supported")

@@ -48,7 +48,9 @@ def test_validate_reports_what_is_wrong():
     ps[2]["datasource"] = {"uid": "some-other-uid"}
     ps[3]["targets"][0]["query"] = "rule.level:(high OR"
     ps[4]["targets"][0]["bucketAggs"] = [{"id": "2", "type": "histogram", "field": "event.severity"}]
+    ps[5]["targets"][0]["bucketAggs"] = []
     msgs = [str(i) for i in D.validate(dash)]
+    assert any(f"panel {ps[5]['id']}: a metric query needs a bucket aggregation" in m for m in msgs)
     assert any(f"panel {ps[0]['id']}: id also used" in m for m in msgs)
     assert any("some-other-uid" in m for m in msgs)
     assert any("does not parse" in m for m in msgs)
@@ -156,9 +158,12 @@ def test_rows_flatten_nested_buckets():
                                                       {"key": "q", "doc_count": 1, "4": {"value": 2.0}}]}}]}}}
     assert D.rows(target, resp) == [{"a": "x", "b": "p", "Count": 2, "Max event.severity": 5.0},
                                     {"a": "x", "b": "q", "Count": 1, "Max event.severity": 2.0}]
-    flat = {"metrics": [{"id": "1", "type": "cardinality", "field": "source.ip"}], "bucketAggs": []}
-    assert D.rows(flat, {"hits": {"total": {"value": 9}}, "aggregations": {"1": {"value": 4}}}) == [
-        {"Unique Count source.ip": 4}]
+    total = {"metrics": [{"id": "1", "type": "cardinality", "field": "source.ip"}],
+             "bucketAggs": [{"id": "2", "type": "filters", "settings": {"filters": [{"query": "$q", "label": "all"}]}}]}
+    body = D.target_request(ALL["taishi-network-flows"], total, start=0, end=1, values={"q": "x"})
+    assert body["aggs"]["2"]["filters"]["filters"] == {"all": {"query_string": {"query": "x", "analyze_wildcard": True}}}
+    resp = {"hits": {"total": {"value": 9}}, "aggregations": {"2": {"buckets": {"all": {"doc_count": 9, "1": {"value": 4}}}}}}
+    assert D.rows(total, resp) == [{"Filters": "all", "Unique Count source.ip": 4}]
 
 
 # ------------------------------------------------------------------------------ push decisions

@@ -541,7 +541,9 @@ def _(w, pid):
 @check(NF, "Distinct sources")
 def _(w, pid):
     (rows,) = run(w, NF, pid)
-    assert rows == [{"Unique Count source.ip": len({e["source.ip"] for e in flows_in(w)})}]
+    assert rows == [{"Filters": "flows", "Unique Count source.ip": len({e["source.ip"] for e in flows_in(w)})}]
+    (rows,) = run(w, NF, pid, values={"q": "destination.port:443"})
+    assert rows[0]["Unique Count source.ip"] == len({e["source.ip"] for e in flows_in(w) if e["destination.port"] == 443})
 
 
 @check(NF, "Top talkers")
