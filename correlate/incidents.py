@@ -56,12 +56,14 @@ and are listed in kill-chain order (:data:`KILL_CHAIN`).
 
 State is bounded: at most ``max_open`` open incidents (the least recently
 active closes first), ``MAX_ALERT_IDS`` alert ids and ``MAX_ENTITIES``
-entities per incident (counts stay exact), graph edges aggregated per
-(source, target, rule).
+entities and ``MAX_EDGES`` graph edges (aggregated per source, target and
+rule; the earliest kept, ``graph.truncated`` says so) per incident; counts
+stay exact.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import math
@@ -71,11 +73,13 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from taishi.ids import _digest
+from taishi.schema import parse_time
 
 SNAPSHOT_VERSION = 1
 DEFAULT_GAP_S = 3600.0
 MAX_ALERT_IDS = 5000
 MAX_ENTITIES = 500
+MAX_EDGES = 1000
 MAX_OPEN = 50_000
 MAX_SEEN = 262_144  # alert ids remembered against replays (see IncidentBuilder._forget)
 
@@ -180,6 +184,11 @@ def tactics_of(tags: Iterable[str] | None, names: Iterable[str] | None = None) -
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _tactics(tags: tuple, names: tuple) -> tuple:
+    return tuple(tactics_of(tags, names))
+
+
 def kill_chain_sorted(tactics: Iterable[str]) -> list[str]:
     return sorted(set(tactics), key=lambda t: (STAGE.get(t, len(STAGE)), t))
 
@@ -241,22 +250,28 @@ def alert_records(alerts: Any) -> list[dict]:
     out = []
     for r in rows:
         aid = r.get("id")
-        ts = _us(r.get("@timestamp"))
-        if ts is None:
-            ts = _us(r.get("event.end")) if r.get("event.end") is not None else _us(r.get("event.start"))
+        ts = None
+        for col in ("@timestamp", "event.end", "event.start"):
+            v = r.get(col)
+            if isinstance(v, str):  # JSON rows (e.g. from Spark): ISO text
+                try:
+                    v = parse_time(v)
+                except ValueError:
+                    v = None
+            ts = _us(v)
+            if ts is not None:
+                break
         if not aid or ts is None:
             continue
-        if isinstance(r.get("@timestamp"), str):  # JSON rows (e.g. from Spark): ISO text
-            from taishi.schema import parse_time
-
-            ts = _us(parse_time(r["@timestamp"]))
+        tags = r.get("tags")
+        names = r.get("threat.tactic.name")
         rec: dict[str, Any] = {
             "id": str(aid),
             "ts": ts,
             "rule": r.get("rule.name") or r.get("rule.id") or "?",
             "rid": r.get("rule.id") or "",
             "lvl": LEVEL_RANK.get(str(r.get("rule.level") or "").lower(), 1),
-            "tac": tactics_of(r.get("tags"), r.get("threat.tactic.name")),
+            "tac": list(_tactics(tuple(tags) if tags else (), tuple(names) if names else ())),
             "tech": sorted(set(r.get("threat.technique.id") or ())),
         }
         for k, col in (("src", "source.ip"), ("dst", "destination.ip"), ("host", "host.name"),
@@ -317,7 +332,7 @@ def _edge_ends(rec: dict) -> tuple[str, str]:
 # the incident state --------------------------------------------------------
 class _Incident:
     __slots__ = ("id", "first", "last", "count", "alerts", "actors", "targets", "ents", "lvl", "asset_lvl",
-                 "tac", "tech", "rules", "edges", "merged", "closed", "dirty")
+                 "tac", "tech", "rules", "edges", "edges_dropped", "merged", "closed", "dirty")
 
     def __init__(self, iid: str, ts: int) -> None:
         self.id = iid
@@ -333,7 +348,8 @@ class _Incident:
         self.tac: dict[str, list] = {}  # tactic -> [first ts, alerts]
         self.tech: set[str] = set()
         self.rules: dict[str, int] = {}  # rule name -> first ts
-        self.edges: dict[str, dict] = {}  # "src|dst|rule id" -> edge
+        self.edges: dict[str, dict] = {}  # "src|dst|rule id" -> edge, at most MAX_EDGES
+        self.edges_dropped = 0
         self.merged: list[str] = []
         self.closed = False
         self.dirty = True
@@ -381,7 +397,9 @@ class _Incident:
         src, dst = _edge_ends(rec)
         ek = f"{src}|{dst}|{rec['rid'] or rec['rule']}"
         edge = self.edges.get(ek)
-        if edge is None:
+        if edge is None and len(self.edges) >= MAX_EDGES:
+            self.edges_dropped += 1
+        elif edge is None:
             self.edges[ek] = {"source": src, "target": dst, "kind": "alert", "time": ts, "rule": rec["rule"],
                               "rule_id": rec["rid"], "tactic": rec["tac"][0] if rec["tac"] else None,
                               "alert_id": rec["id"], "count": 1, "level": rec["lvl"]}
@@ -425,6 +443,11 @@ class _Incident:
                 mine["count"] += e["count"]
                 if (e["time"], e["alert_id"]) < (mine["time"], mine["alert_id"]):
                     mine["time"], mine["alert_id"] = e["time"], e["alert_id"]
+        self.edges_dropped += other.edges_dropped
+        if len(self.edges) > MAX_EDGES:  # keep the earliest edges (the start of the attack)
+            keep = sorted(self.edges.items(), key=lambda kv: (kv[1]["time"], kv[1]["alert_id"], kv[0]))
+            self.edges_dropped += len(keep) - MAX_EDGES
+            self.edges = dict(keep[:MAX_EDGES])
         self.merged = sorted(set(self.merged) | set(other.merged) | {other.id})
         self.dirty = True
 
@@ -500,7 +523,7 @@ class _Incident:
             "graph": {"nodes": nodes, "edges": [
                 {**{k: v for k, v in e.items() if k not in ("time", "level")}, "time": iso_us(e["time"]),
                  "level": next(lv for lv, r in LEVEL_RANK.items() if r == e["level"])}
-                for e in edges]},
+                for e in edges], "truncated": self.edges_dropped > 0},
             "merged": list(self.merged),
             "closed": self.closed,
         }
@@ -510,7 +533,7 @@ class _Incident:
         return {"id": self.id, "first": self.first, "last": self.last, "count": self.count, "alerts": self.alerts,
                 "actors": sorted(self.actors), "targets": sorted(self.targets), "ents": self.ents, "lvl": self.lvl,
                 "asset_lvl": self.asset_lvl, "tac": self.tac, "tech": sorted(self.tech), "rules": self.rules,
-                "edges": self.edges, "merged": self.merged}
+                "edges": self.edges, "edges_dropped": self.edges_dropped, "merged": self.merged}
 
     @classmethod
     def from_state(cls, d: dict) -> "_Incident":
@@ -520,6 +543,7 @@ class _Incident:
         inc.ents, inc.lvl, inc.asset_lvl = d["ents"], d["lvl"], d["asset_lvl"]
         inc.tac, inc.tech, inc.rules = d["tac"], set(d["tech"]), d["rules"]
         inc.edges, inc.merged = d["edges"], d["merged"]
+        inc.edges_dropped = d.get("edges_dropped", 0)
         inc.dirty = False
         return inc
 
@@ -545,7 +569,7 @@ class IncidentBuilder:
         self.untimed_alerts = 0
         self.incidents_opened = 0
         self._heap: list[tuple[int, str]] = []  # (last + gap, id), lazily invalidated
-        self._out: dict[str, dict] = {}
+        self._out: dict[str, Any] = {}  # id -> _Incident (changed) or {"id", "merged_into"}
 
     # -- public ---------------------------------------------------------------
     def process(self, alerts: Any) -> list[dict]:
@@ -635,7 +659,7 @@ class IncidentBuilder:
         inc = self.open.pop(iid)
         self._unindex(inc)
         inc.closed = True
-        self._out[iid] = inc.to_dict()
+        self._out[iid] = inc  # materialised once, in _emit
 
     def _unindex(self, inc: _Incident) -> None:
         for k in inc.actors:
@@ -692,9 +716,9 @@ class IncidentBuilder:
     def _emit(self) -> list[dict]:
         for inc in self.open.values():
             if inc.dirty:
-                self._out[inc.id] = inc.to_dict()
+                self._out[inc.id] = inc
                 inc.dirty = False
-        out = [self._out[k] for k in sorted(self._out)]
+        out = [v.to_dict() if isinstance(v, _Incident) else v for _, v in sorted(self._out.items())]
         self._out = {}
         return out
 

@@ -350,3 +350,10 @@ def test_unreadable_checkpoint_is_set_aside_not_a_crash(data_dir):
         assert IncidentStage(store, state, 60.0).restore_error is None  # the new checkpoint reads back
     finally:
         store.close()
+
+
+def test_json_rows_with_iso_times_as_from_a_topic():
+    alerts = sorted(_campaigns(5, 60), key=lambda a: a["@timestamp"])
+    rows = [{**a, "@timestamp": a["@timestamp"].isoformat().replace("+00:00", "Z")} for a in alerts]
+    b1, b2 = IncidentBuilder(allowed_lateness_s=INF), IncidentBuilder(allowed_lateness_s=INF)
+    assert _final([b1.process(rows), b1.flush()]) == _final([b2.process(alerts_table(alerts)), b2.flush()])
