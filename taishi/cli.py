@@ -582,6 +582,10 @@ def demo(ctx: click.Context, no_serve: bool, seed: int, as_json: bool) -> None:
     console.print(f"Look further: [bold]{prog} --data-dir {cfg.data_dir} alerts --since all[/]  ·  "
                   f"[bold]{prog} --data-dir {cfg.data_dir} search 'source.ip:{stages[0]['attacker'] if stages else '*'}'[/]")
     if not no_serve:
+        url = f"http://{cfg.api_host}:{cfg.api_port}/"
+        console.print(f"The console shows the campaign: [bold]{url}#/overview[/] (posture index, alerts by severity, "
+                      f"sources, ATT&CK heat map), [bold]{url}#/incidents[/] (the incident and its traceback graph), "
+                      f"[bold]{url}#/assets[/] (the CII assets under pressure). Sign in with the admin token below.")
         _serve(cfg, cfg.api_host, cfg.api_port)
 
 

@@ -127,7 +127,7 @@ def _rows(page, sel: str) -> int:
 def _api(server, role: str, path: str):
     import httpx
 
-    r = httpx.get(server["url"] + API + path, headers={"Authorization": f"Bearer {server['tokens'][role]}"}, timeout=30)
+    r = httpx.get(server["url"] + API + path, headers={"Authorization": f"Bearer {server['tokens'][role]}"}, timeout=300)
     r.raise_for_status()
     return r.json()
 
@@ -335,18 +335,30 @@ def test_alert_to_incident_to_graph(browser, server):
     link.wait_for()
     link.click()
     page.wait_for_selector("#inc-graph svg.tgraph")
-    assert page.locator("#inc-graph .node").count() == len(inc["graph"]["nodes"])
+    detail = _api(server, "admin", f"/incidents/{inc['id']}")  # the graph completed from the store
+    assert page.locator("#inc-graph .node").count() == len(detail["graph"]["nodes"])
+    labels = page.locator("#inc-graph .node-label").all_text_contents()
+    assert "203.0.113.50" in labels and "jump01" in labels  # the attacker and the host names resolved
+    stages = page.locator("#inc-graph .stage-label").all_text_contents()
+    assert stages[0] == "初始访问" and "数据渗出" in stages or "命令与控制" in stages
+    assert page.locator("#inc-graph .edge.on-path").count() >= 1  # the attack path is drawn
     assert page.locator("#inc-alerts tbody tr").count() == min(len(inc["alert.ids"]), 200)
     chain = page.locator("#inc-head .chain-step").all_inner_texts()
     assert len(chain) == len(inc["threat.tactic.name"])
     # workflow: the responder acknowledges the incident
-    page.select_option("#wf-status", "in_progress")
+    page.select_option("#wf-status", "acknowledged")
     page.fill("#wf-note", "已隔离跳板机")
     page.click("#workflow-form button[type=submit]")
     page.wait_for_selector("#wf-msg:has-text('已记录。')")
     after = _api(server, "admin", f"/incidents/{inc['id']}")
-    assert after["status"] == "in_progress" and after["notes"][-1]["text"] == "已隔离跳板机"
+    assert after["status"] == "acknowledged" and after["notes"][-1]["text"] == "已隔离跳板机"
+    assert after["history"][-1]["who"] == "responder1"
+    assert page.inner_text("#inc-head .kpi-value >> nth=0") == "已确认"
     _shot(page, "incident-graph")
+    # an illegal transition (acknowledged -> new) is refused by the server and said on the page
+    page.select_option("#wf-status", "new")
+    page.click("#workflow-form button[type=submit]")
+    page.wait_for_selector("#wf-msg:has-text('请求失败')")
     # an analyst sees the incident but no workflow form
     page2 = _page(browser, server, role="analyst")
     page2.goto(server["url"] + f"/#/incidents/{inc['id']}")
