@@ -21,6 +21,12 @@ that started them; ``down`` stops only processes whose pid file this module
 wrote and whose command line carries the ``-Dtaishi.service=<name>`` marker.
 A node that already answers on the port (started elsewhere) is reused and
 reported as external, never stopped.
+
+Test sessions use :func:`acquire`/:func:`release` instead of ``up``/``down``:
+each holds a lease (``run/<name>.leases/<pid>-<token>``), and a service a
+session started is stopped when the last live lease is released, so
+concurrent test runs on one machine share the services safely; a service
+started (or claimed) by ``taishi services up`` is never stopped by a release.
 """
 
 from __future__ import annotations
@@ -335,39 +341,46 @@ def up(name: str, report: Report = _quiet) -> dict:
     """Fetch (once), start and health-wait one service; reuse it when it already answers."""
     svc = get(name)
     with _lock():
-        if healthy(svc):
-            pid = _read_pid(svc)
-            report(f"{svc.title} already running on {svc.endpoint}" + ("" if pid else " (not started by taishi)"))
-            return {"name": svc.name, "endpoint": svc.endpoint, "pid": pid, "started": False}
-        stale = _read_pid(svc)
-        if stale is not None:  # ours, but not answering (still starting, or hung): give it its time first
-            report(f"{svc.title} (pid {stale}) is up but not answering yet; waiting")
-            if _wait_healthy(svc, stale, report):
-                return {"name": svc.name, "endpoint": svc.endpoint, "pid": stale, "started": False}
-            raise ServiceError(f"{svc.title} (pid {stale}) does not answer on {svc.endpoint}; "
-                               f"see {svc.log_file} or run `taishi services down`")
-        if _port_open(svc.port):
-            raise ServiceError(f"port {svc.port} is taken by something that is not a healthy {svc.title}")
-        fetch(svc, report)
-        report(f"preparing {svc.title}")
-        cmd = _kafka_command(report) if svc.name == "kafka" else _search_command(report)
-        svc.state.mkdir(parents=True, exist_ok=True)
-        report(f"starting {svc.title} on {svc.endpoint}")
-        with open(svc.log_file, "ab") as log:
-            log.write(f"\n=== taishi services up {svc.name} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=svc.state, start_new_session=True, close_fds=True)
-        svc.pid_file.write_text(f"{proc.pid}\n")
-        t0 = time.monotonic()
-        if not _wait_healthy(svc, proc.pid, report, proc):
-            _terminate(proc.pid, 10)
-            svc.pid_file.unlink(missing_ok=True)
-            raise ServiceError(f"{svc.title} did not come up within {svc.start_timeout:.0f}s; last lines of {svc.log_file}:\n"
-                               + _log_tail(svc))
-        secs = time.monotonic() - t0
-        report(f"{svc.title} up on {svc.endpoint} (pid {proc.pid}, {secs:.1f}s)")
-        return {"name": svc.name, "endpoint": svc.endpoint, "pid": proc.pid, "started": True, "seconds": round(secs, 1)}
+        info = _up(svc, report)
+        _owned_marker(svc).unlink(missing_ok=True)  # started or claimed by hand: no test session stops it
+        return info
+
+
+def _up(svc: Service, report: Report) -> dict:
+    """Start ``svc`` unless it answers already; the caller holds :func:`_lock`."""
+    if healthy(svc):
+        pid = _read_pid(svc)
+        report(f"{svc.title} already running on {svc.endpoint}" + ("" if pid else " (not started by taishi)"))
+        return {"name": svc.name, "endpoint": svc.endpoint, "pid": pid, "started": False}
+    stale = _read_pid(svc)
+    if stale is not None:  # ours, but not answering (still starting, or hung): give it its time first
+        report(f"{svc.title} (pid {stale}) is up but not answering yet; waiting")
+        if _wait_healthy(svc, stale, report):
+            return {"name": svc.name, "endpoint": svc.endpoint, "pid": stale, "started": False}
+        raise ServiceError(f"{svc.title} (pid {stale}) does not answer on {svc.endpoint}; "
+                           f"see {svc.log_file} or run `taishi services down`")
+    if _port_open(svc.port):
+        raise ServiceError(f"port {svc.port} is taken by something that is not a healthy {svc.title}")
+    fetch(svc, report)
+    report(f"preparing {svc.title}")
+    cmd = _kafka_command(report) if svc.name == "kafka" else _search_command(report)
+    svc.state.mkdir(parents=True, exist_ok=True)
+    report(f"starting {svc.title} on {svc.endpoint}")
+    with open(svc.log_file, "ab") as log:
+        log.write(f"\n=== taishi services up {svc.name} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=svc.state, start_new_session=True, close_fds=True)
+    svc.pid_file.write_text(f"{proc.pid}\n")
+    t0 = time.monotonic()
+    if not _wait_healthy(svc, proc.pid, report, proc):
+        _terminate(proc.pid, 10)
+        svc.pid_file.unlink(missing_ok=True)
+        raise ServiceError(f"{svc.title} did not come up within {svc.start_timeout:.0f}s; last lines of {svc.log_file}:\n"
+                           + _log_tail(svc))
+    secs = time.monotonic() - t0
+    report(f"{svc.title} up on {svc.endpoint} (pid {proc.pid}, {secs:.1f}s)")
+    return {"name": svc.name, "endpoint": svc.endpoint, "pid": proc.pid, "started": True, "seconds": round(secs, 1)}
 
 
 def _wait_healthy(svc: Service, pid: int, report: Report, proc: subprocess.Popen | None = None) -> bool:
@@ -420,20 +433,84 @@ def down(name: str, report: Report = _quiet) -> bool:
     """Stop a service this module started; True when one was stopped."""
     svc = get(name)
     with _lock():
-        pid = _read_pid(svc)
-        if pid is None:
-            svc.pid_file.unlink(missing_ok=True)
-            if healthy(svc):
-                report(f"{svc.title} on {svc.endpoint} was not started by taishi: left running")
-            else:
-                report(f"{svc.title} is not running")
-            return False
-        report(f"stopping {svc.title} (pid {pid})")
-        if not _terminate(pid, 60.0):
-            raise ServiceError(f"{svc.title} (pid {pid}) did not stop")
+        return _down(svc, report)
+
+
+def _down(svc: Service, report: Report) -> bool:
+    """Stop ``svc`` if this module started it; the caller holds :func:`_lock`."""
+    pid = _read_pid(svc)
+    if pid is None:
         svc.pid_file.unlink(missing_ok=True)
-        report(f"{svc.title} stopped")
-        return True
+        if healthy(svc):
+            report(f"{svc.title} on {svc.endpoint} was not started by taishi: left running")
+        else:
+            report(f"{svc.title} is not running")
+        return False
+    report(f"stopping {svc.title} (pid {pid})")
+    if not _terminate(pid, 60.0):
+        raise ServiceError(f"{svc.title} (pid {pid}) did not stop")
+    svc.pid_file.unlink(missing_ok=True)
+    _owned_marker(svc).unlink(missing_ok=True)
+    report(f"{svc.title} stopped")
+    return True
+
+
+# --------------------------------------------------------------------------- test-session leases
+def _leases(svc: Service) -> Path:
+    return run_dir() / f"{svc.name}.leases"
+
+
+def _owned_marker(svc: Service) -> Path:
+    return run_dir() / f"{svc.name}.session-owned"
+
+
+def _live_leases(svc: Service) -> list[int]:
+    """Pids holding a lease on ``svc`` that still run (a crashed session's lease is dropped)."""
+    out = []
+    for f in sorted(_leases(svc).glob("*")):
+        try:
+            pid = int(f.name.split("-")[0])
+        except ValueError:
+            continue
+        if Path(f"/proc/{pid}").exists():
+            out.append(pid)
+        else:
+            f.unlink(missing_ok=True)
+    return out
+
+
+def acquire(name: str, report: Report = _quiet) -> dict:
+    """``up`` for a test session: the caller holds a lease (``info["lease"]``) until :func:`release`.
+
+    Several sessions (several shells, several developers' test runs) can share a
+    service; the one that started it marks it session-owned, and the last
+    session to release a session-owned service stops it. A service someone
+    started with ``taishi services up`` is never stopped by a release."""
+    svc = get(name)
+    with _lock():  # one lock for start and lease: a release in between cannot stop it under us
+        info = _up(svc, report)
+        _leases(svc).mkdir(parents=True, exist_ok=True)
+        lease = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        (_leases(svc) / lease).write_text(f"{time.time()}\n")
+        if info["started"]:
+            _owned_marker(svc).write_text(f"{os.getpid()}\n")
+    return {**info, "lease": lease}
+
+
+def release(name: str, lease: str, report: Report = _quiet, keep: bool = False) -> bool:
+    """Drop this process's lease; stop the service if it is session-owned and nobody else holds one
+    (``keep``: never stop it, and hand it over to the user as if ``taishi services up`` had started it).
+    True when it was stopped."""
+    svc = get(name)
+    with _lock():
+        (_leases(svc) / Path(lease).name).unlink(missing_ok=True)
+        if keep:
+            _owned_marker(svc).unlink(missing_ok=True)
+            return False
+        if _live_leases(svc) or not _owned_marker(svc).exists():
+            return False
+        _owned_marker(svc).unlink(missing_ok=True)
+        return _down(svc, report)  # under the same lock: nobody acquires it in between
 
 
 # --------------------------------------------------------------------------- Kafka

@@ -4,9 +4,11 @@
 (``{"url": "http://127.0.0.1:9200", "flavor": "opensearch"|"elasticsearch"}``)
 start the service through :mod:`taishi.cluster.services` (the first run
 fetches it from Maven Central into ``.cache/services``), or reuse one that
-already runs. A service the session started is stopped when the session ends;
-one that was already running is left running (``TAISHI_KEEP_SERVICES=1``
-keeps the session's own too, for quick re-runs). When a service cannot start
+already runs. A service a test session started is stopped when the last
+session using it ends (:func:`taishi.cluster.services.acquire`/``release``:
+several sessions may share it); one started by ``taishi services up`` is left
+running (``TAISHI_KEEP_SERVICES=1`` keeps the session's own too, for quick
+re-runs). When a service cannot start
 the tests that need it skip, except under ``CI=true``, where they fail.
 """
 
@@ -42,13 +44,11 @@ def _service(name: str):
     from taishi.cluster import services
 
     try:
-        info = services.up(name)
+        info = services.acquire(name)
     except (services.ServiceError, OSError) as exc:
         _unavailable(f"{name} could not start: {exc}")
-    started = info["started"]
     yield info
-    if started and os.environ.get("TAISHI_KEEP_SERVICES") != "1":
-        services.down(name)
+    services.release(name, info["lease"], keep=os.environ.get("TAISHI_KEEP_SERVICES") == "1")
 
 
 @pytest.fixture(scope="session")

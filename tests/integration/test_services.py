@@ -55,11 +55,13 @@ def test_status_reports_both_services(kafka_bootstrap, search_node):
         assert r["running"] or r["external"]
 
 
-def test_up_reuses_a_running_service(kafka_bootstrap):
+def test_a_second_session_shares_a_running_service(kafka_bootstrap):
     before = services.status(["kafka"])[0]["pid"]
-    again = services.up("kafka")
+    again = services.acquire("kafka")
     assert again["started"] is False
     assert services.status(["kafka"])[0]["pid"] == before
+    assert services.release("kafka", again["lease"]) is False  # the fixture's lease keeps it running
+    assert services.status(["kafka"])[0]["healthy"]
 
 
 def test_cli_status_json(kafka_bootstrap, search_node):
