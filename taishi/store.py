@@ -417,7 +417,7 @@ class Store:
                 else:
                     cond = '("@timestamp" BETWEEN ? AND ? OR "@timestamp" IS NULL)'
                     params = [lo, hi]
-                if pc.any(pc.is_null(ts)).as_py():
+                if ts.null_count:
                     cond, params = "TRUE", []
                 old = con.sql(
                     f'SELECT k FROM {view} WHERE k IN (SELECT "event.id" FROM event_ids WHERE {cond})',
@@ -429,11 +429,17 @@ class Store:
                 tbl = tbl.filter(pc.invert(pc.is_in(tbl.column("event.id"), value_set=old.column("k"))))
             if tbl.num_rows == 0:
                 return 0
-            self._append_events(con, tbl, pa.array([now] * tbl.num_rows, TS))
+            self._append_events(con, tbl, pa.repeat(pa.scalar(now, TS), tbl.num_rows))
         return tbl.num_rows
 
     def _append_events(self, con: duckdb.DuckDBPyConnection, tbl: pa.Table, ingested: pa.Array) -> None:
-        """Write new events as one Parquet file per ingest day, then record their ids."""
+        """Write new events as one Parquet file per ingest day, then record their ids.
+
+        Columns that are null in every row of the file are left out of it
+        (most of the ~130 fields are, for any one source, and writing their
+        definition levels is a third of the write): the reader's
+        ``union_by_name`` and ``_schema.parquet`` give them back as nulls.
+        """
         tbl = tbl.append_column(pa.field(INGESTED, TS), ingested)
         lo, hi = pc.min_max(tbl.column(INGESTED)).values()
         if lo.as_py().date() == hi.as_py().date():  # the usual case: one write, one day
@@ -442,8 +448,13 @@ class Store:
             days = pc.strftime(tbl.column(INGESTED), format="%Y-%m-%d")
             parts = [(d, tbl.filter(pc.equal(days, d))) for d in pc.unique(days).to_pylist()]
         for day, part in parts:
-            digest = hashlib.blake2b("\x1f".join(part.column("event.id").to_pylist()).encode(), digest_size=12)
-            _write_parquet(self.events_dir / f"ingest_date={day}" / f"{digest.hexdigest()}.parquet", part)
+            digest = _ids_digest(part.column("event.id"))
+            keep = [
+                name
+                for name, col in zip(part.column_names, part.columns)
+                if col.null_count < part.num_rows or name in _ALWAYS_WRITTEN
+            ]
+            _write_parquet(self.events_dir / f"ingest_date={day}" / f"{digest}.parquet", part.select(keep))
             ids = part.select(["event.id", TIME, INGESTED])
             view = f"_taishi_new_{os.getpid()}_{threading.get_ident()}"
             con.register(view, ids)
@@ -715,38 +726,49 @@ class Store:
         ``{"id", "merged_into"}`` marks an incident merged into another one. Returns
         how many incidents were new."""
         now = _utc(self.clock())
+        with _path_lock(self.path), self._connect() as con:
+            con.execute("BEGIN TRANSACTION").fetchall()  # one commit for the batch
+            try:
+                new = self._upsert_incidents(con, built, who, now)
+                con.execute("COMMIT").fetchall()
+            except Exception:
+                con.execute("ROLLBACK").fetchall()
+                raise
+        return new
+
+    def _upsert_incidents(self, con: duckdb.DuckDBPyConnection, built: Iterable[dict], who: str,
+                          now: datetime) -> int:
         new = 0
         names = [f.name for f in INCIDENT_QUERY_SCHEMA]
-        with _path_lock(self.path), self._connect() as con:
-            for inc in built:
-                iid = inc["id"]
-                row = con.execute('SELECT status, "alert.count", merged_into FROM incidents WHERE id = ?',
-                                  [iid]).fetchone()
-                if "merged_into" in inc:
-                    if row is not None and row[2] != inc["merged_into"]:
-                        con.execute("UPDATE incidents SET merged_into = ?, updated = ? WHERE id = ?",
-                                    [inc["merged_into"], now, iid]).fetchall()
-                        self._history(con, iid, now, who, "merged_into", row[2], inc["merged_into"])
-                    continue
-                vals = _incident_columns(inc)
-                doc = json.dumps({k: v for k, v in inc.items() if k not in ("status", "assignee", "history", "notes")},
-                                 ensure_ascii=False, separators=(",", ":"))
-                if row is None:
-                    vals.update({"status": "new", "assignee": None, "merged_into": None})
-                    body = ", ".join(quote_ident(n) for n in names)
-                    con.execute(f"INSERT INTO incidents ({body}, doc, created, updated) VALUES "
-                                f"({', '.join('?' for _ in names)}, ?, ?, ?)",
-                                [vals[n] for n in names] + [doc, now, now]).fetchall()
-                    self._history(con, iid, now, who, "status", None, "new")
-                    new += 1
-                    continue
-                built_names = [n for n in names if n not in ("status", "assignee", "merged_into")]
-                sets = ", ".join(f"{quote_ident(n)} = ?" for n in built_names)
-                con.execute(f"UPDATE incidents SET {sets}, doc = ?, updated = ? WHERE id = ?",
-                            [vals[n] for n in built_names] + [doc, now, iid]).fetchall()
-                if row[0] == "resolved" and int(inc.get("alert.count") or 0) > int(row[1] or 0):
-                    con.execute("UPDATE incidents SET status = 'acknowledged' WHERE id = ?", [iid]).fetchall()
-                    self._history(con, iid, now, who, "status", "resolved", "acknowledged")
+        for inc in built:
+            iid = inc["id"]
+            row = con.execute('SELECT status, "alert.count", merged_into FROM incidents WHERE id = ?',
+                              [iid]).fetchone()
+            if "merged_into" in inc:
+                if row is not None and row[2] != inc["merged_into"]:
+                    con.execute("UPDATE incidents SET merged_into = ?, updated = ? WHERE id = ?",
+                                [inc["merged_into"], now, iid]).fetchall()
+                    self._history(con, iid, now, who, "merged_into", row[2], inc["merged_into"])
+                continue
+            vals = _incident_columns(inc)
+            doc = json.dumps({k: v for k, v in inc.items() if k not in ("status", "assignee", "history", "notes")},
+                             ensure_ascii=False, separators=(",", ":"))
+            if row is None:
+                vals.update({"status": "new", "assignee": None, "merged_into": None})
+                body = ", ".join(quote_ident(n) for n in names)
+                con.execute(f"INSERT INTO incidents ({body}, doc, created, updated) VALUES "
+                            f"({', '.join('?' for _ in names)}, ?, ?, ?)",
+                            [vals[n] for n in names] + [doc, now, now]).fetchall()
+                self._history(con, iid, now, who, "status", None, "new")
+                new += 1
+                continue
+            built_names = [n for n in names if n not in ("status", "assignee", "merged_into")]
+            sets = ", ".join(f"{quote_ident(n)} = ?" for n in built_names)
+            con.execute(f"UPDATE incidents SET {sets}, doc = ?, updated = ? WHERE id = ?",
+                        [vals[n] for n in built_names] + [doc, now, iid]).fetchall()
+            if row[0] == "resolved" and int(inc.get("alert.count") or 0) > int(row[1] or 0):
+                con.execute("UPDATE incidents SET status = 'acknowledged' WHERE id = ?", [iid]).fetchall()
+                self._history(con, iid, now, who, "status", "resolved", "acknowledged")
         return new
 
     @staticmethod
@@ -767,15 +789,15 @@ class Store:
 
         now = _utc(self.clock())
         with _path_lock(self.path), self._connect() as con:
-            row = con.execute("SELECT status, assignee FROM incidents WHERE id = ?", [iid]).fetchone()
-            if row is None:
-                return None
-            old_status, old_assignee = row
-            if status is not None:
-                check_transition(old_status, status)
-            con.execute("BEGIN TRANSACTION").fetchall()
+            con.execute("BEGIN TRANSACTION").fetchall()  # read, check and write as one
             try:
+                row = con.execute("SELECT status, assignee FROM incidents WHERE id = ?", [iid]).fetchone()
+                if row is None:
+                    con.execute("ROLLBACK").fetchall()
+                    return None
+                old_status, old_assignee = row
                 if status is not None:
+                    check_transition(old_status, status)
                     con.execute("UPDATE incidents SET status = ?, updated = ? WHERE id = ?", [status, now, iid]).fetchall()
                     self._history(con, iid, now, who, "status", old_status, status)
                 if set_assignee and (assignee or None) != old_assignee:
@@ -908,6 +930,17 @@ class Store:
         for host, dip, _ in rows:
             out.setdefault(host, dip)
         return out
+
+
+_ALWAYS_WRITTEN = frozenset({"event.id", TIME, INGESTED})
+
+
+def _ids_digest(ids: pa.ChunkedArray) -> str:
+    """blake2b-96 of the ids joined by U+001F: names an events file by what it holds,
+    so a retry after a crash rewrites the same file."""
+    ids = ids.combine_chunks()
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(ids)], pa.int32()), ids), "\x1f")[0]
+    return hashlib.blake2b(memoryview(joined.as_buffer()), digest_size=12).hexdigest()
 
 
 def _write_parquet(path: Path, tbl: pa.Table) -> None:
