@@ -11,10 +11,8 @@ the repository says, so they are tested without a server.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
-from urllib.request import urlopen
 
 import dashboards as dash_mod
 
@@ -69,9 +67,13 @@ def plan_dashboard(existing: Mapping[str, Any] | None, desired: Mapping[str, Any
 # ------------------------------------------------------------------------------ the search node
 
 def detect_flavor(search_url: str, timeout: float = 5.0) -> tuple[str, str]:
-    """``(flavor, version)`` of the node at ``search_url`` from its root document."""
-    with urlopen(search_url.rstrip("/") + "/", timeout=timeout) as r:  # noqa: S310 - a configured URL
-        doc = json.loads(r.read())
+    """``(flavor, version)`` of the node at ``search_url`` from its root document (the OpenSearch
+    datasource wants the version too, which :func:`taishi.cluster.search.detect_flavor` does not give)."""
+    from taishi.cluster.services import search_info
+
+    doc = search_info(search_url, timeout=timeout)
+    if doc is None:
+        raise OSError(f"no search node answers at {search_url}")
     ver = doc.get("version", {})
     flavor = "opensearch" if ver.get("distribution") == "opensearch" else "elasticsearch"
     return flavor, str(ver.get("number", ""))
