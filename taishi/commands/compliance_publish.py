@@ -32,6 +32,9 @@ def compliance_publish(ctx: click.Context, level: int, systems: tuple[str, ...],
     if not inv.systems:
         err.print("[red]the inventory is empty:[/] taishi inventory import FILE first")
         sys.exit(2)
+    if cfg.mode == "cluster":
+        err.print("[yellow]note:[/] the checks read the embedded store (as `taishi compliance report` does); "
+                  "events that only reached the search node are not evaluated yet")
     store = _open_store(cfg)  # the checks run over the embedded store, as `compliance report` does
     try:
         rep = build(store, inv, cfg, level=level, systems=list(systems) or None)
