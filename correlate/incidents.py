@@ -500,8 +500,8 @@ class _Incident:
             n["stage"] = KILL_CHAIN[s] if s is not None and s < len(KILL_CHAIN) else None
         actor = next((_split(k)[1] for role in ("source", "both") for k, e in ents
                       if e["role"] == role and k.startswith("ip:")), None)
-        victims = [_split(k)[1] for k, e in ents if e["role"] in ("target", "both") and k.startswith(("ip:", "host:"))
-                   and _split(k)[1] != actor]
+        victims = [_split(k)[1] for k, e in sorted(ents, key=lambda kv: kv[1]["role"] != "both")  # footholds first
+                   if e["role"] in ("target", "both") and k.startswith(("ip:", "host:")) and _split(k)[1] != actor]
         head = tactics[-1] if tactics else "Alerts"
         who = actor or (victims[0] if victims else "unknown")
         what = (f" → {victims[0]}" + (f" and {len(victims) - 1} more" if len(victims) > 1 else "")) if victims and actor else ""
