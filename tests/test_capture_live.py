@@ -112,7 +112,12 @@ def captured(bus: Bus, net: Net, work: Callable[[], int], **kw) -> tuple[Capture
         end = time.monotonic() + 60
         while want and col.metrics()["received"] < want and time.monotonic() < end:
             time.sleep(0.1)
-        time.sleep(0.3)
+        seen, still = -1, 0
+        while still < 8 and time.monotonic() < end:  # the capture has caught up: nothing new for 1.6 s
+            now = col.metrics()["received"]
+            still = still + 1 if now == seen else 0
+            seen = now
+            time.sleep(0.2)
     finally:
         col.stop()
     ev = [b.table for b in bus.read(TOPIC_EVENTS, 0)]
@@ -269,7 +274,7 @@ def test_nmap_scan_flows_and_port_scan_alert(net: Net, listeners: tuple[int, ...
     def work() -> int:
         r = sh("nmap", scan, "-n", "-Pn", "-T4", "-p", "1-1000,8443", "--max-retries", "0", "-oX", "-", net.ns_ip)
         result["xml"] = r.stdout
-        return 0
+        return 2 * 1001  # at least a probe and an answer per port: wait until the capture has them
 
     try:
         col, live, _ = captured(pipe.bus, net, work, bpf=f"host {net.ns_ip}")
@@ -362,3 +367,34 @@ def test_taishi_run_starts_the_capture_from_taishi_yaml(net: Net, shared_data: P
         store.close()
     assert flow_view(stored) == flow_view(theirs)
     assert app_view(stored) == app_view(theirs)
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def test_unreadable_tshark_output_is_dead_lettered_not_a_crash(tmp_path: Path) -> None:
+    """What the collector does with tshark output it cannot read (no capture needed: the decoding step
+    is fed directly): every bad line is a dead letter with the reason, good lines still become events."""
+    from ingest.pcap.tshark import FIELDS
+
+    bus = Bus(tmp_path / "bus")
+    col = CaptureCollector(bus, "lo")  # not started: no capture process
+    good = ["" for _ in FIELDS]
+    good[FIELDS.index("frame.number")], good[FIELDS.index("frame.time_epoch")] = "1", f"{time.time():.9f}"
+    good[FIELDS.index("frame.len")] = "60"
+    for f, v in (("ip.src", "10.0.0.1"), ("ip.dst", "10.0.0.2"), ("ip.proto", "17"), ("udp.srcport", "5000"),
+                 ("udp.dstport", "53"), ("dns.id", "0x1234"), ("dns.flags.response", "0"), ("dns.qry.name", "a.example"),
+                 ("dns.qry.type", "1")):
+        good[FIELDS.index(f)] = v
+    col._buf += ("\t".join(good) + "\n").encode()
+    col._buf += b"too\tfew\tcolumns\n"
+    col._buf += b"\xff\xfe not even text"  # no end of line when the capture ends
+    col._process(final=True)
+    col._flush()
+    dl = pa.concat_tables([b.table for b in bus.read(TOPIC_DEADLETTER, 0)]).to_pylist()
+    reasons = sorted(d["reason"] for d in dl)
+    assert len(reasons) == 2
+    assert reasons[0].startswith("tshark output cut short") and reasons[1].startswith("unparseable tshark output line")
+    ev = pa.concat_tables([b.table for b in bus.read(TOPIC_EVENTS, 0)])
+    assert sorted(ev["event.dataset"].to_pylist()) == ["pcap.dns", "pcap.flow"]
+    assert col.metrics()["deadlettered"] == 2 and col.metrics()["received"] == 1

@@ -471,3 +471,28 @@ def test_streaming_flows_equal_whole_capture_flows(shared_data: Path, rel: str, 
     emitted += _flow_rows(done) if done else []
     assert batches > 3 and streamed > 0  # flows left before the end, not only at flush
     assert sorted(emitted) == _flow_rows(whole.flows(idle, active))
+
+
+def test_streaming_flows_bounded_memory_counts_evictions(shared_data: Path) -> None:
+    """Past max_flows the least recently active open flows leave early (counted); no packet is lost."""
+    from ingest.pcap.flows import LiveFlows, packet_core
+    from ingest.pcap.tshark import TsharkRun
+
+    run = TsharkRun(shared_data / SYN_SCAN, block_size=1 << 12)
+    live = LiveFlows(60, 1800, max_flows=50)
+    packets = flows = 0
+    for b in run.batches():
+        core = packet_core(b)
+        done = live.add(core, int(core["ts_ns"].to_numpy().max()))
+        assert live.open <= 50
+        if done:
+            packets += int(done["packets"].sum())
+            flows += done["n"]
+    run.close()
+    done = live.flush()
+    packets += int(done["packets"].sum())
+    flows += done["n"]
+    assert live.evicted > 0
+    ip_frames = len(tshark("-r", str(shared_data / SYN_SCAN), "-Y", "ip or ipv6", "-T", "fields", "-e", "frame.number").split())
+    assert packets == live.packets == ip_frames  # every IP frame of the capture is in exactly one flow
+    assert flows >= 1002  # the whole-capture flows, some cut where they were evicted
