@@ -265,3 +265,41 @@ class AnomalyStage:
     @property
     def late(self) -> int:
         return sum(b.late for b in self.buffers.values())
+
+
+# ---------------------------------------------------------------------------
+# the same buffer as keyed state (Spark streaming)
+
+
+def stream_step(
+    model: Any,
+    version: str,
+    state: bytes | None,
+    rows: Any,
+    *,
+    lateness_s: float = math.inf,
+    flush: bool = False,
+) -> tuple[bytes, pa.Table]:
+    """One micro-batch of a model's window buffer kept as opaque state: ``(new state, alerts)``.
+
+    For a streaming engine's keyed state (e.g. one ``applyInPandasWithState``
+    group per model, as the cluster job keeps one per correlation rule): the
+    state is :meth:`WindowBuffer.snapshot`, ``rows`` the micro-batch's events
+    in arrival order, ``flush`` the end of bounded input. It is the embedded
+    stage's code, so with bounded input (infinite lateness) the alerts are the
+    embedded pipeline's whatever the micro-batches; with a finite lateness they
+    are too as long as the rows arrive in the same order.
+    """
+    from detect.anomaly.model import anomaly_alerts, scoreable
+
+    buf = WindowBuffer(model_window_s(model), lateness_s)
+    if state:
+        buf.restore(state)
+    out = [buf.push(scoreable(model, rows))]
+    if flush:
+        out.append(buf.flush())
+    ready = [t for t in out if t.num_rows]
+    alerts = [anomaly_alerts(model, t, version) for t in ready]
+    from taishi.schema import alerts_table
+
+    return buf.snapshot(), (pa.concat_tables(alerts) if alerts else alerts_table([]))
