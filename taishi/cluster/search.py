@@ -509,10 +509,11 @@ class SearchStore:
         docs = []
         for a in _values(getattr(inventory, "assets", {})):
             d = asdict(a)
-            d["ips"] = [ip for ip in d.get("ips") or [] if ip]
+            d["ips"] = _cidrs(d.get("ips"))  # ip_range takes prefixes: an address becomes /32 or /128
             sysd = dict(systems.get(a.system_id) or {})
             sysd.pop("dependencies", None)
             sysd.pop("security_contacts", None)
+            sysd["cidrs"] = _cidrs(sysd.get("cidrs"))
             d["system"] = {k: v for k, v in sysd.items() if v not in ("", None, [])}
             docs.append((a.asset_id, {k: v for k, v in d.items() if v not in ("", None, [])}))
         return self._bulk_create(self.index_name("assets"), docs, op="index")
@@ -814,6 +815,18 @@ class SearchStore:
             lines = [_dumps({"delete": {"_id": h["_id"]}}) for h in hits]
             self._req("POST", f"/{index}/_bulk", b"\n".join(lines) + b"\n", params={"refresh": "true"}, ndjson=True)
             deleted += len(hits)
+
+
+def _cidrs(values: Iterable[str] | None) -> list[str]:
+    import ipaddress
+
+    out = []
+    for v in values or []:
+        try:
+            out.append(str(ipaddress.ip_network(str(v).strip(), strict=False)))
+        except ValueError:
+            continue  # the inventory validated them; a stray value is not an address range
+    return out
 
 
 def _values(x: Any) -> list:

@@ -304,3 +304,66 @@ def test_cli_alerts_and_search_in_cluster_mode(store, tmp_path):
     assert got == want and want
     res = CliRunner().invoke(main, base + ["search", "sorce.ip:1.2.3.4"])
     assert res.exit_code == 2 and "unknown field" in res.output
+
+
+# ------------------------------------------------------------------------------ assets, incidents, posture
+
+def test_assets_index_answers_address_lookups(store):
+    from compliance.inventory import Inventory
+
+    inv = Inventory()
+    assert inv.import_yaml(Path(__file__).resolve().parent.parent / "data" / "compliance" / "inventory.yaml",
+                           who="test").ok
+    assert store.write_assets(inv) == len(inv.assets)
+    assert store.write_assets(inv) == len(inv.assets)  # re-indexing replaces, never duplicates
+    idx = store.index_name("assets")
+    total = store._req("POST", f"/{idx}/_count", {"query": {"match_all": {}}})["count"]
+    assert total == len(inv.assets)
+    for a in list(inv.assets.values())[:6]:
+        for ip in a.ips:
+            probe = str(next(iter(ipaddress.ip_network(ip, strict=False).hosts()), ipaddress.ip_network(ip).network_address))
+            want = sorted(b.asset_id for b in inv.assets.values()
+                          if any(ipaddress.ip_address(probe) in ipaddress.ip_network(x, strict=False) for x in b.ips))
+            hits = store._req("POST", f"/{idx}/_search", {"query": {"term": {"ips": probe}}, "size": 100})
+            assert sorted(h["_id"] for h in hits["hits"]["hits"]) == want, probe
+    sysd = inv.systems[next(iter(inv.assets.values())).system_id]
+    hits = store._req("POST", f"/{idx}/_search", {"query": {"term": {"system.sector": sysd.sector}}, "size": 100})
+    assert {h["_source"]["system"]["cii_id"] for h in hits["hits"]["hits"]} >= {sysd.cii_id}
+
+
+def test_incidents_round_trip_and_search(store):
+    base = {"status": "new", "assignee": None, "severity": "high", "threat.technique.id": ["T1110"],
+            "graph": {"nodes": [], "edges": []}, "history": [], "notes": [], "alert.count": 2}
+    incs = [{**base, "id": f"inc-{i}", "title": f"Brute force on host {i}", "risk_score": 40 + i,
+             "first_seen": _iso(START + timedelta(hours=i)), "last_seen": _iso(START + timedelta(hours=i, minutes=5)),
+             "threat.tactic.name": ["credential-access"] + (["lateral-movement"] if i % 2 else []),
+             "entities": [{"type": "ip", "value": f"10.0.0.{i}", "role": "source", "asset": None}],
+             "alert.ids": [f"al-{i}a", f"al-{i}b"], "rule.names": ["SSH brute force"]} for i in range(5)]
+    assert store.write_incidents(incs) == 5
+    assert store.write_incidents(incs) == 5  # the latest version replaces
+    store.refresh_indices()
+    assert store.incident("inc-3") == incs[3]
+    assert store.incident("missing") is None
+    got = store.search_incidents("threat.tactic.name:lateral-movement")
+    assert [i["id"] for i in got] == ["inc-3", "inc-1"]  # most recently active first
+    assert [i["id"] for i in store.search_incidents("entity.value:10.0.0.2")] == ["inc-2"]
+    assert [i["id"] for i in store.search_incidents("risk_score:>=43", limit=1)] == ["inc-4"]
+    assert store.search_incidents(status="resolved") == []
+
+
+def test_posture_points_are_idempotent(store):
+    pts = [{"@timestamp": START + timedelta(hours=h), "scope": s, "index": 100.0 - h, "band": "calm"}
+           for h in range(4) for s in ("overall", "sector:能源")]
+    assert store.write_posture(pts) == 8
+    store.write_posture(pts)
+    store.refresh_indices()
+    r = store._req("POST", f"/{store.index_name('posture')}/_search", {
+        "size": 0, "query": {"term": {"scope": "overall"}},
+        "aggs": {"h": {"date_histogram": {"field": "@timestamp", "fixed_interval": "1h"},
+                       "aggs": {"v": {"min": {"field": "index"}}}}}})
+    assert r["hits"]["total"]["value"] == 4
+    assert [b["v"]["value"] for b in r["aggregations"]["h"]["buckets"]] == [100.0, 99.0, 98.0, 97.0]
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
