@@ -257,7 +257,7 @@
         card("ov.worst", h("div", { id: "ov-worst" }))),
       h("div", { class: "grid g-2-1" },
         card("ov.severity", h("div", {}, h("div", { id: "ov-sev" }), h("div", { id: "ov-sev-legend", class: "legend" }))),
-        card("ov.severity", h("div", { class: "donut-box" }, h("div", { id: "ov-donut" }), h("div", { id: "ov-donut-legend", class: "legend col" })), { cls: "donut-card" })),
+        card("ov.mix", h("div", { class: "donut-box" }, h("div", { id: "ov-donut" }), h("div", { id: "ov-donut-legend", class: "legend col" })), { cls: "donut-card" })),
       h("div", { class: "grid g-2-1" },
         card("ov.map", h("div", {}, h("div", { id: "ov-map", class: "map" }), h("div", { id: "ov-map-note", class: "map-note" }))),
         card("ov.sources", h("div", { id: "ov-sources" }))),
@@ -691,7 +691,7 @@
       const order = { fail: 0, no_evidence: 1, pass: 2, not_applicable: 3 };
       const systems = Object.entries(r.summary || {});
       const sysSel = h("select", { class: "ctl", id: "comp-system" }, h("option", { value: "", text: t("comp.allsystems") }), systems.map(([k]) => h("option", { value: k, text: k })));
-      const verdictSel = h("select", { class: "ctl", id: "comp-verdict" }, h("option", { value: "", text: "∗" }), Object.keys(order).map((v) => h("option", { value: v, text: t("verdict." + v) })));
+      const verdictSel = h("select", { class: "ctl", id: "comp-verdict" }, h("option", { value: "", text: t("comp.allverdicts") }), Object.keys(order).map((v) => h("option", { value: v, text: t("verdict." + v) })));
       const list = h("div", { id: "comp-verdicts" });
       const draw = () => {
         const vs = r.verdicts.filter((v) => (!sysSel.value || v.system_id === sysSel.value) && (!verdictSel.value || v.verdict === verdictSel.value))
@@ -737,9 +737,9 @@
           h("tbody", {}, rows.map((r) => h("tr", {}, keys.map((k) => h("td", { class: /time|seen/.test(k) ? "time" : "", text: /time|seen/.test(k) ? fmtTime(r[k]) : (Array.isArray(r[k]) ? r[k].join(", ") : (r[k] == null ? "–" : String(r[k]))) }))))));
       };
       fill("comp-body", h("div", { class: "grid g-3" },
-        card("comp.unknown_hosts", gen(d.unknown_hosts), { extra: h("span", { class: "count", text: num(d.unknown_hosts.length) }) }),
-        card("comp.undeclared_services", gen(d.undeclared_services), { extra: h("span", { class: "count", text: num(d.undeclared_services.length) }) }),
-        card("comp.silent_assets", gen(d.silent_assets), { extra: h("span", { class: "count", text: num(d.silent_assets.length) }) })));
+        card("comp.unknown_hosts", h("div", { class: "scroll tall" }, gen(d.unknown_hosts)), { extra: h("span", { class: "count", text: num(d.unknown_hosts.length) }) }),
+        card("comp.undeclared_services", h("div", { class: "scroll tall" }, gen(d.undeclared_services)), { extra: h("span", { class: "count", text: num(d.undeclared_services.length) }) }),
+        card("comp.silent_assets", h("div", { class: "scroll tall" }, gen(d.silent_assets)), { extra: h("span", { class: "count", text: num(d.silent_assets.length) }) })));
     }
     async function loadInventory(current) {
       const [inv, ch] = await Promise.all([api("/compliance/inventory"), api("/compliance/inventory/changes?limit=50")]);
