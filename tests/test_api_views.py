@@ -241,3 +241,19 @@ def test_collectors_from_the_bus_directory(env, tmp_path: Path):
     topic = next(t for t in d["collectors"]["topics"] if t["topic"] == "raw.syslog")
     assert topic["records"] == 3 and topic["lag"] == {"parse": 2} and topic["status"] == "lagging"
     assert {s["dataset"] for s in d["collectors"]["sources"]} == {"zeek.conn", "system.auth"}
+
+
+def test_views_on_an_empty_data_dir(tmp_path: Path):
+    """No events, no alerts, no inventory, no bus: every view answers, calm and empty."""
+    app = create_app(tmp_path / "empty")
+    tok = app.state.users.add_user("a1", "analyst")
+    with TestClient(app) as c:
+        h = {"Authorization": f"Bearer {tok}"}
+        ov = c.get(f"{API}/views/overview", headers=h).json()
+        assert ov["posture"]["index"] == 100.0 and ov["posture"]["band"] == "calm"
+        assert ov["totals"]["alerts"] == 0 and ov["top_sources"] == [] and ov["attack_matrix"]["tactics"] == []
+        assert ov["collectors"]["topics"] == [] and ov["map"]["points"] == []
+        assert c.get(f"{API}/views/assets", headers=h).json()["items"] == []
+        fl = c.get(f"{API}/views/flows", headers=h).json()
+        assert fl["totals"]["flows"] == 0 and all(v["flows"] == 0 for v in fl["volume"])
+        assert c.get(f"{API}/views/geo", headers=h).json()["points"] == []
