@@ -191,7 +191,9 @@ class AnomalyStage:
     the detect stage: a crash replays from the checkpoint, re-raising the
     same alerts with the same ids (the store upserts by id). The committed
     group offset is the checkpoint's, so compaction never drops events the
-    checkpoint would replay.
+    checkpoint would replay. Without a checkpoint it starts at
+    ``start_offset`` (the pipeline passes the detect stage's position, so a
+    model added later scores from then on) and checkpoints that at once.
     """
 
     GROUP = "anomaly"
@@ -212,7 +214,9 @@ class AnomalyStage:
         self.offset = int(start_offset)
         if self.ckpt.exists():
             self._restore(self.ckpt.read_bytes())
-        self._saved_at = time.monotonic()
+            self._saved_at = time.monotonic()
+        else:  # the first checkpoint at once: a crash before the next one replays from here
+            self.save()
 
     def _restore(self, data: bytes) -> None:
         (n,) = struct.unpack(">I", data[:4])
