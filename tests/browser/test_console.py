@@ -324,6 +324,9 @@ def test_alert_to_incident_to_graph(browser, server):
     page.click("#nav a[data-page=incidents]")
     page.wait_for_selector("#inc-table tbody tr")
     assert page.locator("#inc-table tbody tr").count() == len(items)
+    page.wait_for_selector("#inc-preview svg.tgraph")  # the highest-risk incident's graph under the list
+    top = max(items, key=lambda i: i["risk_score"])
+    assert top["title"] in page.inner_text("#inc-preview-title")
     _shot(page, "incidents")
     # drill down: an alert of the incident -> its incident -> the graph
     page.click("#nav a[data-page=alerts]")

@@ -477,7 +477,10 @@
   // ==========================================================================================================
   function incidentsPage(arg) {
     if (arg) return incidentDetail(arg);
-    const el = h("div", {}, card("inc.title", h("div", { id: "inc-table" }), { extra: h("span", { class: "muted", id: "inc-meta" }) }));
+    const el = h("div", {}, h("div", { class: "kpis", id: "inc-kpis" }),
+      card("inc.title", h("div", { id: "inc-table" }), { extra: h("span", { class: "muted", id: "inc-meta" }) }),
+      h("div", { class: "grid g-1" }, card("inc.preview", h("div", {}, h("div", { id: "inc-preview-title", class: "muted" }), h("div", { id: "inc-preview", class: "graph-box" })))));
+    let previewed = null;
     async function load(current) {
       let d;
       try { d = await api("/incidents?" + qs({ since: state.since, limit: 500 })); } catch (e) {
@@ -486,6 +489,23 @@
       }
       if (!current()) return;
       $("inc-meta").textContent = num(d.count);
+      const items = d.items || [];
+      const by = (f) => items.filter(f).length;
+      fill("inc-kpis", kpi("kpi.incidents", num(by((i) => !["resolved", "false_positive"].includes(i.status))), "warn"),
+        kpi("status.new", num(by((i) => i.status === "new"))), kpi("status.in_progress", num(by((i) => ["acknowledged", "in_progress"].includes(i.status)))),
+        kpi("level.critical", num(by((i) => i.severity === "critical")), "crit"),
+        kpi("col.risk", items.length ? String(Math.round(Math.max(...items.map((i) => i.risk_score || 0)))) : "–"),
+        kpi("col.alerts", num(items.reduce((a, i) => a + (i["alert.count"] || 0), 0))));
+      const top = items.slice().sort((a, b) => (b.risk_score || 0) - (a.risk_score || 0) || String(b.last_seen).localeCompare(String(a.last_seen)))[0];
+      if (top && previewed !== top.id + state.lang) {
+        const full = await api("/incidents/" + encodeURIComponent(top.id)).catch(() => null);
+        if (full && current()) {
+          fill("inc-preview-title", h("a", { href: "#/incidents/" + encodeURIComponent(top.id) }, level(top.severity), " " + (top.title || top.id)));
+          const g = full.graph || { nodes: [], edges: [] };
+          C.graph($("inc-preview"), g.nodes, g.edges, { tactic, stages: TACTICS, pathLabelsOnly: g.edges.some((e) => e.on_path) });
+          previewed = top.id + state.lang;
+        }
+      } else if (!top) fill("inc-preview", empty("inc.none"));
       fill("inc-table", table([
         { key: "col.severity", render: (i) => level(i.severity) },
         { key: "col.title", render: (i) => h("a", { href: "#/incidents/" + encodeURIComponent(i.id), text: i.title || i.id }) },
@@ -748,8 +768,8 @@
         card("assets.systems", table([
           { key: "col.id", field: "cii_id", cls: "mono" }, { key: "col.name", field: "name" }, { key: "col.sector", render: (s) => sector(s.sector) },
           { key: "col.mlps", render: (s) => h("span", { class: "mlps", text: "L" + s.mlps_level }) }, { key: "col.zone", field: "zone" },
-          { key: "col.region", field: "location" }, { key: "col.first_seen", render: (s) => `${s.filing_no || "–"}` },
-          { key: "col.status", render: (s) => `${s.last_assessment_date || "–"} ${s.last_assessment_result || ""} · 密评 ${s.crypto_assessment}` },
+          { key: "col.region", field: "location" }, { key: "col.filing", render: (s) => s.filing_no || "–", cls: "mono" },
+          { key: "col.assessment", render: (s) => `${s.last_assessment_date || "–"} ${s.last_assessment_result || ""} · ${s.crypto_assessment}` },
         ], inv.systems, { cls: "compact" })),
         card("assets.title", table([
           { key: "col.id", field: "asset_id", cls: "mono" }, { key: "col.system", field: "system_id", cls: "mono" },

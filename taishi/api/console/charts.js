@@ -336,7 +336,8 @@
       const col = KIND_COLOR[n.type] || "#94a3b8";
       if (n.asset && n.asset.id) s("circle", { cx: x, cy: y, r: R + 5, class: "asset-ring" + (Number(n.asset.level) >= 4 ? " l4" : "") }, g);
       s("circle", { cx: x, cy: y, r: R, fill: "#0f172a", stroke: col, "stroke-width": n.role === "source" ? 3.5 : 2 }, g);
-      text(g, x, y + 4, (n.type || "?").slice(0, 4).toUpperCase(), { class: "node-type", "text-anchor": "middle", fill: col });
+      const short = { ip: "IP", host: "HOST", user: "USER", asset: "CII", domain: "DNS" }[n.type] || String(n.type || "?").slice(0, 4).toUpperCase();
+      text(g, x, y + 4, short, { class: "node-type", "text-anchor": "middle", fill: col });
       const lbl = String(n.label || n.id), m = /^(.+) \((.+)\)$/.exec(lbl);
       text(g, x, y + R + 17, m ? m[1] : lbl, { class: "node-label", "text-anchor": "middle" });
       if (m) text(g, x, y + R + 30, m[2], { class: "node-sub", "text-anchor": "middle" });
