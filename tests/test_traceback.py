@@ -143,3 +143,39 @@ def test_wrccdc_red_team_incidents_and_paths(shared_data: Path, tmp_path: Path):
         assert followed >= 1, "no red-team victim acted afterwards in this capture"
     finally:
         store.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("capture, scanner, victim", [
+    # MANIFEST ground truth (Slips' own test baselines): "Horizontal port scan to port http 80/tcp. From
+    # 10.0.2.112" and "vertical port scan to IP 45.33.32.156 from 192.168.1.9."
+    ("zeek/slips/port-scans/horizontal/conn.log", "10.0.2.112", None),
+    ("zeek/slips/port-scans/vertical/conn.log", "192.168.1.9", "45.33.32.156"),
+])
+def test_slips_scans_incident_and_path(shared_data: Path, tmp_path: Path, capture, scanner, victim):
+    """Single-stage Slips captures: the scanner Slips names is the incident's source, its path starts
+    there and is backed by the observed connections."""
+    from correlate.traceback import attack_graph
+    from taishi import config as config_mod
+    from taishi.pipeline import Pipeline
+    from taishi.store import Store
+
+    cfg = config_mod.load(None, data_dir=tmp_path / "data")
+    pipe = Pipeline(cfg, bounded=True)
+    try:
+        pipe.run_files([shared_data / capture])
+    finally:
+        pipe.close()
+    store = Store(cfg.data_dir)
+    try:
+        incs = store.search_incidents("", limit=None)
+        assert len(incs) == 1
+        inc = incs[0]
+        assert {(e["value"], e["role"]) for e in inc["entities"] if e["type"] == "ip"} >= {(scanner, "source")}
+        assert inc["threat.tactic.name"] == ["Discovery"]
+        graph = attack_graph(inc, store)
+    finally:
+        store.close()
+    (hop,) = graph["path"]
+    assert hop["source"] == f"ip:{scanner}" and (victim is None or hop["target"] == f"ip:{victim}")
+    assert [e["kind"] for e in hop["evidence"]].count("connection") == 1  # the scan's flows to that host
