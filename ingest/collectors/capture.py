@@ -24,14 +24,22 @@ Bounded memory: open flows are at most ``max_flows`` (past it the least recently
 emitted early and counted in ``flows_evicted``); waiting TLS hellos at most ``max_hellos``;
 tshark resets its session every ``session_reset`` packets. When Python falls behind, the pipe
 fills and the kernel drops packets; dumpcap counts them (``kernel_drops``, read when the capture
-ends). A frame a dissector gave up on is dead-lettered (reason ``malformed packet: ...``) and still
-counted in its flow; a TSV line that cannot be read, or tshark/dumpcap dying, is dead-lettered
-with the reason.
+ends), and what the kernel still held when the capture stopped is counted too (``stop()`` first
+lets the capture catch up for up to ``drain_timeout`` seconds). A frame a dissector gave up on is
+dead-lettered (reason ``malformed packet: ...``) and still counted in its flow; a TSV line that
+cannot be read, or tshark/dumpcap dying, is dead-lettered with the reason.
+
+Packets can also be lost before the capture sees them (the interface's receive queue overflows,
+e.g. a veth backlog under a burst): the interface's own counters (``rx_dropped``,
+``rx_missed_errors``, ``rx_fifo_errors`` in /sys/class/net/IFACE/statistics) since the capture
+started are reported as ``interface_drops``.
 
 Metrics (``metrics()``, Prometheus text via ``prometheus()``): received (packets), parsed
-(events written), flows, open_flows (gauge), flows_evicted, deadlettered, kernel_drops, dropped
-(= kernel_drops: packets lost before decoding), bytes, batches, pending (bytes of TSV waiting:
-the lag, gauge), lag_seconds (age of the newest packet decoded when it was decoded, gauge).
+(events written), flows, open_flows (gauge), flows_evicted, deadlettered, kernel_drops,
+interface_drops, dropped (kernel drops, packets unread at stop and interface drops: packets lost
+before decoding), bytes,
+batches, pending (bytes of TSV waiting: the lag, gauge), lag_seconds (age of the newest packet
+decoded when it was decoded, gauge).
 """
 
 from __future__ import annotations
@@ -90,6 +98,7 @@ class CaptureCollector(Collector):
         max_hellos: int = 100_000,
         session_reset: int = 500_000,
         snaplen: int = 0,
+        drain_timeout: float = 10.0,
     ) -> None:
         super().__init__(bus, [], name or f"capture-{interface}")
         self.interface, self.bpf = interface, bpf
@@ -98,6 +107,7 @@ class CaptureCollector(Collector):
         self.flush_interval = flush_interval
         self.max_hellos = max_hellos
         self.session_reset, self.snaplen = session_reset, snaplen
+        self.drain_timeout = drain_timeout
         self.m = Metrics()
         self.flows = LiveFlows(self.idle_timeout, self.active_timeout, max_flows)
         self.ctx = apps.Ctx(self.name, None, interface, "sensor")
@@ -112,9 +122,28 @@ class CaptureCollector(Collector):
         self._eof = False
         self._cap: LiveTshark | None = None
         self._wake: asyncio.Event | None = None
+        self._if_base: int | None = None
+        self._if_last = 0
 
     # -- lifecycle -------------------------------------------------------------------
+    def _if_drops(self) -> int | None:
+        total = None
+        for name in ("rx_dropped", "rx_missed_errors", "rx_fifo_errors"):
+            try:
+                v = int(open(f"/sys/class/net/{self.interface}/statistics/{name}").read())
+            except (OSError, ValueError):
+                continue
+            total = (total or 0) + v
+        return total
+
+    def interface_drops(self) -> int:
+        now = self._if_drops()
+        if now is not None and self._if_base is not None:
+            self._if_last = max(self._if_last, now - self._if_base)
+        return self._if_last
+
     async def _serve(self) -> None:
+        self._if_base = self._if_drops()
         cap = LiveTshark(self.interface, self.bpf, decode_as=self.decode_as, session_reset=self.session_reset,
                          snaplen=self.snaplen)
         self._cap = cap
@@ -127,7 +156,15 @@ class CaptureCollector(Collector):
         stop = asyncio.create_task(self._stopping.wait())
         ended = asyncio.create_task(self._wake.wait())
         await asyncio.wait({stop, ended}, return_when=asyncio.FIRST_COMPLETED)
-        cap.stop()  # dumpcap finishes; tshark prints what is left and ends
+        # shutdown: let the capture catch up (output keeps coming) for up to drain_timeout, then
+        # dumpcap finishes; tshark prints what is left and ends. What the kernel still held then
+        # is counted (unread_at_stop), not lost silently.
+        deadline = time.monotonic() + self.drain_timeout
+        last = -1
+        while not self._eof and time.monotonic() < deadline and self.m.bytes != last:
+            last = self.m.bytes
+            await asyncio.sleep(0.5)
+        cap.stop()
         deadline = time.monotonic() + 30
         while not self._eof and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -287,15 +324,17 @@ class CaptureCollector(Collector):
 
     # -- metrics ---------------------------------------------------------------------
     def metrics(self) -> dict:
-        drops = self.status.get("kernel_drops") or 0
+        drops = (self.status.get("kernel_drops") or 0) + (self.status.get("unread_at_stop") or 0)
+        if_drops = self.interface_drops()
         return {
             "received": self.m.received,
             "parsed": self.m.parsed,
             "flows": self.m.flows,
             "open_flows": self.flows.open,
             "flows_evicted": self.flows.evicted,
-            "dropped": drops,
+            "dropped": drops + if_drops,
             "kernel_drops": drops,
+            "interface_drops": if_drops,
             "deadlettered": self.m.deadlettered,
             "bytes": self.m.bytes,
             "batches": self.m.batches,

@@ -317,15 +317,20 @@ class LiveTshark:
         self._err.close()
         lines = [ln for ln in err.splitlines() if ln.strip() and not any(b in ln for b in _BENIGN)
                  and ln.strip() not in ("resetting session.", "tshark:")]
-        received = dropped = None
+        received = dropped = captured = None
         for ln in self.cap_lines:
             m = _STATS.search(ln)
             if m:
                 received, dropped = int(m.group(1)), int(m.group(2))
+            elif ln.startswith("Packets captured:"):
+                captured = int(ln.split(":")[1])
         cap_err = [ln for ln in self.cap_lines if not (ln.startswith(("Capturing on", "File:", "Packets")))]
         # dumpcap ends with status 0 on SIGTERM (or -SIGTERM when it had not set its handler yet)
         return {"tshark_status": rc, "tshark_stderr": "\n".join(lines), "dumpcap_status": rc_cap,
-                "dumpcap_stderr": "\n".join(cap_err), "received": received, "kernel_drops": dropped}
+                "dumpcap_stderr": "\n".join(cap_err), "received": received, "captured": captured,
+                "kernel_drops": dropped,
+                # accepted by the kernel but still in its buffer when dumpcap stopped: never written
+                "unread_at_stop": max(0, received - captured) if received is not None and captured is not None else 0}
 
 
 # --- column helpers ----------------------------------------------------------
