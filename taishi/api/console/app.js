@@ -559,7 +559,8 @@
           h("span", { class: "lg" }, h("i", { class: "ring" }), t("inc.legend.asset")));
         lastDrawn = sig;
       }
-      fill("inc-workflow", workflowForm(inc));
+      // the form is drawn once: the live refresh must not wipe what a responder is typing
+      if (!$("workflow-form") && !$("workflow-readonly")) fill("inc-workflow", workflowForm(inc));
       fill("inc-entities", table([
         { key: "col.role", render: (e) => h("span", { class: "ent " + e.role, text: e.role }) },
         { key: "col.name", render: (e) => h("span", { class: "mono", text: e.value }) },
@@ -602,8 +603,9 @@
         if (!Object.keys(body).length) return;
         try {
           await api("/incidents/" + encodeURIComponent(inc.id) + "/workflow", { method: "POST", body });
+          st.value = ""; asg.value = ""; note.value = "";
+          msg.textContent = t("triage.done");
           await load(() => true);
-          const m = $("wf-msg"); if (m) m.textContent = t("triage.done");
         } catch (e) { msg.textContent = e.status === 403 ? t("error.forbidden") : t("error.generic") + ": " + e.message; }
       });
       return form;
