@@ -123,3 +123,40 @@ def test_meta_survives_reopen_and_last_meta_finds_newest(tmp_path: Path) -> None
     assert bus2.last_meta("events", "src", "raw.syslog") == {"src": "raw.syslog", "next": 4}
     assert bus2.last_meta("events", "src", "raw.cef") is None
     assert _all(bus2, "events") == [0, 1, 2, 3]
+
+
+def test_recent_frames_are_served_from_memory_and_read_the_same_as_the_log(tmp_path: Path) -> None:
+    bus = Bus(tmp_path)
+    bus.produce("events", _tbl(0, 5))
+    bus.produce("events", _tbl(5, 5))
+    cache = bus._cache
+    assert cache.get("events", 0) is not None and cache.get("events", 5) is not None
+    # the same records, offsets and slicing as a bus that reads everything from the segments
+    cold = Bus(tmp_path, cache_bytes=0)
+    assert cold._cache is None
+    for offset in (0, 3, 5, 7):
+        assert [(b.offset, b.table.to_pylist()) for b in bus.read("events", offset)] == [
+            (b.offset, b.table.to_pylist()) for b in cold.read("events", offset)
+        ]
+    # release drops what every consumer has passed; reads then come from the log
+    bus.release("events", 5)
+    assert cache.get("events", 0) is None and cache.get("events", 5) is not None
+    assert _all(bus, "events") == list(range(10))
+    bus.release("events", 10)
+    assert cache.used == 0 and not cache.tables
+    assert _all(bus, "events", 2) == list(range(2, 10))
+
+
+def test_cache_keeps_newest_frames_within_its_budget(tmp_path: Path) -> None:
+    frame = _tbl(0, 100)
+    size = frame.get_total_buffer_size()
+    bus = Bus(tmp_path, cache_bytes=2 * size)
+    for i in range(4):
+        bus.produce("events", _tbl(i * 100, 100))
+    assert sorted(base for _topic, base in bus._cache.tables) == [200, 300]
+    assert bus._cache.used <= 2 * size
+    assert _all(bus, "events") == list(range(400)), "evicted frames are read from the log"
+    tiny = Bus(tmp_path / "tiny", cache_bytes=size // 2)
+    tiny.produce("events", frame)
+    assert not tiny._cache.tables, "a frame larger than the budget is not kept"
+    assert _all(tiny, "events") == list(range(100))
