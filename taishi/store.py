@@ -417,7 +417,7 @@ class Store:
                 else:
                     cond = '("@timestamp" BETWEEN ? AND ? OR "@timestamp" IS NULL)'
                     params = [lo, hi]
-                if pc.any(pc.is_null(ts)).as_py():
+                if ts.null_count:
                     cond, params = "TRUE", []
                 old = con.sql(
                     f'SELECT k FROM {view} WHERE k IN (SELECT "event.id" FROM event_ids WHERE {cond})',
@@ -429,11 +429,17 @@ class Store:
                 tbl = tbl.filter(pc.invert(pc.is_in(tbl.column("event.id"), value_set=old.column("k"))))
             if tbl.num_rows == 0:
                 return 0
-            self._append_events(con, tbl, pa.array([now] * tbl.num_rows, TS))
+            self._append_events(con, tbl, pa.repeat(pa.scalar(now, TS), tbl.num_rows))
         return tbl.num_rows
 
     def _append_events(self, con: duckdb.DuckDBPyConnection, tbl: pa.Table, ingested: pa.Array) -> None:
-        """Write new events as one Parquet file per ingest day, then record their ids."""
+        """Write new events as one Parquet file per ingest day, then record their ids.
+
+        Columns that are null in every row of the file are left out of it
+        (most of the ~130 fields are, for any one source, and writing their
+        definition levels is a third of the write): the reader's
+        ``union_by_name`` and ``_schema.parquet`` give them back as nulls.
+        """
         tbl = tbl.append_column(pa.field(INGESTED, TS), ingested)
         lo, hi = pc.min_max(tbl.column(INGESTED)).values()
         if lo.as_py().date() == hi.as_py().date():  # the usual case: one write, one day
@@ -442,8 +448,13 @@ class Store:
             days = pc.strftime(tbl.column(INGESTED), format="%Y-%m-%d")
             parts = [(d, tbl.filter(pc.equal(days, d))) for d in pc.unique(days).to_pylist()]
         for day, part in parts:
-            digest = hashlib.blake2b("\x1f".join(part.column("event.id").to_pylist()).encode(), digest_size=12)
-            _write_parquet(self.events_dir / f"ingest_date={day}" / f"{digest.hexdigest()}.parquet", part)
+            digest = _ids_digest(part.column("event.id"))
+            keep = [
+                name
+                for name, col in zip(part.column_names, part.columns)
+                if col.null_count < part.num_rows or name in _ALWAYS_WRITTEN
+            ]
+            _write_parquet(self.events_dir / f"ingest_date={day}" / f"{digest}.parquet", part.select(keep))
             ids = part.select(["event.id", TIME, INGESTED])
             view = f"_taishi_new_{os.getpid()}_{threading.get_ident()}"
             con.register(view, ids)
@@ -919,6 +930,17 @@ class Store:
         for host, dip, _ in rows:
             out.setdefault(host, dip)
         return out
+
+
+_ALWAYS_WRITTEN = frozenset({"event.id", TIME, INGESTED})
+
+
+def _ids_digest(ids: pa.ChunkedArray) -> str:
+    """blake2b-96 of the ids joined by U+001F: names an events file by what it holds,
+    so a retry after a crash rewrites the same file."""
+    ids = ids.combine_chunks()
+    joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(ids)], pa.int32()), ids), "\x1f")[0]
+    return hashlib.blake2b(memoryview(joined.as_buffer()), digest_size=12).hexdigest()
 
 
 def _write_parquet(path: Path, tbl: pa.Table) -> None:
