@@ -15,9 +15,9 @@ code as the embedded path. The rows are then repartitioned by
 ``(block, bucket)`` and sorted within partitions, and a second ``mapInArrow``
 scores runs of whole keys (:func:`whole_key_chunks`), so each model call holds
 whole ``(source.ip, window)`` groups, many of them (a model call has a fixed
-cost: one call per group, as ``groupBy().applyInArrow`` would make, is ~15x
-slower). Models without window
-features (DNS names, ``window_features=False``) skip the shuffle.
+cost: one call per group, as ``groupBy().applyInArrow`` makes, was 8x slower
+in ``bench/bench_anomaly_spark.py``). Models without window features (DNS
+names, ``window_features=False``) skip the shuffle.
 
 API (for batch DataFrames, e.g. inside a streaming job's ``foreachBatch``):
 
@@ -31,7 +31,8 @@ API (for batch DataFrames, e.g. inside a streaming job's ``foreachBatch``):
 ``df`` holds ECS events with the dotted column names (any subset; at least
 ``event.id`` and ``@timestamp``). A micro-batch must hold whole windows for the
 window features to equal the embedded ones: with bounded input give the whole
-input, in a stream close windows by watermark before scoring.
+input; in a stream keep the embedded window buffer as keyed state
+(:func:`detect.anomaly.windows.stream_step`) and score what it releases.
 """
 
 from __future__ import annotations
