@@ -31,12 +31,19 @@ EV = KINDS["events"].query_schema
     ("source.ip:*", "source.ip:*"),
     ("timestamp:>=2026-03-14T04:00:00Z", '@timestamp:["2026-03-14T04:00:00Z" TO *]'),
     ("@timestamp:<now-1d", '@timestamp:[* TO "now-1d"}'),
-    ("destination.port:(<5 OR >7) AND x", "destination.port:([* TO 5} OR {7 TO *]) AND x"),
+    ("destination.port:(<5 OR >7) AND x", "destination.port:([* TO 5} OR {7 TO *]) AND *x*"),
     ("destination.port:>=1024", "destination.port:[1024 TO *]"),
     ("taishi.source:conn.log", "taishi.input:conn.log"),
     ("_exists_:taishi.source", "_exists_:taishi.input"),
     ("dns.question.name:/.*\\.(ru|cn)/", "dns.question.name:/.*\\.(ru|cn)/"),
     ("-destination.port:53 +event.dataset:zeek.dns", "-destination.port:53 +event.dataset:zeek.dns"),
+    # "contains" on text fields and for bare terms, as the embedded store does
+    ("sshd", "*sshd*"),
+    ("fa?led OR x", "*fa?led* OR *x*"),
+    ("message:fail", "message:*fail*"),
+    ("message:fail*", "message:*fail*"),
+    ('message:"Failed password"', 'message:"Failed password"'),
+    ("event.dataset:zeek", "event.dataset:zeek"),
 ])
 def test_translate_query(query, expected):
     assert translate_query(query, EV) == expected
@@ -76,6 +83,15 @@ def test_event_mapping_types_follow_the_schema():
     # every schema field has a mapping (no field is left to chance with dynamic: false)
     for name in EVENT_FIELDS:
         _leaf(props, {"taishi.source": "taishi.input"}.get(name, name))
+
+
+def test_keyword_default_fields_have_a_lowercase_subfield():
+    from taishi.cluster.search import default_fields
+
+    props = mappings_for("deadletters")["properties"]
+    assert _leaf(props, "taishi.input")["fields"]["lc"]["normalizer"] == "taishi_lc"
+    assert default_fields(KINDS["events"]) == ["message", "event.original", "rule.name.lc"]
+    assert "fields" not in _leaf(mappings_for("events")["properties"], "event.dataset")
 
 
 def test_no_field_is_both_a_value_and_an_object():

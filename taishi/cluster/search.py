@@ -50,19 +50,22 @@ Queries are the Lucene syntax of :mod:`taishi.query`, run by the node's
 ``query_string`` with the table's default fields. Each query is first compiled
 by :func:`taishi.query.compile_query` against the same schema (so unknown
 fields and bad values give the same :class:`QueryError` in both modes), then
-parsed with luqum and re-serialised with three rewrites: ``timestamp`` ->
-``@timestamp`` and ``taishi.source`` -> ``taishi.input``; address and CIDR
-values on IP fields are quoted (``/`` and ``:`` are query-string syntax); a
-wildcard on an IP field goes to its ``.text`` sub-field. One difference is
-left: on the text fields (``message``, ``event.original``, ``rule.description``,
-``reason``, ``process.command_line``) and for bare terms the node matches
-analysed *words* (``message:fail`` does not match "failed"; ``message:fail*``
-does), where the embedded store matches substrings.
+parsed with luqum and re-serialised with these rewrites: ``timestamp`` ->
+``@timestamp`` and ``taishi.source`` -> ``taishi.input``; values on IP and
+time fields are quoted (``/`` and ``:`` are query-string syntax); ``>=x`` style
+bounds become ranges; a wildcard on an IP field goes to its ``.text``
+sub-field; and bare words and words on the text fields (``message``,
+``event.original``, ``rule.description``, ``reason``, ``process.command_line``)
+become ``*word*``, the embedded store's case-insensitive *contains*, matched
+against the analysed words of text fields and the lowercase ``.lc`` sub-field
+of keyword default fields. Left different (docs/architecture.md): substrings
+spanning words of a text field, and bare phrases on keyword default fields.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence
@@ -93,6 +96,8 @@ RENAMED = {"taishi.source": "taishi.input"}  # a value and an object parent at o
 UNRENAMED = {v: k for k, v in RENAMED.items()}
 MATCH_ONLY = frozenset({"event.original"})
 KEYWORD_MAX = 8191  # longer keyword values stay in _source but are not indexed (Lucene's term limit)
+NORMALIZER = "taishi_lc"
+ANALYSIS = {"normalizer": {NORMALIZER: {"type": "custom", "filter": ["lowercase"]}}}
 
 
 class SearchStoreError(RuntimeError):
@@ -123,7 +128,7 @@ def _is_ip(name: str) -> bool:
     return name in IP_FIELDS or name.endswith(".ip")
 
 
-def _field_mapping(name: str, typ: pa.DataType) -> dict:
+def _field_mapping(name: str, typ: pa.DataType, lc: bool = False) -> dict:
     elem = typ.value_type if pa.types.is_list(typ) else typ
     if pa.types.is_timestamp(elem):
         return {"type": "date", "ignore_malformed": True}
@@ -140,10 +145,13 @@ def _field_mapping(name: str, typ: pa.DataType) -> dict:
         return {"type": "match_only_text"}
     if name in TEXT_FIELDS:
         return {"type": "text"}
-    return {"type": "keyword", "ignore_above": KEYWORD_MAX}
+    m: dict = {"type": "keyword", "ignore_above": KEYWORD_MAX}
+    if lc:  # a default field: bare terms match it case-insensitively, as in the embedded store
+        m["fields"] = {"lc": {"type": "keyword", "normalizer": NORMALIZER, "ignore_above": KEYWORD_MAX}}
+    return m
 
 
-def _properties(fields: Iterable[tuple[str, pa.DataType]]) -> dict:
+def _properties(fields: Iterable[tuple[str, pa.DataType]], lc: frozenset[str] = frozenset()) -> dict:
     """Nested ``properties`` for dotted names (what the node builds from dotted keys)."""
     root: dict = {}
     for name, typ in fields:
@@ -151,14 +159,29 @@ def _properties(fields: Iterable[tuple[str, pa.DataType]]) -> dict:
         node = root
         for p in parts[:-1]:
             node = node.setdefault(p, {"properties": {}})["properties"]
-        node[parts[-1]] = _field_mapping(name, typ)
+        node[parts[-1]] = _field_mapping(name, typ, name in lc)
     return root
 
 
 def mappings_for(kind: str) -> dict:
     """The index mapping of ``events``, ``alerts`` or ``deadletters`` from :mod:`taishi.schema`."""
     k = KINDS[kind]
-    return {"dynamic": False, "properties": _properties((f.name, f.type) for f in k.query_schema)}
+    return {"dynamic": False,
+            "properties": _properties(((f.name, f.type) for f in k.query_schema), frozenset(k.defaults))}
+
+
+def _is_keyword(name: str, typ: pa.DataType) -> bool:
+    return _field_mapping(name, typ)["type"] == "keyword"
+
+
+def default_fields(k: "_Kind") -> list[str]:
+    """What bare terms search on the node: the table's default fields, keyword ones through ``.lc``."""
+    out = []
+    for f in k.defaults:
+        if f in k.query_schema.names:
+            name = RENAMED.get(f, f)
+            out.append(name + ".lc" if _is_keyword(f, k.query_schema.field(f).type) else name)
+    return out
 
 
 INCIDENT_MAPPING = {"dynamic": False, "properties": {
@@ -259,6 +282,10 @@ class SearchStore:
             "alerts": days.get("alerts", 365),
             "deadletters": days.get("deadletters", 30),
         }
+        for name in ("opensearch", "elastic_transport.transport"):  # the clients log every 404 we probe for
+            lg = logging.getLogger(name)
+            if lg.level == logging.NOTSET:
+                lg.setLevel(logging.ERROR)
         if self.flavor == "elasticsearch":
             from elasticsearch import Elasticsearch
 
@@ -322,7 +349,8 @@ class SearchStore:
     # -- setup ------------------------------------------------------------------------------------
     def setup(self) -> None:
         """Create (or update) policies, templates, the events data stream and the indices. Idempotent."""
-        settings = {"number_of_shards": 1, "number_of_replicas": self.replicas, "refresh_interval": "1s"}
+        settings = {"number_of_shards": 1, "number_of_replicas": self.replicas, "refresh_interval": "1s",
+                    "analysis": ANALYSIS}
         ev = self.index_name("events")
         kind = self._setup_retention(ev)
         ev_settings = dict(settings)
@@ -550,7 +578,7 @@ class SearchStore:
         text = translate_query(query or "", k.query_schema)
         if text is not None:
             filters.append({"query_string": {
-                "query": text, "fields": [RENAMED.get(f, f) for f in k.defaults if f in k.query_schema.names],
+                "query": text, "fields": default_fields(k),
                 "default_operator": "OR", "allow_leading_wildcard": True, "analyze_wildcard": True,
                 "time_zone": "UTC"}})
         rng: dict = {}
@@ -895,6 +923,13 @@ def _rewrite(node: tree.Item, field: str | None, schema: pa.Schema) -> tree.Item
         node.name = target
         node.children = [_rewrite(node.expr, col, schema)]
         return node
+    if field is None or field in TEXT_FIELDS:
+        if isinstance(node, tree.Word) and node.value != "*" and not node.value.startswith("/"):
+            # the embedded store's "contains": *word* (the words of text fields, the lowercased
+            # value of keyword default fields)
+            node.value = ("" if node.value.startswith("*") else "*") + node.value + \
+                ("" if node.value.endswith("*") and not node.value.endswith("\\*") else "*")
+            return node
     if field is not None:
         ftype = schema.field(field).type
         elem = ftype.value_type if pa.types.is_list(ftype) else ftype

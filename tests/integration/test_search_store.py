@@ -200,6 +200,18 @@ EVENT_QUERIES = [
     "dns.question.name:/.*\\.(ru|cn|top)/",
     "http.response.status_code:>=400",
     "tags:*",
+    # text fields and bare terms: "contains", case-insensitive, in both stores
+    "sshd",
+    "Failed",
+    "uid",
+    "fa?led",
+    "brute OR scan",
+    "10.10.1",
+    "message:fail",
+    "message:fail*",
+    'message:"Failed password"',
+    "message:sshd AND NOT message:accepted",
+    "event.original:*pam_unix*",
 ]
 ALERT_QUERIES = [
     "",
@@ -211,6 +223,10 @@ ALERT_QUERIES = [
     "NOT rule.type:sigma",
     "rule.name:*Brute*",
     "_exists_:user.name",
+    "Brute",
+    "password",
+    "rule.description:ssh",
+    "tls",
 ]
 
 
