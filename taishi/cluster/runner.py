@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 
 from taishi.bus import TOPIC_DEADLETTER
-from taishi.cluster.kafka_bus import KafkaBus
+from taishi.cluster.kafka_bus import FIXED_TOPICS, KafkaBus
 from taishi.cluster import spark_jobs as jobs
 from taishi.config import Config
 from taishi.pipeline import Pipeline, RunStats, _reason_kind, expand_paths
@@ -77,6 +77,7 @@ class ClusterRun:
         self.stats = RunStats()
         self.store = jobs.open_search(cfg)
         self.bus = _CollectorBus(cfg, self.store, self.stats)
+        self.bus.ensure_topics(FIXED_TOPICS)  # the jobs subscribe to alerts and control before anything is sent
         self.spark = spark if spark is not None else jobs.session(cfg)
         self.job = jobs.JobStats()
 
@@ -85,19 +86,19 @@ class ClusterRun:
         self.job.add(st)
 
     def detect(self, *, bounded: bool = True, available_now: bool = True, checkpoint: Path | None = None,
-               timeout_s: float | None = None):
+               timeout_s: float | None = None, trigger_s: float = 2.0):
         conf = jobs.job_conf(self.spark, self.cfg, bounded=bounded)
         q = jobs.detect_query(self.spark, self.cfg, conf, on_batch=self._on_batch, available_now=available_now,
-                              checkpoint=checkpoint, anomaly_models=self._models())
+                              checkpoint=checkpoint, anomaly_models=self._models(), trigger_s=trigger_s)
         if available_now:
             jobs.run_until_idle(q, timeout_s)
         return q
 
     def incidents(self, *, bounded: bool = True, available_now: bool = True, checkpoint: Path | None = None,
-                  timeout_s: float | None = None):
+                  timeout_s: float | None = None, trigger_s: float = 5.0):
         conf = jobs.job_conf(self.spark, self.cfg, bounded=bounded)
         q = jobs.incidents_query(self.spark, self.cfg, conf, available_now=available_now, checkpoint=checkpoint,
-                                 on_batch=self._on_incidents)
+                                 on_batch=self._on_incidents, trigger_s=trigger_s)
         if available_now:
             jobs.run_until_idle(q, timeout_s)
         return q
@@ -181,12 +182,13 @@ def _store_stats(store) -> dict:
 
 def run_stream(cfg: Config, listeners: list, nf_listeners: list, *, certfile=None, keyfile=None,
                duration: float | None = None, stop: threading.Event | None = None,
-               report: Callable[[str], None] | None = None) -> dict:
-    """``taishi run`` in cluster mode: collectors -> Kafka; the detect and incidents jobs run until stopped."""
+               report: Callable[[str], None] | None = None, spark=None, trigger_s: float = 2.0) -> dict:
+    """``taishi run`` in cluster mode: collectors -> Kafka; the detect and incidents jobs run until stopped
+    (``stop`` set, or ``duration`` seconds), each micro-batch every ``trigger_s`` seconds."""
     from ingest.collectors.netflow import NetflowCollector
     from ingest.collectors.syslog import SyslogCollector
 
-    run = ClusterRun(cfg)
+    run = ClusterRun(cfg, spark)
     collectors: dict[str, Any] = {}
     queries = []
     stop = stop or threading.Event()
@@ -199,9 +201,9 @@ def run_stream(cfg: Config, listeners: list, nf_listeners: list, *, certfile=Non
             for proto, (host, port) in col.bound.items():
                 if report:
                     report(f"listening for {kind} on {proto}://{host}:{port} (cluster mode: Kafka {run.bus.bootstrap})")
-        queries.append(run.detect(bounded=False, available_now=False,
+        queries.append(run.detect(bounded=False, available_now=False, trigger_s=trigger_s,
                                   checkpoint=jobs.checkpoint_dir(cfg, "detect-stream")))
-        queries.append(run.incidents(bounded=False, available_now=False,
+        queries.append(run.incidents(bounded=False, available_now=False, trigger_s=trigger_s,
                                      checkpoint=jobs.checkpoint_dir(cfg, "incidents-stream")))
         deadline = time.monotonic() + duration if duration else None
         last = 0.0

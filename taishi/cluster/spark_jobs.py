@@ -109,6 +109,7 @@ class JobConf:
     cfg_file: str | None = None  # taishi.yaml, to rebuild the Config on executors
     data_dir: str = "taishi-data"
     cluster: str = "{}"  # cfg.cluster as JSON
+    retention: str = "{}"  # cfg.retention_days as JSON (the search store's policies)
     inventory: Any = None  # Spark broadcast of compliance.inventory.Inventory (or None)
 
     def config(self) -> Config:
@@ -116,6 +117,7 @@ class JobConf:
         cfg.data_dir = Path(self.data_dir)
         cfg.rules = [Path(r) for r in self.rules]
         cfg.cluster = json.loads(self.cluster)
+        cfg.retention_days.update(json.loads(self.retention))
         return cfg
 
 
@@ -515,6 +517,7 @@ def job_conf(spark, cfg: Config, *, bounded: bool) -> JobConf:
         lateness_s=math.inf if bounded else float(cfg.allowed_lateness_s),
         data_dir=str(Path(cfg.data_dir).resolve()),
         cluster=json.dumps(cfg.cluster, sort_keys=True),
+        retention=json.dumps(cfg.retention_days, sort_keys=True),
         inventory=inv,
     )
 
@@ -544,15 +547,18 @@ def detect_query(spark, cfg: Config, conf: JobConf, *, on_batch: Callable[[dict]
         state_fn(conf), STAGE_DDL, STATE_DDL, "append", GroupStateTimeout.NoTimeout)
 
     def sink(df, batch_id: int) -> None:
-        parts = [df]
-        for version, model in anomaly_models or []:
-            parts.append(_anomaly_rows(spark, df, model, version))
-        total = parts[0]
-        for p in parts[1:]:
-            total = total.unionByName(p)
-        for row in total.mapInArrow(write_fn(conf), STATS_DDL).collect():
-            if on_batch:
-                on_batch(json.loads(row["stats"]))
+        total = df
+        if anomaly_models:  # the batch is read twice (written, and scored): keep it, don't recompute the state step
+            df = df.persist()
+            for version, model in anomaly_models:
+                total = total.unionByName(_anomaly_rows(df, model, version))
+        try:
+            for row in total.mapInArrow(write_fn(conf), STATS_DDL).collect():
+                if on_batch:
+                    on_batch(json.loads(row["stats"]))
+        finally:
+            if anomaly_models:
+                df.unpersist()
 
     w = (out.writeStream.foreachBatch(sink).outputMode("append")
          .option("checkpointLocation", str(checkpoint or checkpoint_dir(cfg))))
@@ -560,32 +566,40 @@ def detect_query(spark, cfg: Config, conf: JobConf, *, on_batch: Callable[[dict]
     return w.queryName("taishi-detect").start()
 
 
-def _anomaly_rows(spark, df, model, version: str):
-    """Anomaly alerts for the micro-batch's events, by ``detect.anomaly.spark`` (whole windows of the batch)."""
-    from detect.anomaly.spark import anomaly_alerts_dataframe
-
-    events = df.filter(df.kind == EVENTS).select("payload").mapInArrow(_explode_events, _events_ddl())
-    alerts = anomaly_alerts_dataframe(events, model, version)
-    return alerts.mapInArrow(_implode_alerts, STAGE_DDL)
+def _safe(name: str) -> str:
+    return name.replace(".", "__")  # mapInArrow resolves columns by bare name: dotted ECS names cross as "__"
 
 
-def _events_ddl():
+def _anomaly_rows(df, model, version: str):
+    """Anomaly alerts for the micro-batch's events by ``detect.anomaly.spark`` (broadcast model,
+    whole windows of the batch), as the job's internal rows."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    return from_arrow_schema(EVENT_SCHEMA)
+    from detect.anomaly.model import INPUT_COLUMNS
+    from detect.anomaly.spark import anomaly_alerts_dataframe
 
+    cols = [c for c in EVENT_SCHEMA.names if c in INPUT_COLUMNS]
+    schema = pa.schema([EVENT_SCHEMA.field(c).with_name(_safe(c)) for c in cols])
 
-def _explode_events(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    for rb in batches:
-        for payload in rb.column(0).to_pylist():
-            yield from conform(from_ipc(payload)).to_batches()
+    def explode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for rb in batches:
+            for payload in rb.column(0).to_pylist():
+                t = conform(from_ipc(payload)).select(cols)
+                yield from t.rename_columns(schema.names).to_batches()
 
+    events = (df.filter(df.kind == EVENTS).select("payload")
+              .mapInArrow(explode, from_arrow_schema(schema)).toDF(*cols))
+    alerts = anomaly_alerts_dataframe(events, model, version)
+    names = alerts.columns
 
-def _implode_alerts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    for rb in batches:
-        if rb.num_rows:
-            t = conform(pa.Table.from_batches([rb]), ALERT_SCHEMA)
-            yield pa.RecordBatch.from_pylist([_row(ALERTS, "anomaly", to_ipc(t))], schema=_stage_schema())
+    def implode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for rb in batches:
+            if rb.num_rows:
+                t = conform(pa.Table.from_batches([rb]).rename_columns(names), ALERT_SCHEMA)
+                yield pa.RecordBatch.from_pylist([_row(ALERTS, f"anomaly:{version}", to_ipc(t))],
+                                                 schema=_stage_schema())
+
+    return alerts.toDF(*[_safe(c) for c in names]).mapInArrow(implode, STAGE_DDL)
 
 
 def run_until_idle(query, timeout_s: float | None = None) -> None:

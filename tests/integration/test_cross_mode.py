@@ -1,5 +1,8 @@
 """Both modes, one semantics: the same input gives the same alerts and incidents, with the same ids.
 
+Alerts are single-event Sigma alerts, Sigma correlation alerts (keyed state in
+Spark) and anomaly alerts (an IsolationForest in both data directories).
+
 The demo campaign and shared samples (Zeek, Suricata, syslog) plus a file with
 bad lines go through the embedded pipeline and through cluster mode on real
 services: Kafka (``kafka_bootstrap``), Spark Structured Streaming (``spark``)
@@ -9,6 +12,7 @@ topic prefix and index prefix, so runs never see each other's data.
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path
 
@@ -43,8 +47,23 @@ def inputs(tmp_path_factory, shared_data: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def embedded(inputs, tmp_path_factory):
-    cfg = config_mod.load(data_dir=tmp_path_factory.mktemp("embedded"))
+def models(tmp_path_factory, shared_data: Path) -> Path:
+    """An anomaly model (IsolationForest on a labelled Stratosphere conn log) for both data directories."""
+    from detect.anomaly.evaluate import train
+
+    d = tmp_path_factory.mktemp("models")
+    train([shared_data / "zeek/stratosphere_sdt/008-zeek-mixed/conn.log.labeled"]).save(d / "flow-isolation_forest")
+    return d
+
+
+def _data_dir(tmp: Path, models: Path) -> Path:
+    shutil.copytree(models, tmp / "models")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def embedded(inputs, models, tmp_path_factory):
+    cfg = config_mod.load(data_dir=_data_dir(tmp_path_factory.mktemp("embedded"), models))
     pipe = Pipeline(cfg, bounded=True)
     try:
         stats = pipe.run_files(inputs)
@@ -72,11 +91,11 @@ def cluster_config(tmp: Path, kafka_bootstrap: str, search_node: dict) -> config
 
 
 @pytest.fixture(scope="module")
-def cluster(inputs, spark, kafka_bootstrap, search_node, tmp_path_factory):
+def cluster(inputs, models, spark, kafka_bootstrap, search_node, tmp_path_factory):
     from taishi.cluster import runner
     from taishi.cluster.search import SearchStore
 
-    cfg = cluster_config(tmp_path_factory.mktemp("cluster"), kafka_bootstrap, search_node)
+    cfg = cluster_config(_data_dir(tmp_path_factory.mktemp("cluster"), models), kafka_bootstrap, search_node)
     stats, store_stats = runner.ingest(cfg, inputs, spark=spark)
     store = SearchStore.from_config(cfg)
     store.refresh_indices()
@@ -92,6 +111,7 @@ def test_same_alert_ids(embedded, cluster):
     e_stats, e_alerts, _, _ = embedded
     _, c_stats, _, store = cluster
     assert len(e_stats.alert_ids) > 20  # every stage of the campaign, the scans in the samples
+    assert any(a["rule.type"] == "anomaly" for a in e_alerts.values())  # the model flags some flows
     assert c_stats.alert_ids == e_stats.alert_ids
     assert set(_alerts(store)) == set(e_alerts)
     # the summary the CLI prints is the embedded one
@@ -167,3 +187,84 @@ def test_restart_and_replay_write_nothing_twice(inputs, cluster, spark, tmp_path
     assert after["events"] == before["events"]
     assert after["alerts"] == before["alerts"]
     assert after["incidents"] == before["incidents"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_stream_mode_syslog_collector_to_search(spark, kafka_bootstrap, search_node, shared_data, tmp_path):
+    """``taishi run`` in cluster mode: a TCP syslog collector produces to Kafka, the detect job runs on a
+    processing-time trigger with the configured allowed lateness, and the correlation windows close on the
+    event-time watermark (heartbeats), not at a flush: each alert it raises is one the bounded run raises."""
+    import socket
+    import threading
+    import time
+
+    from ingest.collectors import Listener
+    from taishi.cluster.runner import run_stream
+    from taishi.cluster.search import SearchStore
+
+    lines = (shared_data / "logs/loghub/OpenSSH/OpenSSH_2k.log").read_text().splitlines()[:600]
+    sample = tmp_path / "auth.log"
+    sample.write_text("\n".join(lines) + "\n")
+    bounded_cfg = config_mod.load(data_dir=tmp_path / "bounded")
+    pipe = Pipeline(bounded_cfg, bounded=True)
+    try:
+        bounded = pipe.run_files([sample])
+    finally:
+        pipe.close()
+    st = Store(bounded_cfg.data_dir)
+    try:
+        bounded_corr = set(st.search_alerts("rule.type:sigma_correlation", limit=None).column("id").to_pylist())
+    finally:
+        st.close()
+    assert bounded_corr  # the sample holds brute-force bursts
+
+    cfg = cluster_config(tmp_path / "stream", kafka_bootstrap, search_node)
+    port = _free_port()
+    stop, result, errors = threading.Event(), {}, []
+
+    def serve() -> None:
+        try:
+            result.update(run_stream(cfg, [Listener("tcp", "127.0.0.1", port)], [], stop=stop, spark=spark,
+                                     trigger_s=1.0))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    store = SearchStore.from_config(cfg)
+    try:
+        for _ in range(240):  # the collector listens once the Spark queries were started
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                assert not errors, errors
+                time.sleep(0.5)
+        else:
+            pytest.fail("the cluster-mode collector never listened")
+        with conn:
+            conn.sendall("".join(f"<38>{line}\n" for line in lines).encode())
+        seen: set[str] = set()
+        for _ in range(300):  # bounded wait for the stream to catch up
+            assert not errors, errors
+            store.refresh_indices()
+            seen = set(store.search_alerts("rule.type:sigma_correlation", limit=1000).column("id").to_pylist())
+            if store.count("events") == len(lines) and seen:
+                break
+            time.sleep(1)
+    finally:
+        stop.set()
+        th.join(180)
+        store.close()
+    assert not errors, errors
+    assert result["events"] == len(lines) == bounded.events
+    assert result["syslog"]["received"] == len(lines)
+    assert seen, "the watermark closed windows while streaming"
+    assert seen <= bounded_corr
