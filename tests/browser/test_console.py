@@ -296,6 +296,8 @@ def test_compliance_views_for_auditor(browser, server):
     page.click(".tab[data-tab=inventory]")
     page.wait_for_selector("#comp-body table", timeout=60_000)
     assert "PDC-OT" in page.inner_text("#comp-body")
+    assert page.locator("#comp-body tbody tr", has_text="新建").count() >= 16  # the change log: 3 systems, 13 assets
+    _shot(page, "compliance-inventory")
 
 
 def test_language_switch(browser, server):

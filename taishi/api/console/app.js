@@ -755,13 +755,14 @@
       const gen = (rows) => {
         if (!rows.length) return empty();
         const keys = [...new Set(rows.flatMap((r) => Object.keys(r)))];
-        return h("table", { class: "data compact" }, h("thead", {}, h("tr", {}, keys.map((k) => h("th", { text: k })))),
+        return h("table", { class: "data compact nowrap" }, h("thead", {}, h("tr", {}, keys.map((k) => h("th", { text: has("col." + k) ? t("col." + k) : k })))),
           h("tbody", {}, rows.map((r) => h("tr", {}, keys.map((k) => h("td", { class: /time|seen/.test(k) ? "time" : "", text: /time|seen/.test(k) ? fmtTime(r[k]) : (Array.isArray(r[k]) ? r[k].join(", ") : (r[k] == null ? "–" : String(r[k]))) }))))));
       };
-      fill("comp-body", h("div", { class: "grid g-3" },
+      fill("comp-body", h("div", { class: "grid g-2" },
         card("comp.unknown_hosts", h("div", { class: "scroll tall" }, gen(d.unknown_hosts)), { extra: h("span", { class: "count", text: num(d.unknown_hosts.length) }) }),
-        card("comp.undeclared_services", h("div", { class: "scroll tall" }, gen(d.undeclared_services)), { extra: h("span", { class: "count", text: num(d.undeclared_services.length) }) }),
-        card("comp.silent_assets", h("div", { class: "scroll tall" }, gen(d.silent_assets)), { extra: h("span", { class: "count", text: num(d.silent_assets.length) }) })));
+        h("div", { class: "stack" },
+          card("comp.undeclared_services", h("div", { class: "scroll" }, gen(d.undeclared_services)), { extra: h("span", { class: "count", text: num(d.undeclared_services.length) }) }),
+          card("comp.silent_assets", h("div", { class: "scroll" }, gen(d.silent_assets)), { extra: h("span", { class: "count", text: num(d.silent_assets.length) }) }))));
     }
     async function loadInventory(current) {
       const [inv, ch] = await Promise.all([api("/compliance/inventory"), api("/compliance/inventory/changes?limit=50")]);
@@ -779,9 +780,14 @@
           { key: "col.criticality", field: "criticality" }, { key: "col.services", render: (a) => (a.services || []).join(" "), cls: "mono" },
         ], inv.assets, { cls: "compact" })),
         card("comp.changes", table([
-          { key: "col.time", render: (c) => fmtTime(c.at || c.time), cls: "time" }, { key: "col.name", render: (c) => c.who || "–" },
+          { key: "col.time", render: (c) => fmtTime(c.at || c.time), cls: "time" }, { key: "col.who", render: (c) => c.who || "–" },
           { key: "col.id", render: (c) => c.record || c.id || "–", cls: "mono" },
-          { key: "col.reason", render: (c) => (c.field ? `${c.field}: ${JSON.stringify(c.old)} → ${JSON.stringify(c.new)}` : c.action || "") },
+          { key: "col.change", render: (c) => {
+            const short = (v) => { const x = typeof v === "string" ? v : JSON.stringify(v); return x && x.length > 80 ? x.slice(0, 77) + "…" : x; };
+            const what = c.field === "*" || !c.field ? (c.old == null ? t("comp.created") : c.new == null ? t("comp.removed") : t("comp.changed"))
+              : `${c.field}: ${short(c.old) ?? "∅"} → ${short(c.new) ?? "∅"}`;
+            return h("span", {}, c.material ? h("span", { class: "astatus at_risk", text: t("comp.material") }) : null, " " + what);
+          } },
         ], ch.items, { cls: "compact" })));
     }
     return { el, load, live: false };
