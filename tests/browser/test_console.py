@@ -369,3 +369,48 @@ def test_alert_to_incident_to_graph(browser, server):
     page2.goto(server["url"] + f"/#/incidents/{inc['id']}")
     page2.wait_for_selector("#inc-graph svg.tgraph")
     page2.wait_for_selector("#workflow-readonly")
+
+
+def test_map_places_public_sources(browser, tmp_path: Path):
+    """Alerts from public addresses are drawn at their country, with an arc to the protected networks
+    (the demo's attacker is a documentation address, so the demo map cannot show this)."""
+    pytest.importorskip("geoip2fast", reason="the geo extra (make test installs it)")
+    import uvicorn
+
+    from taishi.api.app import create_app
+    from taishi.ids import alert_id
+    from taishi.schema import alerts_table
+    from taishi.store import Store
+
+    now = time.time()
+    rows = [{"id": alert_id("r", [ip, str(i)]), "@timestamp": now - 600 - i, "event.kind": "alert", "rule.id": "r",
+             "rule.name": "SSH brute force", "rule.level": "high", "source.ip": ip, "destination.ip": "10.0.0.5",
+             "threat.tactic.name": ["credential-access"], "threat.technique.id": ["T1110"], "event.ids": [str(i)]}
+            for i, ip in enumerate(["1.2.4.8", "1.2.4.8", "8.8.8.8", "10.9.9.9", "203.0.113.1"])]
+    d = tmp_path / "data"
+    store = Store(d)
+    store.write_alerts(alerts_table(rows))
+    store.close()
+    app = create_app(d)
+    token = app.state.users.add_user("admin1", "admin")
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    try:
+        while not srv.started:
+            assert th.is_alive()
+            time.sleep(0.05)
+        page = _page(browser, {"url": f"http://127.0.0.1:{port}", "tokens": {"admin": token}}, lang="en")
+        page.wait_for_selector("#ov-map svg .pt")
+        assert page.locator("#ov-map svg .pt.public").count() == 2  # China and the United States
+        assert page.locator("#ov-map svg .pt.internal").count() == 1  # 10.9.9.9 at the protected networks
+        assert page.locator("#ov-map svg path.arc").count() == 2
+        labels = page.locator("#ov-map svg text.pt-label").all_text_contents()
+        assert "China 2" in labels and "United States 1" in labels
+        assert "documentation range" in page.inner_text("#ov-map-note")
+        assert page.locator("#ov-map svg .land circle").count() > 3000  # the dot-grid world
+        assert not page.errors
+    finally:
+        srv.should_exit = True
+        th.join(timeout=10)
