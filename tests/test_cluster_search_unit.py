@@ -120,3 +120,37 @@ def test_kafka_cluster_id_is_a_kafka_uuid():
     assert len(cid) == 22 and "=" not in cid
     assert len(base64.urlsafe_b64decode(cid + "==")) == 16
     assert cid != _kafka_cluster_id()
+
+
+def test_cache_is_reachable_by_others(monkeypatch):
+    """As root the search node runs as nobody: a checkout others cannot enter moves the cache."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from taishi.cluster import services
+
+    tmp_path = Path(tempfile.mkdtemp(prefix="taishi-cache-test-"))  # pytest's tmp_path is closed to others
+    tmp_path.chmod(0o755)
+    open_dir = tmp_path / "open" / "repo"
+    open_dir.mkdir(parents=True)
+    closed = tmp_path / "closed" / "repo"
+    closed.mkdir(parents=True)
+    (tmp_path / "closed").chmod(0o700)
+    try:
+        for d in (tmp_path, *tmp_path.parents):
+            if not d.stat().st_mode & 0o001:
+                pytest.skip(f"{d} is closed to others already")
+        assert services._others_can_enter(open_dir)
+        assert not services._others_can_enter(closed)
+        monkeypatch.delenv("TAISHI_SERVICES_CACHE", raising=False)
+        monkeypatch.setattr(services, "REPO", closed)
+        monkeypatch.setattr(services.os, "geteuid", lambda: 0)
+        assert services.cache_dir() == services.Path("/var/cache/taishi/services")
+        monkeypatch.setattr(services, "REPO", open_dir)
+        assert services.cache_dir() == open_dir / ".cache" / "services"
+        monkeypatch.setenv("TAISHI_SERVICES_CACHE", str(tmp_path / "c"))
+        assert services.cache_dir() == (tmp_path / "c").resolve()
+    finally:
+        (tmp_path / "closed").chmod(0o755)
+        shutil.rmtree(tmp_path, ignore_errors=True)

@@ -205,7 +205,7 @@ def _mvn_copy(artifacts: list[str], dest: Path, work: Path, report: Report) -> l
             n += 1
             report(f"downloaded {line.split('/')[-1].split(' ')[0]} ({n})")
         elif "Copying " in line:
-            report(line.split("Copying ", 1)[1])
+            report("copying " + line.split("Copying ", 1)[1].split(" ")[0])
     if proc.wait() != 0:
         raise ServiceError("mvn could not fetch " + ", ".join(artifacts) + ":\n" + "\n".join(tail))
     return sorted(dest.glob("*.jar")) + sorted(dest.glob("*.zip"))
