@@ -233,6 +233,7 @@ def aggregate(packets: dict[str, pa.Array] | None, carry: dict[str, object] | No
         "resp_flags": resp_fl,
         "syn_seen": syn_seen,
         "last": last,  # the newest flow of its key (the one later packets may extend)
+        "key": key.take(pa.array(order[starts])),
         # the partial-flow view (canonical direction), for carrying open flows over
         "lo_pk": lo_pk, "lo_by": lo_by, "lo_fl": lo_fl, "hi_fl": hi_fl,
     }
@@ -256,8 +257,21 @@ def as_carry(f: dict[str, object]) -> dict[str, object]:
         "n": f["n"], "frame": f["frame"], "start": f["start_ns"], "end": f["end_ns"], "by": f["bytes"],
         "pk": f["packets"], "lo_pk": f["lo_pk"], "lo_by": f["lo_by"], "lo_fl": f["lo_fl"], "hi_fl": f["hi_fl"],
         "syn": f["syn_seen"], "src": f["src"], "dst": f["dst"], "sport": f["sport"], "dport": f["dport"],
-        "smac": f["smac"], "dmac": f["dmac"], "proto": f["proto"], "stream": f["stream"],
+        "smac": f["smac"], "dmac": f["dmac"], "proto": f["proto"], "stream": f["stream"], "key": f["key"],
     }
+
+
+def concat_flows(a: dict[str, object] | None, b: dict[str, object] | None) -> dict[str, object] | None:
+    """Rows of ``a`` then ``b`` (same columns; either may be None)."""
+    if not a or not a["n"]:
+        return b if b and b["n"] else None
+    if not b or not b["n"]:
+        return a
+    out: dict[str, object] = {"n": a["n"] + b["n"]}
+    for k, v in a.items():
+        if k != "n":
+            out[k] = pa.concat_arrays([v, b[k]]) if isinstance(v, pa.Array) else np.concatenate([v, b[k]])
+    return out
 
 
 # Zeek's conn_state, from the TCP flags each side sent (docs.zeek.org, base/protocols/conn):
@@ -344,19 +358,33 @@ class LiveFlows:
             self.carry = take_flows(c, still) if still.any() else None
             return aggregate(None, done, self.idle_s, self.active_s)
         self.packets += len(pk["frame"])
-        f = aggregate(pk, self.carry, self.idle_s, self.active_s)
-        if f is None:
-            return None
-        still = f["last"] & (now_ns - f["end_ns"] <= _ns(self.idle_s)) & (now_ns - f["start_ns"] <= _ns(self.active_s))
-        n_open = int(still.sum())
-        if n_open > self.max_flows:  # least recently active first
-            idx = np.flatnonzero(still)
-            victims = idx[np.argsort(f["end_ns"][idx], kind="stable")[: n_open - self.max_flows]]
-            still[victims] = False
-            self.evicted += len(victims)
-        self.carry = as_carry(take_flows(f, still)) if still.any() else None
-        done = ~still
-        return take_flows(f, done) if done.any() else None
+        idle_ns, active_ns = _ns(self.idle_s), _ns(self.active_s)
+        # only the open flows this batch touches are merged again; the others are just checked
+        touched = rest = None
+        c = self.carry
+        if c:
+            keys, _ = _endpoints(pk["src"], pk["dst"], pk["sport"], pk["dport"], pk["proto"], pk["stream"])
+            hit = pc.is_in(c["key"], value_set=pc.unique(keys)).to_numpy(zero_copy_only=False)
+            touched = take_flows(c, hit) if hit.any() else None
+            rest = take_flows(c, ~hit) if not hit.all() else None
+        f = aggregate(pk, touched, self.idle_s, self.active_s)
+        still = f["last"] & (now_ns - f["end_ns"] <= idle_ns) & (now_ns - f["start_ns"] <= active_ns)
+        carry = as_carry(take_flows(f, still)) if still.any() else None
+        done = take_flows(f, ~still) if not still.all() else None
+        if rest is not None:
+            keep = (now_ns - np.asarray(rest["end"]) <= idle_ns) & (now_ns - np.asarray(rest["start"]) <= active_ns)
+            if not keep.all():
+                done = concat_flows(done, aggregate(None, take_flows(rest, ~keep), self.idle_s, self.active_s))
+            carry = concat_flows(take_flows(rest, keep), carry) if keep.any() else carry
+        if carry and carry["n"] > self.max_flows:  # least recently active first
+            order = np.argsort(np.asarray(carry["end"]), kind="stable")
+            over = np.zeros(carry["n"], dtype=bool)
+            over[order[: carry["n"] - self.max_flows]] = True
+            self.evicted += int(over.sum())
+            done = concat_flows(done, aggregate(None, take_flows(carry, over), self.idle_s, self.active_s))
+            carry = take_flows(carry, ~over)
+        self.carry = carry if carry and carry["n"] else None
+        return done if done and done["n"] else None
 
     def flush(self) -> dict[str, object] | None:
         """Every open flow (shutdown)."""
