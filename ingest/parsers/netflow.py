@@ -296,11 +296,16 @@ def _read_columns(raw: pa.Table) -> pa.Table | None:
         return None
     if not pc.all(pc.and_(pc.starts_with(orig, "{"), pc.ends_with(orig, "}"))).as_py():
         return None
-    if pc.any(pc.match_substring(orig, ":null")).as_py():  # an explicit null is kept in taishi.extra, absent is not
-        return None
     flat = orig.combine_chunks() if isinstance(orig, pa.ChunkedArray) else orig
     one = pa.ListArray.from_arrays(pa.array([0, len(flat)], pa.int32()), flat)
-    data = pc.binary_join(one, "\n")[0].as_buffer()
+    data = pc.binary_join(one, "\n")[0].as_buffer().to_pybytes()
+    if b"null" in data:
+        # an explicit null is kept in taishi.extra, an absent key is not: such rows are read as an
+        # empty object here (no address, so map_columns leaves them to the per-record path)
+        nul = pc.fill_null(pc.match_substring(flat, "null"), False)
+        flat = pc.if_else(nul, pa.scalar("{}", pa.string()), flat)
+        one = pa.ListArray.from_arrays(pa.array([0, len(flat)], pa.int32()), flat)
+        data = pc.binary_join(one, "\n")[0].as_buffer().to_pybytes()
     t = None
     for opts in (_INFER, _TYPED):  # inference is fastest; a NTP time beyond int64 needs the typed read
         try:
@@ -476,14 +481,16 @@ def map_columns(raw: pa.Table, t: pa.Table) -> tuple[np.ndarray, pa.Table]:
     for name in t.column_names:
         if name not in _MAPPED:
             pieces[name] = _json_values(t.column(name).combine_chunks() if isinstance(t.column(name), pa.ChunkedArray) else t.column(name))
-    parts: list[Any] = []
+    parts: list[Any] = [pa.scalar('{"netflow":{', pa.string())]
     for k in sorted(pieces):
         v = pieces[k]
         key = pa.scalar(orjson.dumps(k).decode() + ":", pa.string())
-        piece = pc.binary_join_element_wise(key, v, _COMMA, _EMPTY)  # null where v is
-        parts.append(piece if v.null_count == 0 else pc.fill_null(piece, _EMPTY))
-    body = pc.utf8_rtrim(pc.binary_join_element_wise(*parts, _EMPTY), ",")
-    extra = pc.binary_join_element_wise(pa.scalar('{"netflow":{', pa.string()), body, pa.scalar("}}", pa.string()), _EMPTY)
+        if v.null_count == 0:  # present in every row: joined in place
+            parts += [key, v, _COMMA]
+        else:  # '"k":v,' where present, '' where not
+            parts.append(pc.fill_null(pc.binary_join_element_wise(key, v, _COMMA, _EMPTY), _EMPTY))
+    extra = pc.binary_join_element_wise(*parts, _EMPTY)
+    extra = pc.binary_join_element_wise(pc.utf8_rtrim(extra, ","), pa.scalar("}}", pa.string()), _EMPTY)
     cols: dict[str, Any] = {
         "@timestamp": _ts(ts), "event.start": _ts(start_us), "event.end": _ts(end_us), "event.duration": duration,
         "source.ip": src, "source.port": g("sourceTransportPort"), "destination.ip": dst,
