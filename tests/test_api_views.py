@@ -240,7 +240,11 @@ def test_collectors_from_the_bus_directory(env, tmp_path: Path):
     d = get(env, "/views/overview")
     topic = next(t for t in d["collectors"]["topics"] if t["topic"] == "raw.syslog")
     assert topic["records"] == 3 and topic["lag"] == {"parse": 2} and topic["status"] == "lagging"
-    assert {s["dataset"] for s in d["collectors"]["sources"]} == {"zeek.conn", "system.auth"}
+    assert {s["dataset"]: s["events"] for s in d["collectors"]["sources"]} == {"zeek.conn": 6, "system.auth": 1}
+    # a source silent in the window is still listed (seen this week), with no events in the window
+    quiet = get(env, "/views/overview?since=2m")["collectors"]["sources"]
+    assert {s["dataset"]: s["events"] for s in quiet} == {"zeek.conn": 0, "system.auth": 0}
+    assert all(s["last_event"] for s in quiet)
 
 
 def test_views_on_an_empty_data_dir(tmp_path: Path):

@@ -152,7 +152,7 @@ def _topic_stats(topic_dir: Path) -> dict[str, Any]:
     return {"end": end, "last_write": iso(datetime.fromtimestamp(last, timezone.utc)) if last else None}
 
 
-def _collectors(data_dir: Path, store: Any, now: datetime) -> dict[str, Any]:
+def _collectors(data_dir: Path, store: Any, since: datetime, now: datetime) -> dict[str, Any]:
     bus = data_dir / "bus"
     topics = []
     tdir = bus / "topics"
@@ -175,10 +175,16 @@ def _collectors(data_dir: Path, store: Any, now: datetime) -> dict[str, Any]:
             status = "lagging" if any(v > 0 for v in lags.values()) else ("idle" if age is None or age > 3600 else "ok")
             topics.append({"topic": d.name, "records": st["end"], "last_write": st["last_write"],
                            "lag": lags, "status": status})
+    # per data source: events in the window, and the last event of the week (a source silent in the
+    # window still shows, with 0); bounded to a week so the poll does not scan the whole store
+    t = store._table("events")
+    where, params = store._where(t, "", min(since, now - timedelta(days=7)), now)
+    sql = (f'SELECT "event.dataset", count(*) FILTER (WHERE "@timestamp" >= ?), max("@timestamp"), '
+           f'max("event.ingested") FROM {store._rel(t)} WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 50')
+    with store._connect() as con:
+        rows = con.execute(sql, [since, *params]).fetchall()
     sources = [{"dataset": ds, "events": int(n), "last_event": jsonable(last), "last_ingested": jsonable(ing)}
-               for ds, n, last, ing in _sql(store, "events",
-                                            '"event.dataset", count(*), max("@timestamp"), max("event.ingested")',
-                                            "", None, None, 'GROUP BY 1 ORDER BY 2 DESC LIMIT 50')]
+               for ds, n, last, ing in rows]
     dead = [{"source": s, "stage": stage, "count": int(n)}
             for s, stage, n in _sql(store, "deadletters", '"taishi.source", "stage", count(*)', "", None, None,
                                     "GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 20")]
@@ -292,7 +298,7 @@ def register(app: FastAPI, ctx: Any) -> None:
             "map": {**geo_mod.aggregate_points(top_src + [(ip, n) for ip, n in sorted(src.items(), key=lambda kv: (-kv[1], kv[0]))[TOP:200]], g),
                     "home": {"lat": _HOME.lat, "lon": _HOME.lon, "name": _HOME.name},
                     "source": g.source, "available": g.available},
-            "collectors": _collectors(ctx.data_dir, store, now),
+            "collectors": _collectors(ctx.data_dir, store, s, now),
         })
 
     @app.get(f"{API}/views/posture", tags=["views"], **perm("views:read"))
