@@ -66,7 +66,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.parsers import deadletter, event_ids
+from ingest.parsers import deadletter
 from taishi.schema import DEADLETTER_SCHEMA, EVENT_SCHEMA, deadletters_table
 
 from . import apps
