@@ -327,6 +327,7 @@
           { key: "col.dataset", field: "dataset", cls: "mono" },
           { key: "col.events", field: "events", cls: "num", render: (r) => num(r.events) },
           { key: "col.last_event", render: (r) => fmtTime(r.last_event) },
+          { key: "col.status", render: (r) => h("span", { class: "health " + (r.events ? "ok" : "idle"), text: r.events ? "ok" : "silent" }) },
         ], col.sources.slice(0, 8), { cls: "compact" }),
         table([
           { key: "col.topic", field: "topic", cls: "mono" },
