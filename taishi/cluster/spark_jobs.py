@@ -337,24 +337,81 @@ def correlate_rows(conf: JobConf, cid: str, state: bytes | None, rows: Iterable[
                             "event.row": pc.add(m.column("event.row"), pa.scalar(base, pa.int64()))}))
         evs.append(e)
         base += e.num_rows
-    if max_ts is not None:  # heartbeat: the watermark follows every event of the batch, matched or not
-        evs.append(pa.table({"@timestamp": pa.array([max_ts], pa.int64()).cast(EVENT_SCHEMA.field("@timestamp").type)}))
     events = pa.concat_tables([conform(e) for e in evs]) if evs else EVENT_SCHEMA.empty_table()
     matches = (pa.concat_tables(ms) if ms else
                pa.table({"rule.id": pa.array([], pa.string()), "event.row": pa.array([], pa.int64())}))
-    engine = (CorrelationEngine.restore([spec], state, conf.lateness_s) if state
+    seen, snapshot = _unpack_state(state)
+    events, matches = _unseen(events, matches, seen)
+    if max_ts is not None:  # heartbeat: the watermark follows every event of the batch, matched or not
+        hb = pa.table({"@timestamp": pa.array([max_ts], pa.int64()).cast(EVENT_SCHEMA.field("@timestamp").type)})
+        events = pa.concat_tables([events, conform(hb)])
+    engine = (CorrelationEngine.restore([spec], snapshot, conf.lateness_s) if snapshot
               else CorrelationEngine([spec], conf.lateness_s))
     res = engine.process(events, matches)
     alerts = [res.alerts]
     if flush:
         alerts.append(engine.flush().alerts)
+    if flush or not math.isinf(conf.lateness_s):  # bounded input keeps every id until its windows closed
+        _forget(seen, engine.max_ts_us, spec.timespan_s + (0 if math.isinf(conf.lateness_s) else conf.lateness_s))
     out = []
     a = pa.concat_tables(alerts)
     if a.num_rows:
         out.append(_row(ALERTS, f"{CORR}:{cid}", to_ipc(a)))
     if res.late.num_rows:
         out.append(_row(DEADLETTERS, f"{CORR}:{cid}", to_ipc(late_deadletters(res.late, engine, conf.lateness_s))))
-    return engine.snapshot(), out
+    return _pack_state(seen, engine.snapshot()), out
+
+
+# A correlation group's state: the engine snapshot, and the ids of the events it has taken (with their
+# time), so an event delivered twice -- a collector re-sending a batch after a crash -- counts once.
+_STATE_MAGIC = b"TSC1"
+SEEN_HORIZON_S = 3600  # ids are kept this long (event time) beyond the rule's timespan and lateness
+
+
+def _pack_state(seen: dict[str, int], snapshot: bytes) -> bytes:
+    head = json.dumps(seen, separators=(",", ":")).encode()
+    return _STATE_MAGIC + len(head).to_bytes(8, "big") + head + snapshot
+
+
+def _unpack_state(state: bytes | None) -> tuple[dict[str, int], bytes | None]:
+    if not state:
+        return {}, None
+    if not state.startswith(_STATE_MAGIC):  # a bare engine snapshot
+        return {}, state
+    n = int.from_bytes(state[4:12], "big")
+    return json.loads(state[12:12 + n]), state[12 + n:]
+
+
+def _unseen(events: pa.Table, matches: pa.Table, seen: dict[str, int]) -> tuple[pa.Table, pa.Table]:
+    """``events`` without the ones taken before (by ``event.id``) or twice in this batch, matches renumbered;
+    the new ids are added to ``seen``."""
+    if events.num_rows == 0:
+        return events, matches
+    ids = events.column("event.id").to_pylist()
+    ts = pc.cast(events.column("@timestamp"), pa.int64()).to_pylist()
+    keep = []
+    for i, (eid, t) in enumerate(zip(ids, ts)):
+        if eid is not None:
+            if eid in seen:
+                continue
+            seen[eid] = t if t is not None else 0
+        keep.append(i)
+    if len(keep) == events.num_rows:
+        return events, matches
+    where = np.full(events.num_rows, -1, dtype=np.int64)
+    where[keep] = np.arange(len(keep))
+    rows = where[matches.column("event.row").to_numpy(zero_copy_only=False).astype(np.int64)]
+    ok = rows >= 0
+    matches = pa.table({"rule.id": matches.column("rule.id").filter(pa.array(ok)), "event.row": pa.array(rows[ok])})
+    return events.take(pa.array(keep, pa.int64())), matches
+
+
+def _forget(seen: dict[str, int], max_ts_us: int | None, span_s: float) -> None:
+    if max_ts_us is None:
+        return
+    cut = max_ts_us - int((span_s + SEEN_HORIZON_S) * 1_000_000)
+    for eid in [e for e, t in seen.items() if t < cut]:
+        del seen[eid]
 
 
 def late_deadletters(late: pa.Table, engine, lateness_s: float) -> pa.Table:
@@ -496,6 +553,7 @@ def session(cfg: Config, app: str = "taishi"):
          .config("spark.jars.packages", pkg)
          .config("spark.jars.ivy", str(ivy))
          .config("spark.ui.enabled", "false")
+         .config("spark.ui.showConsoleProgress", "false")  # the CLI draws its own progress
          .config("spark.sql.shuffle.partitions", str(s.get("shuffle_partitions", 4)))
          .config("spark.sql.session.timeZone", "UTC")
          .config("spark.sql.execution.arrow.pyspark.enabled", "true")
@@ -503,7 +561,9 @@ def session(cfg: Config, app: str = "taishi"):
          .config("spark.sql.streaming.stateStore.stateSchemaCheck", "true"))
     for k, v in (s.get("conf") or {}).items():
         b = b.config(str(k), str(v))
-    return b.getOrCreate()
+    spark = b.getOrCreate()
+    spark.sparkContext.setLogLevel(str(s.get("log_level", "ERROR")))
+    return spark
 
 
 def job_conf(spark, cfg: Config, *, bounded: bool) -> JobConf:
