@@ -14,7 +14,7 @@ the JVM options of the distribution's ``jvm.options`` that matter on Java 17,
 a generated ``opensearch.yml`` (loopback, single node, no security plugin) and
 a console ``log4j2.properties``. The module set is the one Taishi needs: the
 HTTP transport (netty4), the common analyzers and Painless (which the common
-analyzers extend).
+analyzers extend), and the geo module (geohash/geotile grid aggregations).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ MODULES = (
     ("transport-netty4-client", "transport-netty4", "org.opensearch.transport.Netty4Plugin", ""),
     ("lang-painless", "lang-painless", "org.opensearch.painless.PainlessPlugin", ""),
     ("analysis-common", "analysis-common", "org.opensearch.analysis.common.CommonAnalysisPlugin", "lang-painless"),
+    # geohash_grid / geotile_grid aggregations (the dashboards' maps) live in this module since OpenSearch 2.5
+    ("geo", "geo", "org.opensearch.geo.GeoModulePlugin", ""),
 )
 
 # Modules are the distribution's own code: the distribution grants them what their policies list;

@@ -15,7 +15,7 @@ Indices (prefix ``taishi`` by default, from ``cluster.search.index_prefix``)::
     taishi-incidents    incidents, _id = incident id
     taishi-assets       the CII inventory (one document per asset, with its system)
     taishi-deadletters  dead letters, _id = dead-letter id
-    taishi-posture      posture index time series, _id = digest(scope, time)
+    taishi-posture      posture index time series, _id = digest(scope, key, time)
 
 Mappings are generated from :mod:`taishi.schema`: ``ip`` for addresses (a
 ``.text`` keyword sub-field keeps the embedded store's wildcard match on
@@ -200,6 +200,7 @@ INCIDENT_MAPPING = {"dynamic": False, "properties": {
 }}
 
 ASSET_MAPPING = {"dynamic": False, "properties": {
+    "@timestamp": {"type": "date"},
     "asset_id": {"type": "keyword"}, "system_id": {"type": "keyword"}, "hostname": {"type": "keyword"},
     "ips": {"type": "ip_range"}, "role": {"type": "keyword"}, "criticality": {"type": "keyword"},
     "services": {"type": "keyword"},
@@ -217,7 +218,8 @@ ASSET_MAPPING = {"dynamic": False, "properties": {
 POSTURE_MAPPING = {"dynamic_templates": [
     {"numbers": {"match_mapping_type": "double", "mapping": {"type": "double"}}},
     {"strings": {"match_mapping_type": "string", "mapping": {"type": "keyword", "ignore_above": 1024}}},
-], "properties": {"@timestamp": {"type": "date"}, "scope": {"type": "keyword"}, "index": {"type": "double"},
+], "properties": {"@timestamp": {"type": "date"}, "scope": {"type": "keyword"}, "key": {"type": "keyword"},
+                  "index": {"type": "double"},
                   "band": {"type": "keyword"}, "pressure": {"type": "double"}}}
 
 
@@ -535,6 +537,7 @@ class SearchStore:
 
         self._ensure()
         systems = {s.cii_id: asdict(s) for s in _values(getattr(inventory, "systems", {}))}
+        now = _iso(self.clock())  # when this snapshot of the inventory was indexed (Grafana filters on a time field)
         docs = []
         for a in _values(getattr(inventory, "assets", {})):
             d = asdict(a)
@@ -544,17 +547,19 @@ class SearchStore:
             sysd.pop("security_contacts", None)
             sysd["cidrs"] = _cidrs(sysd.get("cidrs"))
             d["system"] = {k: v for k, v in sysd.items() if v not in ("", None, [])}
-            docs.append((a.asset_id, {k: v for k, v in d.items() if v not in ("", None, [])}))
+            docs.append((a.asset_id, {"@timestamp": now, **{k: v for k, v in d.items() if v not in ("", None, [])}}))
         return self._bulk_create(self.index_name("assets"), docs, op="index")
 
     def write_posture(self, rows: Iterable[dict]) -> int:
-        """Index posture points (``@timestamp``, ``scope``, ``index``, ``band`` ...); ``_id`` = digest(scope, time)."""
+        """Index posture points (``@timestamp``, ``scope``, ``key``, ``index``, ``band`` ...);
+        ``_id`` = digest(scope, key, time), so a recomputed point replaces the old one."""
         self._ensure()
         docs = []
         for r in rows:
             ts = r["@timestamp"]
             ts = _iso(ts) if isinstance(ts, datetime) else str(ts)
-            key = hashlib.blake2b(f"ps1\x1f{r.get('scope')}\x1f{ts}".encode(), digest_size=16).hexdigest()
+            key = hashlib.blake2b(f"ps2\x1f{r.get('scope')}\x1f{r.get('key')}\x1f{ts}".encode(),
+                                  digest_size=16).hexdigest()
             docs.append((key, {**r, "@timestamp": ts}))
         return self._bulk_create(self.index_name("posture"), docs, op="index")
 

@@ -211,8 +211,16 @@ def _mvn_copy(artifacts: list[str], dest: Path, work: Path, report: Report) -> l
     return sorted(dest.glob("*.jar")) + sorted(dest.glob("*.zip"))
 
 
+# Bumped when what `fetch` assembles changes (a new module ...): an older home is assembled again.
+LAYOUT = {"kafka": 1, "search": 2}
+
+
 def fetched(svc: Service) -> bool:
-    return (svc.home / ".fetched").is_file()
+    try:
+        marker = json.loads((svc.home / ".fetched").read_text())
+    except (OSError, ValueError):
+        return False
+    return marker.get("layout", 1) == LAYOUT[svc.name]
 
 
 def fetch(svc: Service, report: Report = _quiet) -> Path:
@@ -231,7 +239,8 @@ def fetch(svc: Service, report: Report = _quiet) -> Path:
         opensearch_dist.assemble(partial, OPENSEARCH_VERSION, _mvn_copy, report)
     shutil.rmtree(home, ignore_errors=True)
     partial.rename(home)
-    (home / ".fetched").write_text(json.dumps({"version": svc.version, "at": time.time()}) + "\n")
+    (home / ".fetched").write_text(json.dumps({"version": svc.version, "layout": LAYOUT[svc.name],
+                                               "at": time.time()}) + "\n")
     return home
 
 

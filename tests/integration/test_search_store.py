@@ -368,11 +368,12 @@ def test_incidents_round_trip_and_search(store):
 
 
 def test_posture_points_are_idempotent(store):
-    pts = [{"@timestamp": START + timedelta(hours=h), "scope": s, "index": 100.0 - h, "band": "calm"}
-           for h in range(4) for s in ("overall", "sector:能源")]
-    assert store.write_posture(pts) == 8
+    pts = [{"@timestamp": START + timedelta(hours=h), "scope": s, "key": k, "index": 100.0 - h, "band": "calm"}
+           for h in range(4) for s, k in (("overall", "overall"), ("sector", "能源"), ("sector", "金融"))]
+    assert store.write_posture(pts) == 12
     store.write_posture(pts)
     store.refresh_indices()
+    assert store._req("POST", f"/{store.index_name('posture')}/_count", {})["count"] == 12
     r = store._req("POST", f"/{store.index_name('posture')}/_search", {
         "size": 0, "query": {"term": {"scope": "overall"}},
         "aggs": {"h": {"date_histogram": {"field": "@timestamp", "fixed_interval": "1h"},
