@@ -26,6 +26,10 @@ namespace end at ``--live-pps`` packets/s (0: top speed), ``--live-loops``
 times; reports packets sent and captured, kernel drops (dumpcap's count) and
 interface drops (the veth's receive queue), and packets per CPU second of
 the collector, tshark and dumpcap together.
+``--tshark-modes`` prints what tshark alone costs per packet on each capture
+(CPU µs, pinned): dissection without a tree (``-q``), ``-T fields`` with
+one field, and with all of ``ingest.pcap.tshark.FIELDS`` -- the floor any
+path that prints fields for every packet pays.
 Target: >= 50k packets/s.
 """
 
@@ -142,6 +146,27 @@ def live(loops: int, rate: int) -> None:
         sh("ip", "netns", "del", ns)
 
 
+def tshark_modes(cases: list) -> None:
+    from ingest.pcap.tshark import field_args, tshark_path
+
+    exe = tshark_path()
+    for name, path, _ in cases:
+        if not path.exists():
+            continue
+        out = {}
+        for mode, extra in (("q", ["-q"]), ("one_field", ["-T", "fields", "-e", "frame.number"]),
+                            ("all_fields", field_args())):
+            best = None
+            for _ in range(3):
+                _, c0 = _cpu()
+                subprocess.run([exe, "-n", "-r", str(path), *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                _, c1 = _cpu()
+                best = c1 - c0 if best is None else min(best, c1 - c0)
+            out[mode] = best
+        n = run_one(path)["packets"]
+        report(f"tshark_{name}", {"packets": n, **{f"{k}_us_per_packet": round(v * 1e6 / n, 1) for k, v in out.items()}})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3, help="runs per capture; the fastest (by CPU) is reported")
@@ -149,8 +174,12 @@ def main() -> None:
     ap.add_argument("--live", action="store_true", help="the live capture path on a veth pair (root)")
     ap.add_argument("--live-loops", type=int, default=5, help="tcpreplay loops per capture with --live")
     ap.add_argument("--live-pps", type=int, default=20000, help="tcpreplay packets/s with --live (0: top speed)")
+    ap.add_argument("--tshark-modes", action="store_true", help="tshark's own cost per packet, by output mode")
     args = ap.parse_args()
     pin_one_core()
+    if args.tshark_modes:
+        tshark_modes([(n, SHARED / rel, a) for n, rel, a in CASES])
+        return
     if args.live:
         live(args.live_loops, args.live_pps)
         return
