@@ -184,7 +184,7 @@ def test_overview_is_live(browser, server):
     page = _page(browser, server)
     page.wait_for_selector("#ov-gauge text.gauge-num")
     first = page.inner_text("#updated")
-    _until(page, lambda: page.inner_text("#updated") != first, 25)
+    _until(page, lambda: page.inner_text("#updated") != first, 60)
     page.click("#live")  # pause: the timer stops
     assert page.get_attribute("#live", "aria-pressed") == "false"
 

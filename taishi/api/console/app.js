@@ -203,7 +203,8 @@
   function stamp() { $("updated").textContent = t("live.updated", { t: new Date().toLocaleTimeString(state.lang, { hour12: false }) }); }
   function startPolling() {
     stopPolling();
-    if (state.live) state.timer = setInterval(() => { if (state.view && state.view.live && !document.hidden) load(); }, POLL_MS);
+    // the live refresh skips a beat while a request is still out (a slow server is not flooded)
+    if (state.live) state.timer = setInterval(() => { if (state.view && state.view.live && !document.hidden && !state.inflight) reload(); }, POLL_MS);
   }
   function stopPolling() { if (state.timer) clearInterval(state.timer); state.timer = null; }
 
@@ -225,16 +226,22 @@
     state.view = PAGES[state.page](state.arg);
     root.dataset.page = state.page;
     root.append(state.view.el);
-    load();
+    reload();
   }
-  async function load() {
-    const gen = state.gen, view = state.view;
+  // Each load has a sequence number: only the newest one may draw, so a slow answer to an older
+  // request (the live refresh, a previous search) never overwrites a newer one.
+  async function reload() {
+    const gen = state.gen, view = state.view, seq = (state.seq = (state.seq || 0) + 1);
+    const current = () => gen === state.gen && seq === state.seq;
+    state.inflight = (state.inflight || 0) + 1;
     try {
-      await view.load(() => gen === state.gen);
-      if (gen === state.gen) { stamp(); showError("page-error", ""); }
+      await view.load(current);
+      if (current()) { stamp(); showError("page-error", ""); }
     } catch (e) {
-      if (gen !== state.gen || e.status === 401) return;
+      if (!current() || e.status === 401) return;
       showError("page-error", (e.status === 400 ? t("error.query") : t("error.generic")) + ": " + e.message);
+    } finally {
+      state.inflight -= 1;
     }
   }
   function fill(id, ...kids) {
@@ -362,11 +369,11 @@
       LEVELS.slice(0, 4).map((l) => h("option", { value: l, text: "≥ " + t("level." + l), selected: state.alertLevel === l })));
     const stSel = h("select", { id: "alerts-status", class: "ctl" }, h("option", { value: "", text: t("alerts.allstatus") }),
       TRIAGE.map((s) => h("option", { value: s, text: t("status." + s), selected: state.alertStatus === s })));
-    const form = h("form", { class: "toolbar", id: "alerts-form", onsubmit: (ev) => { ev.preventDefault(); state.alertQ = q.value.trim(); load(); } },
+    const form = h("form", { class: "toolbar", id: "alerts-form", onsubmit: (ev) => { ev.preventDefault(); state.alertQ = q.value.trim(); reload(); } },
       q, lvSel, stSel, h("button", { type: "submit", class: "btn btn-primary", text: t("search.submit") }),
-      h("button", { type: "button", class: "btn", text: t("search.clear"), onclick: () => { q.value = ""; state.alertQ = ""; lvSel.value = ""; stSel.value = ""; state.alertLevel = ""; state.alertStatus = ""; load(); } }));
-    lvSel.addEventListener("change", () => { state.alertLevel = lvSel.value; load(); });
-    stSel.addEventListener("change", () => { state.alertStatus = stSel.value; load(); });
+      h("button", { type: "button", class: "btn", text: t("search.clear"), onclick: () => { q.value = ""; state.alertQ = ""; lvSel.value = ""; stSel.value = ""; state.alertLevel = ""; state.alertStatus = ""; reload(); } }));
+    lvSel.addEventListener("change", () => { state.alertLevel = lvSel.value; reload(); });
+    stSel.addEventListener("change", () => { state.alertStatus = stSel.value; reload(); });
     const el = h("div", {}, form, h("div", { class: "level-strip", id: "alerts-strip" }),
       card("alerts.title", h("div", { id: "alerts-table" }), { extra: h("span", { class: "muted", id: "alerts-meta" }) }));
     async function load(current) {
@@ -464,7 +471,7 @@
         await api("/alerts/" + encodeURIComponent(a.id) + "/triage", { method: "POST", body });
         await openAlert(a.id);
         const m = $("triage-msg"); if (m) m.textContent = t("triage.done");
-        if (state.page === "alerts") load();
+        if (state.page === "alerts") reload();
       } catch (e) {
         msg.textContent = e.status === 403 ? t("error.forbidden") : e.status === 401 ? "" : t("error.generic") + ": " + e.message;
       }
@@ -815,7 +822,7 @@
     $("live").addEventListener("click", () => {
       state.live = !state.live;
       renderLive();
-      if (state.live) { load(); startPolling(); } else stopPolling();
+      if (state.live) { reload(); startPolling(); } else stopPolling();
     });
     $("drawer-close").addEventListener("click", closeDrawer);
     document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && !$("drawer").hidden) closeDrawer(); });
@@ -829,7 +836,7 @@
       }
     });
     let resize = null;
-    window.addEventListener("resize", () => { clearTimeout(resize); resize = setTimeout(() => { if (state.me && state.view) load(); }, 250); });
+    window.addEventListener("resize", () => { clearTimeout(resize); resize = setTimeout(() => { if (state.me && state.view) reload(); }, 250); });
     const token = sessionStorage.getItem(TOKEN_KEY);
     if (token) api("/me", { login: true }).then((me) => { state.me = me; showApp(); }).catch(() => logout(""));
     else logout("");
