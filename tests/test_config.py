@@ -57,12 +57,16 @@ def test_cli_reads_taishi_yaml_from_the_working_directory(tmp_path: Path, monkey
         "logsource: {product: zeek, service: conn}\n"
         "detection: {sel: {destination.port: 23}, condition: sel}\n"
     )
-    (tmp_path / "taishi.yaml").write_text("data_dir: d\nrules: [myrules]\n")
+    (tmp_path / "taishi.yaml").write_text(
+        "data_dir: d\nrules: [myrules]\ncluster: {search: {url: 'http://127.0.0.1:9'}}\n")
     res = CliRunner().invoke(main, ["rules", "list", "--json"])
     assert res.exit_code == 0, res.output
     assert [r["title"] for r in json.loads(res.stdout)] == ["Telnet seen"]
+    # --mode overrides the file's (default) mode, and cluster mode reads the file's cluster section:
+    # the search node it names (a closed port here) is the one asked.
     res = CliRunner().invoke(main, ["--mode", "cluster", "alerts"])
-    assert res.exit_code != 0 and "cluster mode is not available" in res.output
+    assert res.exit_code != 0
+    assert "no search node answers at http://127.0.0.1:9" in " ".join(res.output.split())
 
 
 def test_rules_commands_exit_codes(tmp_path: Path) -> None:
