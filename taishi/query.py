@@ -532,6 +532,8 @@ class _Compiler:
             return self.exists(col)
         t = self.types[col]
         elem = t.value_type if pa.types.is_list(t) else t
+        if pa.types.is_struct(elem):
+            raise QueryError(f"{col} is a geo point: only {col}:* (has one) can be searched", pos)
         if v.regex:
             _check_regex(v.text, pos)
             text_like = col in TEXT_FIELDS

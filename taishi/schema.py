@@ -28,6 +28,8 @@ INT = pa.int64()
 FLOAT = pa.float64()
 BOOL = pa.bool_()
 STRS = pa.list_(pa.string())
+# ECS geo_point as an object: {"lat": .., "lon": ..} (the search node maps it as geo_point)
+GEO_POINT = pa.struct([pa.field("lat", pa.float64()), pa.field("lon", pa.float64())])
 
 # name -> arrow type. Order is the column order of every events batch.
 EVENT_FIELDS: dict[str, pa.DataType] = {
@@ -211,6 +213,22 @@ ALERT_FIELDS: dict[str, pa.DataType] = {
     "event.ids": STRS,
     "taishi.group": STR,  # correlation group-by values, as JSON
     "message": STR,
+    # Context added where alerts are stored, by taishi.enrich.enrich_alerts (both modes):
+    # the CII asset each end touches (as events have it) ...
+    "taishi.source.asset.id": STR,
+    "taishi.source.asset.system": STR,
+    "taishi.source.asset.sector": STR,
+    "taishi.source.asset.level": INT,  # MLPS protection level 1-5
+    "taishi.destination.asset.id": STR,
+    "taishi.destination.asset.system": STR,
+    "taishi.destination.asset.sector": STR,
+    "taishi.destination.asset.level": INT,
+    # ... where a public source address is (offline GeoIP, taishi.geo; internal/unknown -> null) ...
+    "source.geo.country_iso_code": STR,
+    "source.geo.country_name": STR,
+    "source.geo.location": GEO_POINT,
+    # ... and the alert's risk: rule level weighed by the protection level of the assets it touches
+    "event.risk_score": FLOAT,  # 0-100, see taishi.enrich.risk_score
 }
 ALERT_SCHEMA = pa.schema([pa.field(n, t) for n, t in ALERT_FIELDS.items()])
 
@@ -251,6 +269,9 @@ def _coerce(value: Any, typ: pa.DataType) -> Any:
         return float(value)
     if typ == BOOL:
         return bool(value)
+    if typ == GEO_POINT:  # {"lat", "lon"} or (lat, lon)
+        lat, lon = (value["lat"], value["lon"]) if isinstance(value, Mapping) else value
+        return {"lat": float(lat), "lon": float(lon)}
     if typ == STRS:
         if isinstance(value, (list, tuple, set)):
             return [str(v) for v in value if v is not None]

@@ -170,6 +170,8 @@ def _sql_type(t: pa.DataType) -> str:
         return "BOOLEAN"
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return _sql_type(t.value_type) + "[]"
+    if pa.types.is_struct(t):  # e.g. source.geo.location {lat, lon}
+        return "STRUCT(" + ", ".join(f"{quote_ident(f.name)} {_sql_type(f.type)}" for f in t) + ")"
     raise TypeError(f"no DuckDB type for {t}")
 
 

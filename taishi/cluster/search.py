@@ -130,6 +130,8 @@ def _is_ip(name: str) -> bool:
 
 def _field_mapping(name: str, typ: pa.DataType, lc: bool = False) -> dict:
     elem = typ.value_type if pa.types.is_list(typ) else typ
+    if pa.types.is_struct(elem) and {f.name for f in elem} == {"lat", "lon"}:  # source.geo.location
+        return {"type": "geo_point", "ignore_malformed": True}
     if pa.types.is_timestamp(elem):
         return {"type": "date", "ignore_malformed": True}
     if pa.types.is_integer(elem):
