@@ -452,22 +452,25 @@ class Pipeline:
         for k, v in _value_counts(t, "event.dataset"):
             self.stats.by_dataset[k] += v
 
-    def _enrich(self, t: pa.Table) -> pa.Table:
+    def _enrich(self, t: pa.Table, *, alerts: bool = False) -> pa.Table:
         """Add the CII asset columns (``taishi.source.asset.*``, ``taishi.destination.asset.*``)
-        once an inventory exists; it is re-read when its file changes."""
+        once an inventory exists; it is re-read when its file changes. Alerts get
+        :func:`taishi.enrich.enrich_alerts` (assets, source geo, risk score), as in cluster mode."""
         from compliance.inventory import Inventory, enrich
+        from taishi.enrich import enrich_alerts
 
         try:
             mtime = Inventory.file(self.cfg.data_dir).stat().st_mtime_ns
         except FileNotFoundError:
-            return t
+            return enrich_alerts(t, None) if alerts else t
         if self._inventory_mtime != mtime:
             self._inventory, self._inventory_mtime = Inventory.open(self.cfg.data_dir), mtime
-        return enrich(t, self._inventory)
+        return enrich_alerts(t, self._inventory) if alerts else enrich(t, self._inventory)
 
     def _store_alerts(self, t: pa.Table) -> None:
+        t = self._enrich(t, alerts=True)  # stored, and grouped into incidents, with their assets
         self.stats.alerts_stored += self.store.write_alerts(t)
-        self.incidents.process(self._enrich(t))  # checkpointed before the store commits this batch
+        self.incidents.process(t)  # checkpointed before the store commits this batch
         fresh = [i for i in t.column("id").to_pylist() if i not in self.stats.alert_ids]
         if not fresh:
             return
