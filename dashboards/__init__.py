@@ -338,11 +338,16 @@ def target_request(dash: Mapping[str, Any], target: Mapping[str, Any], *, start:
 
 def panel_requests(dash: Mapping[str, Any], panel: Mapping[str, Any], *, start: int, end: int,
                    interval: str = "1h", values: Mapping[str, Any] | None = None,
-                   adhoc: Sequence[tuple[str, str, str]] = (), prefix: str = "taishi") -> list[dict[str, Any]]:
-    """``[{"refId", "index", "body", "target"}]`` for each target of ``panel`` over [start, end] ms
-    (a panel's relative time override, ``timeFrom``, replaces the start as in Grafana)."""
-    if panel.get("timeFrom"):
-        start = end - _relative_ms(panel["timeFrom"])
+                   adhoc: Sequence[tuple[str, str, str]] = (), prefix: str = "taishi",
+                   now: int | None = None) -> list[dict[str, Any]]:
+    """``[{"refId", "index", "body", "target"}]`` for each target of ``panel`` over [start, end] ms.
+
+    ``now`` (ms) says the dashboard's range is relative (``now-7d`` to ``now``, the
+    dashboards' default); then a panel's relative time override, ``timeFrom``,
+    replaces the whole range with [now - timeFrom, now], as Grafana does. With an
+    absolute range (``now`` None) Grafana ignores the override, and so does this."""
+    if panel.get("timeFrom") and now is not None:
+        start, end = now - _relative_ms(panel["timeFrom"]), now
     out = []
     for t in panel.get("targets", []):
         if t.get("hide"):

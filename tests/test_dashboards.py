@@ -144,10 +144,19 @@ def test_raw_data_and_adhoc_request():
 def test_panel_time_override():
     dash = ALL["taishi-cii-assets"]
     inv = next(p for p in D.panels(dash) if p.get("timeFrom"))
-    req = D.panel_requests(dash, inv, start=5_000_000_000_000, end=5_000_000_000_000 + 1)[0]
+    now = 5_000_000_000_000
+    # a relative dashboard range ("now-7d" to "now"): the override replaces it, ending now
+    req = D.panel_requests(dash, inv, start=now - 7 * 86_400_000, end=now, now=now)[0]
     rng = req["body"]["query"]["bool"]["filter"][0]["range"]["@timestamp"]
-    assert rng["gte"] < 5_000_000_000_000 - 50 * 365 * 86_400_000
+    assert rng["gte"] < now - 50 * 365 * 86_400_000 and rng["lte"] == now
     assert req["index"] == "taishi-assets"
+    # even when the picked relative range ended long ago ("now-30d" to "now-29d")
+    req = D.panel_requests(dash, inv, start=now - 30 * 86_400_000, end=now - 29 * 86_400_000, now=now)[0]
+    assert req["body"]["query"]["bool"]["filter"][0]["range"]["@timestamp"]["lte"] == now
+    # an absolute range: Grafana applies no relative override (grafana panel.ts applyPanelTimeOverrides)
+    req = D.panel_requests(dash, inv, start=now - 3_600_000, end=now - 1)[0]
+    rng = req["body"]["query"]["bool"]["filter"][0]["range"]["@timestamp"]
+    assert (rng["gte"], rng["lte"]) == (now - 3_600_000, now - 1)
 
 
 def test_rows_flatten_nested_buckets():

@@ -177,7 +177,7 @@ def dashboards_probe(ctx: click.Context, since: str, as_json: bool) -> None:
                 for p in dash_mod.panels(dash):
                     reqs = dash_mod.panel_requests(dash, p, start=int(start.timestamp() * 1000),
                                                    end=int(end.timestamp() * 1000), interval=interval,
-                                                   prefix=search.prefix)
+                                                   prefix=search.prefix, now=int(end.timestamp() * 1000))
                     for r in reqs:
                         item = {"dashboard": uid, "panel": p["id"], "title": p["title"], "index": r["index"]}
                         try:
