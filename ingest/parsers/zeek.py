@@ -75,18 +75,29 @@ def _unescape(col: pa.Array, escaped: bool = True) -> pa.Array:
     return pa.array([None if v is None else _unescape_one(v) if "\\x" in v else v for v in col.to_pylist()], pa.string())
 
 
+def _null_where(col: pa.Array, drop: pa.Array) -> pa.Array:
+    """``col`` (strings) with nulls where ``drop`` is true. A column fresh from the
+    split (no nulls, no offset) keeps its offsets and data buffers and only gets
+    a validity bitmap, instead of having every string copied by ``if_else``."""
+    if drop.null_count or drop.offset or col.offset or col.null_count or not pa.types.is_string(col.type):
+        return pc.if_else(pc.fill_null(drop, False), _NULL_STR, col)
+    keep = pc.invert(drop)
+    bufs = col.buffers()
+    return pa.StringArray.from_buffers(len(col), bufs[1], bufs[2], keep.buffers()[1])
+
+
 def _tsv_convert(col: pa.Array, ztype: str, header: dict[str, Any], escaped: bool = True) -> pa.Array:
     """A TSV column of strings -> typed by its Zeek type; ``escaped``: the batch may hold \\xHH escapes."""
     unset = header.get("unset_field", "-")
     empty = header.get("empty_field", "(empty)")
-    col = pc.if_else(pc.equal(col, unset), _NULL_STR, col)
     if ztype.startswith(("set[", "vector[", "table[")):
+        col = _null_where(col, pc.equal(col, unset))
         is_empty = pc.fill_null(pc.equal(col, empty), False)
         lists = pc.split_pattern(col, header.get("set_separator", ","))
         if escaped and pc.any(pc.match_substring(col, "\\x")).as_py():
             lists = pa.ListArray.from_arrays(lists.offsets, _unescape(lists.values), mask=lists.is_null())
         return pc.if_else(is_empty, _EMPTY_LIST, lists)
-    col = pc.if_else(pc.fill_null(pc.equal(col, empty), False), _NULL_STR, col)
+    col = _null_where(col, pc.or_(pc.equal(col, unset), pc.equal(col, empty)))
     if ztype == "time":
         return _secs_to_ts(col.cast(pa.float64()))
     if ztype in ("interval", "double"):
