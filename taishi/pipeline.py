@@ -340,8 +340,11 @@ class Pipeline:
     def step_parse(self, max_records: int = PARSE_BATCH) -> int:
         """Parse up to about ``max_records`` raw records of each raw topic.
 
-        Consecutive raw frames are parsed together as one batch, which becomes
-        one events frame whose meta names the input offset after it.
+        Consecutive raw frames of one input are parsed together as one batch,
+        which becomes one events frame whose meta names the input offset after
+        it. Frames of different inputs are not mixed: a parser infers types
+        over its batch (Zeek JSON), and one file's lines must not change how
+        another's are read.
         """
         done = 0
         for topic in self.bus.topics():
@@ -349,12 +352,15 @@ class Pipeline:
                 continue
             fmt = topic[4:]
             tables: list[pa.Table] = []
+            key = None
             end = None
             for batch in self.bus.read(topic, self.parse_position(topic), max_records):
-                if tables and batch.table.schema != tables[0].schema:
+                k = _input_key(batch.table)
+                if tables and k != key:
                     self._parse_batch(topic, fmt, tables, end)
                     tables = []
                 tables.append(batch.table)
+                key = k
                 end = batch.next_offset
                 done += batch.table.num_rows
             if tables:
@@ -520,15 +526,17 @@ class Pipeline:
         logsource: str | None = None,
     ) -> RunStats:
         t0 = time.perf_counter()
+        pending = 0  # raw records collected since the last drain, over files: small files share batches
         for p in paths:
-            drained = 0
+            seen = 0
             for n in self._collect(p, fmt, from_start=from_start, logsource=logsource,
                                    progress=(lambda pos, p=p: progress(p, pos)) if progress else None):
-                if n - drained >= PARSE_BATCH:  # parse while reading: raw frames are still in memory
+                pending += n - seen
+                seen = n
+                if pending >= PARSE_BATCH:  # parse while reading: raw frames are still in memory
                     self.drain()
-                    drained = n
-            self.drain()
-        self.finish()
+                    pending = 0
+        self.finish()  # drains the rest
         self.stats.seconds = time.perf_counter() - t0
         return self.stats
 
@@ -568,6 +576,12 @@ def anomaly_alerts(model, events: pa.Table, version: str) -> pa.Table:
     from detect.anomaly.model import anomaly_alerts as _alerts
 
     return _alerts(model, events, version)
+
+
+def _input_key(raw: pa.Table) -> tuple:
+    """What a raw frame's records came from: its schema and first record's source and path."""
+    first = raw.slice(0, 1).select([c for c in ("taishi.source", "log.file.path") if c in raw.column_names]).to_pylist()
+    return (raw.schema, tuple(first[0].values()) if first else ())
 
 
 def _value_counts(t: pa.Table, column: str) -> list[tuple[str, int]]:
