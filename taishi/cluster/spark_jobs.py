@@ -15,6 +15,8 @@ pipeline's own stage code on executors::
                        then executors write events, alerts and dead letters to the
                        search store (document id = Taishi id) and alerts and dead
                        letters to the Kafka ``alerts`` / ``deadletter`` topics
+                       (alerts first get taishi.enrich.enrich_alerts: CII assets,
+                       source geo, risk score -- the embedded store stage's call)
 
 Spark moves Arrow batches between the steps as the embedded bus does: a row of
 the job's internal schema (``kind, key, payload, aux, max_ts, flush``) carries
@@ -475,7 +477,10 @@ def write_rows(conf: JobConf, rows: Iterable[dict], *, to_kafka: bool = True) ->
 
             for k, v in _value_counts(t, "event.dataset"):
                 st["by_dataset"][k] += v
-        elif kind == ALERTS:
+        elif kind == ALERTS:  # stored and sent on with their assets, source geo and risk (as embedded)
+            from taishi.enrich import enrich_alerts
+
+            t = enrich_alerts(t, conf.inventory.value if conf.inventory is not None else None)
             st["alerts_stored"] += _written(store.write_alerts(t), t)
             if kb is not None:
                 kb.produce(TOPIC_ALERTS, t)
@@ -679,7 +684,7 @@ INCIDENTS_DDL = "kind string, payload binary"
 
 
 def incident_rows(conf: JobConf, batch: pa.Table) -> list[dict]:
-    """Kafka ``alerts``/``control`` records -> the incidents group's input rows (alerts enriched
+    """Kafka ``alerts``/``control`` records -> the incidents group's input rows (alerts as stored,
     with the CII asset columns, as the embedded pipeline hands them to its incident stage)."""
     topics = _unprefixed(conf, batch.column("topic").to_pylist())
     values = batch.column("value").to_pylist()
@@ -692,13 +697,8 @@ def incident_rows(conf: JobConf, batch: pa.Table) -> list[dict]:
             except (ValueError, AttributeError, TypeError):
                 pass
     out = []
-    if alerts:
+    if alerts:  # they carry their CII asset columns: the detect job enriched them (taishi.enrich.enrich_alerts)
         t, _bad = decode_rows(TOPIC_ALERTS, alerts)  # undecodable alerts cannot come from the detect job
-        inv = conf.inventory.value if conf.inventory is not None else None
-        if inv is not None:
-            from compliance.inventory import enrich
-
-            t = enrich(t, inv)
         out.append({"kind": ALERTS, "payload": to_ipc(t)})
     if flush:
         out.append({"kind": "flush", "payload": None})

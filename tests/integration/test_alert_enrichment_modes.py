@@ -1,0 +1,74 @@
+"""The alert enrichment (CII assets, source geo, risk score) is the same in both modes.
+
+The demo campaign (attacker at a public address) runs with the demo network's CII inventory
+through the embedded pipeline and through cluster mode on real services (Kafka, Spark, the
+search node); the alerts have the same ids and, id by id, the same enrichment columns. The
+search node maps ``source.geo.location`` as a ``geo_point``, so the overview's map can
+aggregate it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from test_alert_enrichment import DB01, PUBLIC_ATTACKER, campaign_inputs, embedded_run, with_demo_inventory  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+COLUMNS = ("taishi.source.asset.id", "taishi.source.asset.system", "taishi.source.asset.sector",
+           "taishi.source.asset.level", "taishi.destination.asset.id", "taishi.destination.asset.system",
+           "taishi.destination.asset.sector", "taishi.destination.asset.level", "source.geo.country_iso_code",
+           "source.geo.country_name", "source.geo.location", "event.risk_score")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return campaign_inputs(tmp_path_factory.mktemp("campaign"))
+
+
+@pytest.fixture(scope="module")
+def embedded(inputs, tmp_path_factory):
+    alerts, _ = embedded_run(inputs, with_demo_inventory(tmp_path_factory.mktemp("embedded")))
+    return alerts
+
+
+@pytest.fixture(scope="module")
+def cluster(inputs, spark, kafka_bootstrap, search_node, tmp_path_factory):
+    from taishi.cluster import runner
+    from taishi.cluster.search import SearchStore
+    from test_cross_mode import cluster_config
+
+    cfg = cluster_config(with_demo_inventory(tmp_path_factory.mktemp("cluster")), kafka_bootstrap, search_node)
+    runner.ingest(cfg, inputs, spark=spark)
+    store = SearchStore.from_config(cfg)
+    store.refresh_indices()
+    try:
+        yield store, {a["id"]: a for a in store.search_alerts("", limit=10_000).to_pylist()}
+    finally:
+        store._req("DELETE", f"/_data_stream/{store.index_name('events')}", ok=(404,))
+        for name in ("events", "alerts", "incidents", "assets", "posture", "deadletters"):
+            store._req("DELETE", f"/{store.index_name(name)}", ok=(404,))
+            store._req("DELETE", f"/_index_template/{store.index_name(name)}", ok=(404,))
+        store.close()
+
+
+def test_enrichment_columns_agree_across_modes(embedded, cluster):
+    _, c_alerts = cluster
+    assert set(c_alerts) == set(embedded)
+    assert any(a["destination.ip"] == DB01 and a["taishi.destination.asset.id"] == "db01" for a in c_alerts.values())
+    assert any(a["source.ip"] == PUBLIC_ATTACKER and a["source.geo.location"] for a in c_alerts.values())
+    diff = {aid: {c: (embedded[aid][c], a[c]) for c in COLUMNS if embedded[aid][c] != a[c]}
+            for aid, a in c_alerts.items()}
+    assert {k: v for k, v in diff.items() if v} == {}
+
+
+def test_the_node_aggregates_alert_sources_on_the_map(cluster, embedded):
+    store, _ = cluster
+    resp = store._req("POST", f"/{store.index_name('alerts')}/_search", {
+        "size": 0, "aggs": {"g": {"geohash_grid": {"field": "source.geo.location", "precision": 3}}}}, ok=(400,))
+    assert resp is not None, "the node has no geohash_grid: OpenSearch needs its geo module (taishi services up adds it)"
+    placed = sum(1 for a in embedded.values() if a["source.geo.location"])
+    assert placed and sum(b["doc_count"] for b in resp["aggregations"]["g"]["buckets"]) == placed
+    # the risk score is a number the node can sort and filter on
+    top = store.search_alerts("event.risk_score:>=70", limit=10_000).to_pylist()
+    assert {a["id"] for a in top} == {i for i, a in embedded.items() if a["event.risk_score"] >= 70}
