@@ -3,8 +3,8 @@
 Alerts are single-event Sigma alerts, Sigma correlation alerts (keyed state in
 Spark) and anomaly alerts (an IsolationForest in both data directories).
 
-The demo campaign and shared samples (Zeek, Suricata, syslog) plus a file with
-bad lines go through the embedded pipeline and through cluster mode on real
+The demo campaign and shared samples (Zeek, Suricata, syslog, a packet capture)
+plus a file with bad lines go through the embedded pipeline and through cluster mode on real
 services: Kafka (``kafka_bootstrap``), Spark Structured Streaming (``spark``)
 and the search node (``search_node``). Each cluster run gets its own Kafka
 topic prefix and index prefix, so runs never see each other's data.
@@ -42,6 +42,7 @@ def inputs(tmp_path_factory, shared_data: Path) -> list[Path]:
         shared_data / "zeek/slips/port-scans/horizontal/conn.log",
         shared_data / "suricata/frank_samples/wrccdc-2017/alerts-only.json",
         shared_data / "logs/loghub/OpenSSH/OpenSSH_2k.log",
+        shared_data / "pcap/scan/evilfingers_nmap/TCP_SYN_SCAN.pcap",  # events straight onto `events`
         bad,
     ]
 
