@@ -379,6 +379,8 @@ class SearchStore:
                 "template": {"settings": settings, "mappings": mapping}})
             if self._req("GET", f"/{idx}", ok=(404,)) is None:
                 self._req("PUT", f"/{idx}", ok=(400,))  # 400: resource_already_exists (a concurrent setup)
+            else:  # an index made by an older Taishi: fields added since (e.g. alerts' assets and geo) get mapped
+                self._req("PUT", f"/{idx}/_mapping", {"properties": mapping["properties"]}, ok=(400,))
         self._ready = True
 
     def _ensure(self) -> None:

@@ -72,3 +72,32 @@ def test_the_node_aggregates_alert_sources_on_the_map(cluster, embedded):
     # the risk score is a number the node can sort and filter on
     top = store.search_alerts("event.risk_score:>=70", limit=10_000).to_pylist()
     assert {a["id"] for a in top} == {i for i, a in embedded.items() if a["event.risk_score"] >= 70}
+
+
+def test_an_older_alerts_index_gets_the_new_fields_mapped(search_node):
+    """An alerts index made before alerts carried assets and geo: setup maps the added fields."""
+    import uuid
+
+    from taishi.cluster.search import ANALYSIS, SearchStore, mappings_for
+
+    prefix = f"enrich-{uuid.uuid4().hex[:8]}"
+    store = SearchStore(search_node["url"], search_node["flavor"], index_prefix=prefix)
+    idx = store.index_name("alerts")
+    old = mappings_for("alerts")
+    old["properties"] = {k: v for k, v in old["properties"].items() if k not in ("source", "taishi", "event")}
+    try:
+        store._req("PUT", f"/{idx}", {"settings": {"analysis": ANALYSIS}, "mappings": old})
+        (m,) = store._req("GET", f"/{idx}/_mapping").values()
+        assert "source" not in m["mappings"]["properties"]
+        store.setup()
+        (m,) = store._req("GET", f"/{idx}/_mapping").values()
+        props = m["mappings"]["properties"]
+        assert props["source"]["properties"]["geo"]["properties"]["location"]["type"] == "geo_point"
+        assert props["taishi"]["properties"]["destination"]["properties"]["asset"]["properties"]["id"]["type"] == "keyword"
+        assert props["event"]["properties"]["risk_score"]["type"] == "double"
+    finally:
+        store._req("DELETE", f"/_data_stream/{store.index_name('events')}", ok=(404,))
+        for name in ("events", "alerts", "incidents", "assets", "posture", "deadletters"):
+            store._req("DELETE", f"/{store.index_name(name)}", ok=(404,))
+            store._req("DELETE", f"/_index_template/{store.index_name(name)}", ok=(404,))
+        store.close()
