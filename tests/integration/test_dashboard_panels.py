@@ -126,6 +126,7 @@ def _alerts(rng: random.Random) -> list[dict[str, Any]]:
         a["rule.name"] = "Anomalous flow (isolation_forest)" if anomaly else r
         if anomaly:
             a["event.severity"] = 2
+        a["event.risk_score"] = float(rng.choice([5, 20, 30, 40, 50, 60, 70, 75, 80, 90, 100]))
         if tactics:
             a["threat.tactic.name"], a["threat.technique.id"] = tactics, techniques
         geo = ATTACKERS[src]
@@ -608,11 +609,14 @@ def _(w, pid):
     on = alerts_in(w, lambda a: "taishi.destination.asset.id" in a)
     n = Counter(a["taishi.destination.asset.id"] for a in on)
     worst: dict[str, int] = {}
+    risk: dict[str, float] = {}
     for a in on:
         k = a["taishi.destination.asset.id"]
         worst[k] = max(worst.get(k, 0), a["event.severity"])
+        risk[k] = max(risk.get(k, 0.0), a["event.risk_score"])
     assert terms_rows(rows, "taishi.destination.asset.id") == top(n, 50)
     assert {r["taishi.destination.asset.id"]: r["Max event.severity"] for r in rows} == worst
+    assert {r["taishi.destination.asset.id"]: r["Max event.risk_score"] for r in rows} == risk
 
 
 @check(CA, "Asset activity")
