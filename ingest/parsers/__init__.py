@@ -279,10 +279,13 @@ def events_from_rows(rows: list[dict[str, Any]]) -> pa.Table:
         raise KeyError(f"{sorted(unknown)[0]!r} is not an event field")
     cols: dict[str, list[Any]] = {k: [row.get(k) for row in rows] for k in keys}
     arrays = []
+    nulls: dict[pa.DataType, pa.Array] = {}  # one all-null array per type, shared by the absent fields
     for f in EVENT_SCHEMA:
         vals = cols.get(f.name)
         if vals is None:
-            arrays.append(pa.nulls(n, f.type))
+            if f.type not in nulls:
+                nulls[f.type] = pa.nulls(n, f.type)
+            arrays.append(nulls[f.type])
             continue
         try:  # values are usually of the right type already
             if f.type == _TS and any(v is not None and not isinstance(v, _datetime) for v in vals):
@@ -424,6 +427,13 @@ def lit(value: Any, typ: pa.DataType | None = None) -> pa.Scalar:
 
 
 fast_pc = _FastCompute()
+
+
+def one_chunk(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """``col`` as one array: a single chunk as it is (``combine_chunks`` would copy it)."""
+    if isinstance(col, pa.ChunkedArray):
+        return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    return col
 
 
 def event_ids(sources: pa.Array, offsets: pa.Array, originals: pa.Array) -> pa.Array:

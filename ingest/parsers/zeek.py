@@ -44,6 +44,7 @@ from . import (
     fast_pc as pc,
     lit,
     json_error,
+    one_chunk,
     precheck,
     raw_rows,
     result,
@@ -567,19 +568,23 @@ def _to_ecs(path: str, cols: dict[str, pa.Array], meta: pa.Table, plain: bool = 
         out["related.ip"] = rel
     extra_names = [k for k in cols if k not in c.used and k not in _DROP]
     out["taishi.extra"] = _extras(cols, extra_names, n, plain)
-    src = meta.column("taishi.source").combine_chunks()
-    off = meta.column("log.offset").combine_chunks()
-    orig = meta.column("event.original").combine_chunks()
+    src = one_chunk(meta.column("taishi.source"))
+    off = one_chunk(meta.column("log.offset"))
+    orig = one_chunk(meta.column("event.original"))
     out["event.id"] = event_ids(src, off, orig)
     out["event.original"] = orig
     out["taishi.source"] = src
     out["log.offset"] = off
-    out["log.file.path"] = meta.column("log.file.path").combine_chunks()
+    out["log.file.path"] = one_chunk(meta.column("log.file.path"))
     arrays = []
+    nulls: dict[pa.DataType, pa.Array] = {}  # one all-null array per type, shared by the absent fields
     for f in EVENT_SCHEMA:
         a = out.get(f.name)
         if a is None:
-            arrays.append(pa.nulls(n, f.type))
+            a = nulls.get(f.type)
+            if a is None:
+                a = nulls[f.type] = pa.nulls(n, f.type)
+            arrays.append(a)
         else:
             if isinstance(a, pa.ChunkedArray):
                 a = a.combine_chunks()
@@ -610,7 +615,7 @@ def _parse_tsv(sub: pa.Table, header: dict[str, Any]) -> ParseResult:
     if len(types) < len(fields):
         types = types + ["string"] * (len(fields) - len(types))
     nf = len(fields)
-    orig = sub.column("event.original").combine_chunks()
+    orig = one_chunk(sub.column("event.original"))
     lists = pc.split_pattern(orig, header.get("separator", "\t"))
     counts = pc.list_value_length(lists)
     ok = pc.equal(counts, nf)
@@ -626,7 +631,7 @@ def _parse_tsv(sub: pa.Table, header: dict[str, Any]) -> ParseResult:
     if m == 0:
         return result([], dls)
     flat = lists.flatten()
-    orig = sub.column("event.original").combine_chunks()
+    orig = one_chunk(sub.column("event.original"))
     escaped = pc.any(pc.match_substring(orig, "\\x")).as_py()
     # no quote/backslash in the batch: extras need no JSON escaping (TSV has no control chars)
     plain = not pc.any(pc.match_substring_regex(orig, '["\\\\\\x00-\\x1f]')).as_py()
@@ -691,7 +696,7 @@ def _json_group(table: pa.Table, sub: pa.Table) -> ParseResult:
 
 
 def _parse_json(sub: pa.Table) -> ParseResult:
-    orig = sub.column("event.original").combine_chunks()
+    orig = one_chunk(sub.column("event.original"))
     try:
         return _json_group(_read_json_batch(orig), sub)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
@@ -733,8 +738,11 @@ def parse(raw: pa.Table) -> ParseResult:
     """Zeek raw batch (TSV lines with a header hint, or JSON lines) -> ECS."""
     if raw.num_rows == 0:
         return result([], [])
-    orig = raw.column("event.original").combine_chunks()
-    hint = raw.column("hint").combine_chunks()
+    orig = one_chunk(raw.column("event.original"))
+    # the text once as one array, shared by every step below; hints (each row a
+    # copy of its file's header) stay chunked and are compared where they are
+    raw = raw.set_column(raw.schema.get_field_index("event.original"), "event.original", orig)
+    hint = raw.column("hint")
     too_big = pc.greater(pc.binary_length(orig), MAX_RECORD_BYTES)
     bad = pc.fill_null(pc.or_(too_big, pc.equal(hint, INVALID_UTF8_HINT)), False)
     parts: list[ParseResult] = []
@@ -744,14 +752,14 @@ def parse(raw: pa.Table) -> ParseResult:
             dls.append(deadletter(s, o, text, precheck(s, o, h, text) or "unreadable record"))
         parts.append(result([], dls))
         raw = raw.filter(pc.invert(bad))
-        hint = raw.column("hint").combine_chunks()
+        hint = raw.column("hint")
     if raw.num_rows == 0:
         return concat_results(parts)
     is_tsv = pc.fill_null(pc.starts_with(hint, "{"), False)
     n_tsv = pc.sum(is_tsv).as_py() or 0
     if n_tsv:
         tsv = raw if n_tsv == raw.num_rows else raw.filter(is_tsv)
-        tsv_hint = tsv.column("hint").combine_chunks()
+        tsv_hint = tsv.column("hint")
         first = tsv_hint[0].as_py()
         # one file's lines share one header: a cheap equality test before hashing them all
         same = first is not None and pc.all(pc.equal(tsv_hint, first)).as_py()
