@@ -27,9 +27,13 @@ def inputs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def embedded(inputs, tmp_path_factory):
-    alerts, _ = embedded_run(inputs, with_demo_inventory(tmp_path_factory.mktemp("embedded")))
-    return alerts
+def embedded_run_(inputs, tmp_path_factory):
+    return embedded_run(inputs, with_demo_inventory(tmp_path_factory.mktemp("embedded")))
+
+
+@pytest.fixture(scope="module")
+def embedded(embedded_run_):
+    return embedded_run_[0]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +64,21 @@ def test_enrichment_columns_agree_across_modes(embedded, cluster):
     diff = {aid: {c: (embedded[aid][c], a[c]) for c in COLUMNS if embedded[aid][c] != a[c]}
             for aid, a in c_alerts.items()}
     assert {k: v for k, v in diff.items() if v} == {}
+
+
+def test_incidents_see_the_same_assets_in_both_modes(embedded_run_, cluster):
+    """The incidents job reads the asset columns the alerts carry on Kafka (no second enrichment)."""
+    from test_cross_mode import BUILT
+
+    e_inc = {i["id"]: i for i in embedded_run_[1]}
+    store, _ = cluster
+    c_inc = {i["id"]: i for i in store.search_incidents("", limit=1000)}
+    assert set(c_inc) == set(e_inc)
+    assets = {e["value"] for i in e_inc.values() for e in i["entities"] if e["type"] == "asset"}
+    assert "db01" in assets
+    for iid, inc in e_inc.items():
+        for f in BUILT:
+            assert c_inc[iid].get(f) == inc.get(f), (iid, f)
 
 
 def test_the_node_aggregates_alert_sources_on_the_map(cluster, embedded):
