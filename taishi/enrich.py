@@ -49,6 +49,7 @@ import ipaddress
 from typing import Any, Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from taishi.schema import ALERT_SCHEMA, GEO_POINT, LEVELS, conform
 
@@ -83,23 +84,29 @@ def site_networks(inventory: Any) -> list:
 
 
 def geo_columns(ips: pa.Array | pa.ChunkedArray, internal_networks: Iterable[Any] = ()) -> dict[str, pa.Array]:
-    """``source.geo.*`` arrays for ``ips``: each distinct public address looked up once."""
+    """``source.geo.*`` arrays for ``ips``: each distinct address looked up once (Arrow
+    ``unique`` / ``index_in``, then ``take``), so the cost follows the distinct addresses, not the rows."""
     from taishi import geo
 
     nets = tuple(internal_networks)
-    values = ips.to_pylist()
-    found: dict[str, tuple[str | None, str | None, dict | None]] = {}
-    for ip in dict.fromkeys(v for v in values if v):
-        kind, _ = geo.classify(ip, nets)
-        g = geo.lookup(ip) if kind == "public" else None
-        if g and g.get("kind") == "public":
-            found[ip] = (g.get("country_iso_code"), g.get("country_name"), g.get("location"))
-    none = (None, None, None)
-    rows = [found.get(v, none) if v else none for v in values]
+    ips = ips.combine_chunks() if isinstance(ips, pa.ChunkedArray) else ips
+    if not pa.types.is_string(ips.type):
+        ips = ips.cast(pa.string())
+    uniq = pc.unique(ips).drop_null()
+    codes, names, points = [], [], []
+    for ip in uniq.to_pylist():
+        g = None
+        if ip and geo.classify(ip, nets)[0] == "public":
+            g = geo.lookup(ip)
+        ok = bool(g) and g.get("kind") == "public"
+        codes.append(g.get("country_iso_code") if ok else None)
+        names.append(g.get("country_name") if ok else None)
+        points.append(g.get("location") if ok else None)
+    idx = pc.index_in(ips, value_set=uniq)
     return {
-        "source.geo.country_iso_code": pa.array([r[0] for r in rows], pa.string()),
-        "source.geo.country_name": pa.array([r[1] for r in rows], pa.string()),
-        "source.geo.location": pa.array([r[2] for r in rows], GEO_POINT),
+        "source.geo.country_iso_code": pa.array(codes, pa.string()).take(idx),
+        "source.geo.country_name": pa.array(names, pa.string()).take(idx),
+        "source.geo.location": pa.array(points, GEO_POINT).take(idx),
     }
 
 
