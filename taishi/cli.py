@@ -902,6 +902,10 @@ def inventory_import(ctx: click.Context, path: Path, kind: str | None, who: str 
             res = inv.import_csv(path, kind, who=who or _who())
     out = {"added": res.added, "updated": res.updated, "unchanged": len(res.unchanged),
            "errors": [{"kind": e.kind, "row": e.row, "field": e.field, "reason": e.reason} for e in res.errors]}
+    if cfg.mode == "cluster":  # the search node's copy follows the file
+        from taishi.commands.inventory_publish import publish_inventory
+
+        out["published"], _ = publish_inventory(cfg)
     if as_json:
         click.echo(dumps(out))
     else:
