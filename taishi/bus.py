@@ -43,7 +43,6 @@ deterministic ids (the store upserts by id).
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -209,25 +208,28 @@ class _Topic:
         return int(segs[0].stem) if segs else 0
 
     def append(self, table: pa.Table, meta: dict | None) -> tuple[int, int]:
-        sink = io.BytesIO()
+        sink = pa.BufferOutputStream()
         with ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as w:
             w.write_table(table)
+        payload = sink.getvalue()  # written as it is: no copy into one body
         meta_bytes = json.dumps(meta, separators=(",", ":")).encode() if meta else b""
-        body = meta_bytes + sink.getvalue()
+        length = len(meta_bytes) + payload.size
+        crc = zlib.crc32(payload, zlib.crc32(meta_bytes))  # = crc32(meta + payload)
         with self.lock:
             base = self.end
             segs = self._segments()
             seg = segs[-1] if segs else None
-            if seg is None or seg.stat().st_size + len(body) > SEGMENT_BYTES:
+            if seg is None or seg.stat().st_size + length > SEGMENT_BYTES:
                 seg = self.dir / f"{base:020d}.seg"
-            header = HEADER.pack(MAGIC, len(body), zlib.crc32(body), base, table.num_rows, len(meta_bytes))
+            header = HEADER.pack(MAGIC, length, crc, base, table.num_rows, len(meta_bytes))
             with open(seg, "ab") as f:
                 pos = f.tell()
-                f.write(header + body)
+                f.write(header + meta_bytes)
+                f.write(payload)
                 f.flush()
                 if self.fsync:
                     os.fsync(f.fileno())
-            self.frames.append(_Frame(base, table.num_rows, seg, pos, len(body), len(meta_bytes), meta))
+            self.frames.append(_Frame(base, table.num_rows, seg, pos, length, len(meta_bytes), meta))
             if self.cache is not None and table.num_rows:
                 self.cache.put(self.dir.name, base, table)
             return base, base + table.num_rows
