@@ -246,7 +246,7 @@ class Pipeline:
         try:
             for batch in ingest_files.read_records(path, fmt, start=max(last, 0), batch_size=self.cfg.batch_size):
                 offsets = batch.column("log.offset")
-                if last >= 0:
+                if last >= 0 and pc.min(offsets).as_py() <= last:  # the first batch after a resume
                     batch = batch.filter(pc.greater(offsets, last))
                     if batch.num_rows == 0:
                         continue
