@@ -55,7 +55,6 @@ import io
 import json
 import math
 import os
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path

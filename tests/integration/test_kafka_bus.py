@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from pathlib import Path
 
 import orjson
 import pyarrow as pa
