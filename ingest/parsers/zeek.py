@@ -177,15 +177,25 @@ def _as(arr: pa.Array, kind: str) -> pa.Array:
 # extras -> JSON, vectorised
 
 
+def _json_escaped(arr: pa.Array, plain: bool = False) -> pa.Array | None:
+    """The strings escaped for a JSON string literal, without the quotes; None when
+    a control character needs the slow path. ``plain``: known to hold no quote,
+    backslash or control character."""
+    if not plain and pc.any(pc.match_substring_regex(arr, '[\\x00-\\x1f"\\\\]')).as_py():
+        if pc.any(pc.match_substring_regex(arr, "[\\x00-\\x1f]")).as_py():
+            return None
+        arr = pc.replace_substring(arr, "\\", "\\\\")
+        arr = pc.replace_substring(arr, '"', '\\"')
+    return arr
+
+
 def _json_strings(arr: pa.Array, plain: bool = False) -> pa.Array:
     """Quoted, escaped JSON string literals (null stays null); ``plain``: known to
     hold no quote, backslash or control character."""
-    if not plain and pc.any(pc.match_substring_regex(arr, '[\\x00-\\x1f"\\\\]')).as_py():
-        if pc.any(pc.match_substring_regex(arr, "[\\x00-\\x1f]")).as_py():
-            return pa.array([None if v is None else orjson.dumps(v).decode() for v in arr.to_pylist()], pa.string())
-        arr = pc.replace_substring(arr, "\\", "\\\\")
-        arr = pc.replace_substring(arr, '"', '\\"')
-    return pc.binary_join_element_wise('"', arr, '"', "")
+    esc = _json_escaped(arr, plain)
+    if esc is None:
+        return pa.array([None if v is None else orjson.dumps(v).decode() for v in arr.to_pylist()], pa.string())
+    return pc.binary_join_element_wise('"', esc, '"', "")
 
 
 def _json_values(arr: pa.Array, plain: bool = False) -> pa.Array:
@@ -218,11 +228,19 @@ def _extras(cols: dict[str, pa.Array], names: list[str], n: int, plain: bool = F
     if not names:
         return pa.nulls(n, pa.string())
     parts: list[Any] = []
+    text = ""  # literal text between value columns; a string column without nulls gets its quotes here
     for i, name in enumerate(names):
-        key = ("{" if i == 0 else ",") + orjson.dumps(name).decode() + ":"
-        parts.append(lit(key))
-        parts.append(pc.fill_null(_json_values(cols[name], plain), lit("null")))
-    parts.append(lit("}"))
+        text += ("{" if i == 0 else ",") + orjson.dumps(name).decode() + ":"
+        col = cols[name]
+        if (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)) and not col.null_count:
+            esc = _json_escaped(col.cast(pa.string()), plain)
+            if esc is not None:
+                parts += [lit(text + '"'), esc]
+                text = '"'
+                continue
+        parts += [lit(text), pc.fill_null(_json_values(col, plain), lit("null"))]
+        text = ""
+    parts.append(lit(text + "}"))
     return pc.binary_join_element_wise(*parts, lit(""))
 
 
