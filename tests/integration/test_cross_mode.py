@@ -58,7 +58,15 @@ def models(tmp_path_factory, shared_data: Path) -> Path:
 
 
 def _data_dir(tmp: Path, models: Path) -> Path:
+    """A data directory with the anomaly model and the demo network as the CII inventory (enrichment)."""
+    import yaml
+
+    from compliance.inventory import Inventory
+    from taishi.demo import demo_inventory
+
     shutil.copytree(models, tmp / "models")
+    with Inventory.editing(tmp) as inv:
+        inv.import_yaml(yaml.safe_dump(demo_inventory(), allow_unicode=True), who="test")
     return tmp
 
 
@@ -75,9 +83,10 @@ def embedded(inputs, models, tmp_path_factory):
         alerts = {a["id"]: a for a in store.search_alerts("", limit=None).to_pylist()}
         dls = set(store.search_deadletters("", limit=None).column("id").to_pylist())
         incidents = {i["id"]: i for i in store.search_incidents("", limit=None)}
+        enriched = store.count("events", "taishi.destination.asset.level:3")
     finally:
         store.close()
-    return stats, alerts, dls, incidents
+    return stats, alerts, dls, incidents, enriched
 
 
 def cluster_config(tmp: Path, kafka_bootstrap: str, search_node: dict) -> config_mod.Config:
@@ -109,7 +118,7 @@ def _alerts(store) -> dict[str, dict]:
 
 
 def test_same_alert_ids(embedded, cluster):
-    e_stats, e_alerts, _, _ = embedded
+    e_stats, e_alerts, *_ = embedded
     _, c_stats, _, store = cluster
     assert len(e_stats.alert_ids) > 20  # every stage of the campaign, the scans in the samples
     assert any(a["rule.type"] == "anomaly" for a in e_alerts.values())  # the model flags some flows
@@ -121,7 +130,7 @@ def test_same_alert_ids(embedded, cluster):
 
 
 def test_same_alert_contents(embedded, cluster):
-    _, e_alerts, _, _ = embedded
+    _, e_alerts, *_ = embedded
     _, _, _, store = cluster
     c_alerts = _alerts(store)
     for aid, a in e_alerts.items():
@@ -133,7 +142,7 @@ def test_same_alert_contents(embedded, cluster):
 
 
 def test_same_events_and_dead_letters(embedded, cluster):
-    e_stats, _, e_dls, _ = embedded
+    e_stats, _, e_dls, *_ = embedded
     _, c_stats, store_stats, store = cluster
     assert c_stats.records == e_stats.records
     assert c_stats.events == e_stats.events == store_stats["events"]
@@ -145,8 +154,15 @@ def test_same_events_and_dead_letters(embedded, cluster):
     assert reasons and all(r.startswith("invalid JSON") for r in reasons)
 
 
+def test_same_cii_enrichment(embedded, cluster):
+    enriched = embedded[4]
+    store = cluster[3]
+    assert enriched > 0  # events towards MLPS level-3 assets of the demo network
+    assert store.count("events", "taishi.destination.asset.level:3") == enriched
+
+
 def test_same_incidents(embedded, cluster):
-    _, _, _, e_inc = embedded
+    _, _, _, e_inc, _ = embedded
     _, _, _, store = cluster
     c_inc = {i["id"]: i for i in store.search_incidents("", limit=1000)}
     assert e_inc, "the campaign makes incidents"
@@ -281,7 +297,7 @@ def test_query_stopped_mid_stream_resumes_without_loss_or_duplicates(inputs, emb
     from taishi.cluster.runner import ClusterRun, FileCollector
     from taishi.cluster.search import SearchStore
 
-    e_stats, e_alerts, _, _ = embedded
+    e_stats, e_alerts, *_ = embedded
     expected = {i for i, a in e_alerts.items() if a["rule.type"] != "anomaly"}  # no model in this data dir
     cfg = cluster_config(tmp_path / "restart", kafka_bootstrap, search_node)
     run = ClusterRun(cfg, spark)
