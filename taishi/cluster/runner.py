@@ -87,10 +87,9 @@ class ClusterRun:
 
     def detect(self, *, bounded: bool = True, available_now: bool = True, checkpoint: Path | None = None,
                timeout_s: float | None = None, trigger_s: float = 2.0, max_offsets: int | None = None):
-        conf = jobs.job_conf(self.spark, self.cfg, bounded=bounded)
+        conf = jobs.job_conf(self.spark, self.cfg, bounded=bounded, models=self._models())
         q = jobs.detect_query(self.spark, self.cfg, conf, on_batch=self._on_batch, available_now=available_now,
-                              checkpoint=checkpoint, anomaly_models=self._models(), trigger_s=trigger_s,
-                              max_offsets=max_offsets)
+                              checkpoint=checkpoint, trigger_s=trigger_s, max_offsets=max_offsets)
         if available_now:
             jobs.run_until_idle(q, timeout_s)
         return q

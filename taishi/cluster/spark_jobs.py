@@ -10,9 +10,11 @@ pipeline's own stage code on executors::
       -> groupBy(key).applyInPandasWithState:
              "corr:<rule id>"  one CorrelationEngine per Sigma correlation rule, its
                                snapshot the group's state (correlate.sigma_correlation)
+             "anomaly:<model>" one event-time window buffer per anomaly model (broadcast),
+                               whole windows scored as they close
+                               (detect.anomaly.windows.stream_step)
              anything else     passed through unchanged
-      -> foreachBatch: anomaly scoring (detect.anomaly.spark, broadcast model),
-                       then executors write events, alerts and dead letters to the
+      -> foreachBatch: executors write events, alerts and dead letters to the
                        search store (document id = Taishi id) and alerts and dead
                        letters to the Kafka ``alerts`` / ``deadletter`` topics
                        (alerts first get taishi.enrich.enrich_alerts: CII assets,
@@ -75,7 +77,7 @@ STAGE_DDL = "kind string, key string, payload binary, aux binary, max_ts long, f
 STATE_DDL = "snapshot binary"
 STATS_DDL = "stats string"
 
-EVENTS, ALERTS, DEADLETTERS, CORR = "events", "alerts", "deadletters", "corr"
+EVENTS, ALERTS, DEADLETTERS, CORR, ANOMALY = "events", "alerts", "deadletters", "corr", "anomaly"
 _SCHEMA = {EVENTS: EVENT_SCHEMA, ALERTS: ALERT_SCHEMA, DEADLETTERS: DEADLETTER_SCHEMA}
 _IPC = ipc.IpcWriteOptions(compression="lz4")
 
@@ -112,6 +114,7 @@ class JobConf:
     cluster: str = "{}"  # cfg.cluster as JSON
     retention: str = "{}"  # cfg.retention_days as JSON (the search store's policies)
     inventory: Any = None  # Spark broadcast of compliance.inventory.Inventory (or None)
+    models: Any = None  # Spark broadcast of [(model version, detect.anomaly AnomalyModel)] (or None)
 
     def config(self) -> Config:
         cfg = Config()
@@ -259,12 +262,29 @@ def stage_rows(conf: JobConf, batch: pa.Table, partition: int = 0) -> list[dict]
         if single.num_rows:
             out.append(_row(ALERTS, f"{ALERTS}:{partition}", to_ipc(single)))
         out.extend(_correlation_rows(conf, rs, ev, matches))
+        out.extend(_anomaly_rows(conf, ev))
     dl = [d for d in dls if d.num_rows]
     if dl:
         out.append(_row(DEADLETTERS, f"{DEADLETTERS}:{partition}", to_ipc(pa.concat_tables(dl))))
     if flush:
         out.extend(_row(CORR, f"{CORR}:{c.id}", flush=True) for c in rs.correlations)
+        out.extend(_row(ANOMALY, f"{ANOMALY}:{v}", flush=True) for v, _m in _models(conf))
     return out
+
+
+def _models(conf: JobConf) -> list:
+    return conf.models.value if conf.models is not None else []
+
+
+def _anomaly_rows(conf: JobConf, events: pa.Table) -> list[dict]:
+    """Per anomaly model: the batch's events (the columns scoring reads) for the model's window buffer."""
+    models = _models(conf)
+    if not models:
+        return []
+    from detect.anomaly.model import INPUT_COLUMNS
+
+    payload = to_ipc(events.select([c for c in INPUT_COLUMNS if c in events.column_names]))
+    return [_row(ANOMALY, f"{ANOMALY}:{v}", payload) for v, _m in models]
 
 
 def _correlation_rows(conf: JobConf, rs, events: pa.Table, matches: pa.Table) -> list[dict]:
@@ -363,6 +383,25 @@ def correlate_rows(conf: JobConf, cid: str, state: bytes | None, rows: Iterable[
     return _pack_state(seen, engine.snapshot()), out
 
 
+def anomaly_rows(conf: JobConf, version: str, state: bytes | None, rows: Iterable[dict]) -> tuple[bytes, list[dict]]:
+    """One anomaly model's micro-batch: its event-time window buffer as keyed state
+    (``detect.anomaly.windows.stream_step``, the embedded stage's buffer): whole windows are scored
+    once the watermark (or the flush of bounded input) closes them."""
+    from detect.anomaly.windows import stream_step
+
+    model = dict(_models(conf))[version]
+    tables, flush = [], False
+    for r in rows:
+        flush |= bool(r.get("flush"))
+        if r.get("payload") is not None:
+            tables.append(from_ipc(r["payload"]))
+    events = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+    if events.num_rows == 0:
+        events = conform(events)
+    snap, alerts = stream_step(model, version, state, events, lateness_s=conf.lateness_s, flush=flush)
+    return snap, ([_row(ALERTS, f"{ANOMALY}:{version}", to_ipc(alerts))] if alerts.num_rows else [])
+
+
 # A correlation group's state: the engine snapshot, and the ids of the events it has taken (with their
 # time), so an event delivered twice -- a collector re-sending a batch after a crash -- counts once.
 _STATE_MAGIC = b"TSC1"
@@ -436,7 +475,8 @@ def state_fn(conf: JobConf):
 
     def run(key: tuple, pdfs: Iterator[Any], state: Any) -> Iterator[Any]:
         k = key[0]
-        if not k.startswith(f"{CORR}:"):
+        kind, _, name = k.partition(":")
+        if kind not in (CORR, ANOMALY):
             for pdf in pdfs:
                 yield pdf[cols]
             return
@@ -445,7 +485,8 @@ def state_fn(conf: JobConf):
             for r in pdf.to_dict("records"):
                 rows.append({c: (None if isinstance(v, float) and math.isnan(v) else v) for c, v in r.items()})
         prev = bytes(state.get[0]) if state.exists else None
-        snap, out = correlate_rows(conf, k[len(CORR) + 1:], prev, rows)
+        step = correlate_rows if kind == CORR else anomaly_rows
+        snap, out = step(conf, name, prev, rows)
         state.update((snap,))
         if out:
             yield pd.DataFrame(out, columns=cols)
@@ -570,7 +611,8 @@ def session(cfg: Config, app: str = "taishi"):
     return spark
 
 
-def job_conf(spark, cfg: Config, *, bounded: bool) -> JobConf:
+def job_conf(spark, cfg: Config, *, bounded: bool, models: list | None = None) -> JobConf:
+    """What the tasks need; the inventory and the anomaly ``models`` ([(version, model)]) are broadcast."""
     inv = None
     from compliance.inventory import Inventory
 
@@ -583,6 +625,7 @@ def job_conf(spark, cfg: Config, *, bounded: bool) -> JobConf:
         cluster=json.dumps(cfg.cluster, sort_keys=True),
         retention=json.dumps(cfg.retention_days, sort_keys=True),
         inventory=inv,
+        models=spark.sparkContext.broadcast(list(models)) if models else None,
     )
 
 
@@ -593,7 +636,7 @@ def checkpoint_dir(cfg: Config, name: str = "detect") -> Path:
 
 def detect_query(spark, cfg: Config, conf: JobConf, *, on_batch: Callable[[dict], None] | None = None,
                  available_now: bool = True, checkpoint: Path | None = None, trigger_s: float = 2.0,
-                 max_offsets: int | None = None, anomaly_models: list | None = None):
+                 max_offsets: int | None = None):
     """Start the detect job (see module doc); returns the ``StreamingQuery``."""
     from pyspark.sql.streaming.state import GroupStateTimeout
 
@@ -611,59 +654,14 @@ def detect_query(spark, cfg: Config, conf: JobConf, *, on_batch: Callable[[dict]
         state_fn(conf), STAGE_DDL, STATE_DDL, "append", GroupStateTimeout.NoTimeout)
 
     def sink(df, batch_id: int) -> None:
-        total = df
-        if anomaly_models:  # the batch is read twice (written, and scored): keep it, don't recompute the state step
-            df = df.persist()
-            for version, model in anomaly_models:
-                total = total.unionByName(_anomaly_rows(df, model, version))
-        try:
-            for row in total.mapInArrow(write_fn(conf), STATS_DDL).collect():
-                if on_batch:
-                    on_batch(json.loads(row["stats"]))
-        finally:
-            if anomaly_models:
-                df.unpersist()
+        for row in df.mapInArrow(write_fn(conf), STATS_DDL).collect():
+            if on_batch:
+                on_batch(json.loads(row["stats"]))
 
     w = (out.writeStream.foreachBatch(sink).outputMode("append")
          .option("checkpointLocation", str(checkpoint or checkpoint_dir(cfg))))
     w = w.trigger(availableNow=True) if available_now else w.trigger(processingTime=f"{trigger_s} seconds")
     return w.queryName("taishi-detect").start()
-
-
-def _safe(name: str) -> str:
-    return name.replace(".", "__")  # mapInArrow resolves columns by bare name: dotted ECS names cross as "__"
-
-
-def _anomaly_rows(df, model, version: str):
-    """Anomaly alerts for the micro-batch's events by ``detect.anomaly.spark`` (broadcast model,
-    whole windows of the batch), as the job's internal rows."""
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    from detect.anomaly.model import INPUT_COLUMNS
-    from detect.anomaly.spark import anomaly_alerts_dataframe
-
-    cols = [c for c in EVENT_SCHEMA.names if c in INPUT_COLUMNS]
-    schema = pa.schema([EVENT_SCHEMA.field(c).with_name(_safe(c)) for c in cols])
-
-    def explode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for rb in batches:
-            for payload in rb.column(0).to_pylist():
-                t = conform(from_ipc(payload)).select(cols)
-                yield from t.rename_columns(schema.names).to_batches()
-
-    events = (df.filter(df.kind == EVENTS).select("payload")
-              .mapInArrow(explode, from_arrow_schema(schema)).toDF(*cols))
-    alerts = anomaly_alerts_dataframe(events, model, version)
-    names = alerts.columns
-
-    def implode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for rb in batches:
-            if rb.num_rows:
-                t = conform(pa.Table.from_batches([rb]).rename_columns(names), ALERT_SCHEMA)
-                yield pa.RecordBatch.from_pylist([_row(ALERTS, f"anomaly:{version}", to_ipc(t))],
-                                                 schema=_stage_schema())
-
-    return alerts.toDF(*[_safe(c) for c in names]).mapInArrow(implode, STAGE_DDL)
 
 
 def run_until_idle(query, timeout_s: float | None = None) -> None:
