@@ -3,7 +3,7 @@
 ``shared_data`` is the public data set beside the repository (``../shared/data``,
 or ``$TAISHI_SHARED_DATA``). Tests that need it take this fixture: when it is
 absent they skip with a clear message, except under ``CI=true``, where a
-missing data set is a failure.
+missing data set is a failure. ``require_tool`` lives in ``support.py``.
 """
 
 from __future__ import annotations
@@ -38,16 +38,3 @@ def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "taishi-data"
     d.mkdir()
     return d
-
-
-def require_tool(name: str) -> str:
-    """Path of a system tool a test drives; skip when absent, but fail under CI=true."""
-    import shutil
-
-    path = shutil.which(name)
-    if path is None:
-        msg = f"{name} is not installed (make test installs it: make system-deps)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path

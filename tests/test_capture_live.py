@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from conftest import require_tool
+from support import require_tool
 from ingest.collectors.capture import CaptureCollector
 from ingest.pcap import read_pcap
 from taishi.bus import TOPIC_DEADLETTER, TOPIC_EVENTS, Bus

@@ -32,7 +32,7 @@ NFCAPD, NFDUMP = shutil.which("nfcapd"), shutil.which("nfdump")
 @pytest.fixture
 def exporters() -> None:
     """The real exporter and the independent decoder; make test installs them and CI must not skip."""
-    from conftest import require_tool
+    from support import require_tool
 
     for tool in ("softflowd", "softflowctl", "nfcapd", "nfdump"):
         require_tool(tool)

@@ -19,7 +19,7 @@ from ingest.collectors.syslog import SyslogCollector
 from taishi.config import Config
 from taishi.pipeline import Pipeline
 
-from conftest import require_tool
+from support import require_tool
 
 LOGGER = shutil.which("logger") or "logger"
 

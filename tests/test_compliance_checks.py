@@ -290,7 +290,7 @@ def test_report_pdf_pages_render(world, tmp_path: Path) -> None:
     landscape, not blank, and the text (Chinese included) is really in the PDF."""
     import subprocess
 
-    from conftest import require_tool
+    from support import require_tool
 
     # make test installs weasyprint (test extra) and poppler-utils (system-deps); CI must not skip
     pdftoppm, pdftotext = require_tool("pdftoppm"), require_tool("pdftotext")

@@ -33,7 +33,7 @@ from ingest.pcap import PcapSummary, is_pcap, read_pcap
 from ingest.pcap import names
 from taishi.schema import DEADLETTER_SCHEMA, EVENT_SCHEMA
 
-from conftest import require_tool
+from support import require_tool
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
+from support import require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
