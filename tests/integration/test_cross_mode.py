@@ -100,6 +100,33 @@ def cluster_config(tmp: Path, kafka_bootstrap: str, search_node: dict) -> config
     return cfg
 
 
+def drop_namespace(cfg: config_mod.Config) -> None:
+    """Delete a run's Kafka topics and search indices (its prefixes are its own)."""
+    from kafka import KafkaAdminClient
+
+    from taishi.cluster.kafka_bus import kafka_settings
+    from taishi.cluster.search import SearchStore
+
+    k = kafka_settings(cfg)
+    admin = KafkaAdminClient(bootstrap_servers=k["bootstrap"])
+    try:
+        mine = [t for t in admin.list_topics() if t.startswith(k["topic_prefix"])]
+        if mine:
+            admin.delete_topics(mine)
+    finally:
+        admin.close()
+    store = SearchStore.from_config(cfg)
+    try:
+        prefix = cfg.cluster["search"]["index_prefix"]  # the node deletes by name only
+        streams = store._req("GET", f"/_data_stream/{prefix}-*", ok=(404,)) or {}
+        for ds in streams.get("data_streams", []):
+            store._req("DELETE", f"/_data_stream/{ds['name']}", ok=(404,))
+        for ix in store._req("GET", f"/_cat/indices/{prefix}-*", params={"format": "json"}, ok=(404,)) or []:
+            store._req("DELETE", f"/{ix['index']}", ok=(404,))
+    finally:
+        store.close()
+
+
 @pytest.fixture(scope="module")
 def cluster(inputs, models, spark, kafka_bootstrap, search_node, tmp_path_factory):
     from taishi.cluster import runner
@@ -111,6 +138,7 @@ def cluster(inputs, models, spark, kafka_bootstrap, search_node, tmp_path_factor
     store.refresh_indices()
     yield cfg, stats, store_stats, store
     store.close()
+    drop_namespace(cfg)
 
 
 def _alerts(store) -> dict[str, dict]:
@@ -280,6 +308,7 @@ def test_stream_mode_syslog_collector_to_search(spark, kafka_bootstrap, search_n
         stop.set()
         th.join(180)
         store.close()
+        drop_namespace(cfg)
     assert not errors, errors
     assert result["events"] == len(lines) == bounded.events
     assert result["syslog"]["received"] == len(lines)
@@ -325,5 +354,6 @@ def test_query_stopped_mid_stream_resumes_without_loss_or_duplicates(inputs, emb
         ids = store.search_alerts("", limit=10_000).column("id").to_pylist()
     finally:
         store.close()
+        drop_namespace(cfg)
     assert len(ids) == len(set(ids)) == len(expected) == st["alerts"]
     assert st["events"] == e_stats.events
