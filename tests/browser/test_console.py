@@ -358,7 +358,8 @@ def test_alert_to_incident_to_graph(browser, server):
     after = _api(server, "admin", f"/incidents/{inc['id']}")
     assert after["status"] == "acknowledged" and after["notes"][-1]["text"] == "已隔离跳板机"
     assert after["history"][-1]["who"] == "responder1"
-    assert page.inner_text("#inc-head .kpi-value >> nth=0") == "已确认"
+    # the page reloads the incident after the message: its status tile follows
+    _until(page, lambda: page.inner_text("#inc-head .kpi-value >> nth=0") == "已确认")
     _shot(page, "incident-graph")
     # an illegal transition (acknowledged -> new) is refused by the server and said on the page
     page.select_option("#wf-status", "new")
