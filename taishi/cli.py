@@ -956,6 +956,25 @@ def compliance() -> None:
     """GB/T 22239-2019 checks (rules/compliance) over the stored events."""
 
 
+def build_compliance_report(cfg: config_mod.Config, level: int, systems: tuple[str, ...]):
+    """The compliance report over the embedded store and the inventory (exit 2 when either is unusable)."""
+    from compliance.inventory import Inventory
+    from compliance.report import build
+
+    inv = Inventory.open(cfg.data_dir)
+    if not inv.systems:
+        err.print("[red]the inventory is empty:[/] taishi inventory import FILE first")
+        sys.exit(2)
+    store = _open_store(cfg)
+    try:
+        return build(store, inv, cfg, level=level, systems=list(systems) or None)
+    except ValueError as e:
+        err.print(f"[red]{e}[/]")
+        sys.exit(2)
+    finally:
+        store.close()
+
+
 @compliance.command("report")
 @click.option("--level", type=click.IntRange(1, 5), default=3, show_default=True, help="MLPS level to report against.")
 @click.option("--system", "systems", multiple=True, help="CII system id; repeat for several (default: all).")
@@ -965,23 +984,11 @@ def compliance() -> None:
 def compliance_report(ctx: click.Context, level: int, systems: tuple[str, ...], fmt: str, output: Path | None) -> None:
     """Per-control verdicts (pass / fail / not applicable / no evidence) with evidence,
     and a summary per CII system."""
-    from compliance.inventory import Inventory
-    from compliance.report import build, render
+    from compliance.report import render
 
     cfg = _cfg(ctx)
     _require_embedded(cfg)
-    inv = Inventory.open(cfg.data_dir)
-    if not inv.systems:
-        err.print("[red]the inventory is empty:[/] taishi inventory import FILE first")
-        sys.exit(2)
-    store = _open_store(cfg)
-    try:
-        rep = build(store, inv, cfg, level=level, systems=list(systems) or None)
-    except ValueError as e:
-        err.print(f"[red]{e}[/]")
-        sys.exit(2)
-    finally:
-        store.close()
+    rep = build_compliance_report(cfg, level, systems)
     if fmt == "json":
         data: str | bytes = dumps([v.to_dict() for v in rep.verdicts]) + "\n"
     else:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from taishi.cli import _cfg, _open_store, compliance, console, dumps, err
+from taishi.cli import _cfg, build_compliance_report, compliance, console, dumps, err
 
 
 @compliance.command("publish")
@@ -22,32 +20,20 @@ def compliance_publish(ctx: click.Context, level: int, systems: tuple[str, ...],
     publish replaces them), where the Grafana MLPS dashboard reads them."""
     from collections import Counter
 
-    from compliance.inventory import Inventory
-    from compliance.report import build, records
+    from compliance.report import records
     from taishi.cluster import compliance_index
     from taishi.cluster.search import SearchStore, SearchStoreError
 
     cfg = _cfg(ctx)
-    inv = Inventory.open(cfg.data_dir)
-    if not inv.systems:
-        err.print("[red]the inventory is empty:[/] taishi inventory import FILE first")
-        sys.exit(2)
     if cfg.mode == "cluster":
         err.print("[yellow]note:[/] the checks read the embedded store (as `taishi compliance report` does); "
                   "events that only reached the search node are not evaluated yet")
-    store = _open_store(cfg)  # the checks run over the embedded store, as `compliance report` does
-    try:
-        rep = build(store, inv, cfg, level=level, systems=list(systems) or None)
-    except ValueError as e:
-        err.print(f"[red]{e}[/]")
-        sys.exit(2)
-    finally:
-        store.close()
+    rep = build_compliance_report(cfg, level, systems)
     docs = records(rep)
-    s = dict(cfg.cluster.get("search") or {})
+    if search_url:
+        cfg.cluster = {**cfg.cluster, "search": {**(cfg.cluster.get("search") or {}), "url": search_url}}
     try:
-        with SearchStore(search_url or s.get("url") or "http://127.0.0.1:9200", s.get("flavor") or "auto",
-                         s.get("index_prefix") or "taishi") as search:
+        with SearchStore.from_config(cfg) as search:
             n = compliance_index.publish(search, docs)
             index = compliance_index.index_name(search)
     except (SearchStoreError, OSError) as e:
