@@ -248,6 +248,18 @@ class TriageLog:
             return {a: self.fold(self._history.get(a, [])) for a in alert_ids}
 
 
+def workflow_change(body: Any, users: Any) -> tuple[bool, str | None]:
+    """Validate a triage/workflow body (``status``, ``note``, ``assignee``): whether it sets the
+    assignee, and to whom (None = unassign); 422 when it changes nothing or names no known user."""
+    set_assignee = "assignee" in body.model_fields_set
+    if body.status is None and not body.note and not set_assignee:
+        raise HTTPException(422, "give at least one of status, note, assignee")
+    assignee = body.assignee or None
+    if assignee is not None and users.get(assignee) is None:
+        raise HTTPException(422, f"no user {assignee!r} to assign to")
+    return set_assignee, assignee
+
+
 def _with_triage(alert: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
     alert["taishi.triage.status"] = state["status"]
     alert["taishi.triage.assignee"] = state["assignee"]
@@ -657,12 +669,7 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
     def triage(alert_id: str, body: TriageIn = Body(...),
                user: User = Depends(require("alerts:triage"))) -> dict[str, Any]:
         """Set status, add a note and/or (un)assign. Appended to the alert's history with who and when."""
-        set_assignee = "assignee" in body.model_fields_set
-        if body.status is None and not body.note and not set_assignee:
-            raise HTTPException(422, "give at least one of status, note, assignee")
-        assignee = body.assignee or None
-        if assignee is not None and st.users.get(assignee) is None:
-            raise HTTPException(422, f"no user {assignee!r} to assign to")
+        set_assignee, assignee = workflow_change(body, st.users)
         if store().alert(alert_id) is None:
             raise HTTPException(404, "no such alert")
         rec = st.triage.record(alert_id, user, status=body.status, note=body.note or None,

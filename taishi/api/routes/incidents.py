@@ -26,7 +26,7 @@ from typing import Any, Literal
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
-from taishi.api.app import API, jsonable, parse_when, perm, require
+from taishi.api.app import API, jsonable, parse_when, perm, require, workflow_change
 from taishi.api.auth import User
 
 STATUSES = Literal["new", "acknowledged", "in_progress", "resolved", "false_positive"]
@@ -87,12 +87,7 @@ def register(app: FastAPI, ctx) -> None:
         """Change status, (un)assign and/or add a note; appended to the history with who and when."""
         from correlate.incidents import WorkflowError
 
-        set_assignee = "assignee" in body.model_fields_set
-        if body.status is None and not body.note and not set_assignee:
-            raise HTTPException(422, "give at least one of status, assignee, note")
-        assignee = body.assignee or None
-        if assignee is not None and app.state.users.get(assignee) is None:
-            raise HTTPException(422, f"no user {assignee!r} to assign to")
+        set_assignee, assignee = workflow_change(body, app.state.users)
         try:
             inc = ctx.store().update_incident(incident_id, user.name, status=body.status, assignee=assignee,
                                               set_assignee=set_assignee, note=body.note or None)
