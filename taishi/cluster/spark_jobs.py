@@ -57,6 +57,7 @@ import io
 import json
 import math
 import os
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -604,6 +605,9 @@ def session(cfg: Config, app: str = "taishi"):
          .config("spark.sql.execution.arrow.pyspark.enabled", "true")
          .config("spark.python.worker.reuse", "true")
          .config("spark.sql.streaming.stateStore.stateSchemaCheck", "true"))
+    if str(s["master"]).startswith("local"):
+        # local executors run this very interpreter (the venv's), whatever `python3` is on PATH
+        b = b.config("spark.pyspark.python", str(s.get("python") or os.environ.get("PYSPARK_PYTHON") or sys.executable))
     for k, v in (s.get("conf") or {}).items():
         b = b.config(str(k), str(v))
     spark = b.getOrCreate()

@@ -347,7 +347,8 @@ def test_alert_to_incident_to_graph(browser, server):
     stages = page.locator("#inc-graph .stage-label").all_text_contents()
     assert stages[0] == "初始访问" and "数据渗出" in stages or "命令与控制" in stages
     assert page.locator("#inc-graph .edge.on-path").count() >= 1  # the attack path is drawn
-    assert page.locator("#inc-alerts tbody tr").count() == min(len(inc["alert.ids"]), 200)
+    # the incident's alert table is fetched after the graph is drawn
+    _until(page, lambda: _rows(page, "#inc-alerts") == min(len(inc["alert.ids"]), 200))
     chain = page.locator("#inc-head .chain-step").all_inner_texts()
     assert len(chain) == len(inc["threat.tactic.name"])
     # workflow: the responder acknowledges the incident
