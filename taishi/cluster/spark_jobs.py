@@ -606,8 +606,9 @@ def session(cfg: Config, app: str = "taishi"):
          .config("spark.python.worker.reuse", "true")
          .config("spark.sql.streaming.stateStore.stateSchemaCheck", "true"))
     if str(s["master"]).startswith("local"):
-        # local executors run this very interpreter (the venv's), whatever `python3` is on PATH
-        b = b.config("spark.pyspark.python", str(s.get("python") or os.environ.get("PYSPARK_PYTHON") or sys.executable))
+        # local executors run this very interpreter (the venv's), whatever `python3` is on PATH;
+        # pyspark's SparkContext reads the worker's interpreter from PYSPARK_PYTHON only
+        os.environ["PYSPARK_PYTHON"] = str(s.get("python") or os.environ.get("PYSPARK_PYTHON") or sys.executable)
     for k, v in (s.get("conf") or {}).items():
         b = b.config(str(k), str(v))
     spark = b.getOrCreate()
