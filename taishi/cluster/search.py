@@ -798,6 +798,20 @@ class SearchStore:
         return out
 
     # -- retention --------------------------------------------------------------------------------------------
+    def drop_all(self) -> None:
+        """Delete every data stream, index and index template under this store's prefix
+        (a test's or a retired deployment's namespace). The node deletes by name only, so the
+        names are listed by pattern first."""
+        pattern = f"{self.prefix}-*"
+        streams = self._req("GET", f"/_data_stream/{pattern}", ok=(404,)) or {}
+        for ds in streams.get("data_streams", []):
+            self._req("DELETE", f"/_data_stream/{ds['name']}", ok=(404,))
+        for ix in self._req("GET", f"/_cat/indices/{pattern}", params={"format": "json"}, ok=(404,)) or []:
+            self._req("DELETE", f"/{ix['index']}", ok=(404,))
+        templates = self._req("GET", f"/_index_template/{pattern}", ok=(404,)) or {}
+        for t in templates.get("index_templates", []):
+            self._req("DELETE", f"/_index_template/{t['name']}", ok=(404,))
+
     def apply_retention(self, max_age_days: dict[str, int | float | None] | None = None,
                         now: datetime | None = None) -> dict[str, int]:
         """Enforce retention by ``now`` (default: the store's clock); returns what was deleted per table.

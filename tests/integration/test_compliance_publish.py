@@ -72,11 +72,5 @@ def test_publish_is_the_report_and_idempotent(search_node, require_module, tmp_p
         search._req("POST", f"/{idx}/_refresh")
         assert search._req("POST", f"/{idx}/_count", {})["count"] == len(docs)
     finally:
-        search._req("DELETE", f"/{idx}", ok=(404,))
-        search._req("DELETE", f"/_index_template/{idx}", ok=(404,))
-        for name in ("alerts", "deadletters", "incidents", "assets", "posture"):
-            search._req("DELETE", f"/{prefix}-{name}", ok=(404,))
-            search._req("DELETE", f"/_index_template/{prefix}-{name}", ok=(404,))
-        search._req("DELETE", f"/_data_stream/{prefix}-events", ok=(404,))
-        search._req("DELETE", f"/_index_template/{prefix}-events", ok=(404,))
+        search.drop_all()
         search.close()

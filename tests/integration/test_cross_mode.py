@@ -117,12 +117,7 @@ def drop_namespace(cfg: config_mod.Config) -> None:
         admin.close()
     store = SearchStore.from_config(cfg)
     try:
-        prefix = cfg.cluster["search"]["index_prefix"]  # the node deletes by name only
-        streams = store._req("GET", f"/_data_stream/{prefix}-*", ok=(404,)) or {}
-        for ds in streams.get("data_streams", []):
-            store._req("DELETE", f"/_data_stream/{ds['name']}", ok=(404,))
-        for ix in store._req("GET", f"/_cat/indices/{prefix}-*", params={"format": "json"}, ok=(404,)) or []:
-            store._req("DELETE", f"/{ix['index']}", ok=(404,))
+        store.drop_all()
     finally:
         store.close()
 

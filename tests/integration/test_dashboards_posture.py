@@ -83,8 +83,5 @@ def test_posture_series_and_the_overview_panel(search_node, require_module, tmp_
         assert {r["@timestamp"]: r["Average index"] for r in got if r["Average index"] is not None} == \
             pytest.approx(want)
     finally:
-        search._req("DELETE", f"/_data_stream/{prefix}-events", ok=(404,))
-        for name in D.INDICES:
-            search._req("DELETE", f"/{prefix}-{name}", ok=(404,))
-            search._req("DELETE", f"/_index_template/{prefix}-{name}", ok=(404,))
+        search.drop_all()
         search.close()

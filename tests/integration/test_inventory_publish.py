@@ -48,9 +48,5 @@ def test_import_in_cluster_mode_publishes_the_assets(search_node, require_module
         search._req("POST", f"/{idx}/_refresh")
         assert search._req("POST", f"/{idx}/_count", {})["count"] == len(inv.assets)  # replaced, not added
     finally:
-        for name in ("alerts", "deadletters", "incidents", "assets", "posture"):
-            search._req("DELETE", f"/{prefix}-{name}", ok=(404,))
-            search._req("DELETE", f"/_index_template/{prefix}-{name}", ok=(404,))
-        search._req("DELETE", f"/_data_stream/{prefix}-events", ok=(404,))
-        search._req("DELETE", f"/_index_template/{prefix}-events", ok=(404,))
+        search.drop_all()
         search.close()
