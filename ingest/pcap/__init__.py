@@ -56,6 +56,9 @@ tshark's exit status and message; the reader never raises on bad input.
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
 import time
 import traceback
 from collections import Counter
@@ -63,13 +66,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest.parsers import deadletter
 from taishi.schema import DEADLETTER_SCHEMA, EVENT_SCHEMA, deadletters_table
 
-from . import apps
+from . import apps, fast
 from .flows import FlowAccumulator, packet_core
 from .tshark import TsharkRun
 
@@ -78,6 +82,7 @@ __all__ = ["read_pcap", "PcapReader", "PcapSummary", "IDLE_TIMEOUT_S", "ACTIVE_T
 IDLE_TIMEOUT_S = 60.0
 ACTIVE_TIMEOUT_S = 1800.0
 FLOW_BATCH = 65536  # rows per yielded flow table
+DECODERS = ("auto", "tshark")  # auto: Taishi's header decoder + tshark on the application packets
 
 # File magics: pcap (us / ns resolution, both byte orders) and pcapng (section header block).
 PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
@@ -103,6 +108,9 @@ class PcapSummary:
     last_frame_time_ns: int | None = None
     tshark_status: int | None = None
     tshark_stderr: str = ""
+    decoder: str = ""  # "taishi" (own header decoder + tshark on the app packets) or "tshark" (tshark alone)
+    tshark_packets: int = 0  # frames tshark dissected
+    fallback: str = ""  # why the capture was read by tshark alone, when it was not asked for
     deadletters: int = 0
     seconds: float = 0.0
 
@@ -116,6 +124,7 @@ class PcapSummary:
             "flows": self.flows, "flows_by_transport": dict(self.flows_by_transport),
             "events": self.events, "events_by_dataset": dict(self.events_by_dataset),
             "tshark_status": self.tshark_status, "deadletters": self.deadletters, "seconds": round(self.seconds, 3),
+            "decoder": self.decoder, "tshark_packets": self.tshark_packets, "fallback": self.fallback,
         }
 
 
@@ -132,8 +141,12 @@ class PcapReader:
         source: str | None = None,
         block_size: int | None = None,
         tshark_args: tuple[str, ...] | list[str] = (),
+        decoder: str | None = None,
     ) -> None:
         self.path = Path(path)
+        self.decoder = decoder or os.environ.get("TAISHI_PCAP_DECODER") or "auto"
+        if self.decoder not in DECODERS:
+            raise ValueError(f"pcap decoder must be one of {', '.join(DECODERS)}, not {self.decoder!r}")
         self.source = source or self.path.name
         self.idle_timeout = float(idle_timeout)
         self.active_timeout = float(active_timeout)
@@ -181,6 +194,13 @@ class PcapReader:
         if self.path.stat().st_size == 0:  # tshark reads an empty file as an empty capture, silently
             self._dead(-1, str(self.path), "not a capture: the file is empty (tshark read no header)")
             return
+        if self.decoder == "auto":
+            plan = self._fast_plan()
+            if plan is not None:
+                yield from self._run_fast(*plan)
+                s.seconds = time.perf_counter() - t0
+                return
+        s.decoder = "tshark"
         try:
             kw = {"block_size": self.block_size} if self.block_size else {}
             run = TsharkRun(self.path, self.decode_as, extra_args=self.tshark_args, **kw)
@@ -238,6 +258,108 @@ class PcapReader:
             self._dead(last_frame, str(self.path), f"pcap flow aggregation error: {err}"[:500])
         s.seconds = time.perf_counter() - t0
 
+    # --- the fast path: Taishi decodes the headers, tshark dissects only the application packets
+
+    def _fast_plan(self) -> tuple | None:
+        """(records, packets, tcp streams, app packet indices), or None (reason in the summary)
+        when this capture is read by tshark alone."""
+        s = self.summary
+        ports = fast_ports(self.decode_as)
+        if ports is None:
+            s.fallback = "decode_as other than tcp/udp.port==N"
+            return None
+        try:
+            rec = fast.scan(self.path)
+            if rec.problem is not None:
+                s.fallback = rec.problem
+                return None
+            p = fast.decode(rec)
+            if p.problem is not None:
+                s.fallback = p.problem
+                return None
+            stream = fast.tcp_streams(p)
+            idx = np.flatnonzero(fast.app_packets(p, rec.buf, stream, ports))
+        except Exception:  # noqa: BLE001 - never crash: tshark alone reads it
+            s.fallback = "fast decoder error: " + traceback.format_exc(limit=2).strip().splitlines()[-1][:300]
+            return None
+        if len(idx) and len(np.unique(rec.linktype[idx])) > 1:
+            s.fallback = "application packets on interfaces of different link types"
+            return None
+        return rec, p, stream, idx
+
+    def _run_fast(self, rec: Any, p: Any, stream: np.ndarray, idx: np.ndarray) -> Iterator[pa.Table]:
+        s = self.summary
+        s.decoder = "taishi"
+        s.packets = p.n
+        s.bytes = int(p.wirelen.sum())
+        if p.n:
+            s.first_frame_time_ns, s.last_frame_time_ns = int(p.ts_ns.min()), int(p.ts_ns.max())
+        acc = FlowAccumulator()
+        acc.add(fast.core_columns(p, rec.buf, stream))
+        hellos: list[dict[str, Any]] = []
+        s.tshark_packets = len(idx)
+        if len(idx):
+            yield from self._apps_of(rec, stream, idx, hellos)
+        s.ip_packets = acc.packets
+        del rec
+        try:
+            if hellos:
+                yield self._count(apps.events_from_rows(apps.tls_rows(hellos, self._ctx)))
+            f = acc.flows(self.idle_timeout, self.active_timeout)
+            if f is not None:
+                for t in self._flow_tables(f):
+                    yield self._count(t)
+        except Exception:  # noqa: BLE001
+            err = traceback.format_exc(limit=2).strip().splitlines()[-1]
+            self._dead(p.n, str(self.path), f"pcap flow aggregation error: {err}"[:500])
+
+    def _apps_of(self, rec: Any, stream: np.ndarray, idx: np.ndarray, hellos: list) -> Iterator[pa.Table]:
+        """tshark over the application packets only (a temporary capture); frame numbers and TCP
+        stream numbers mapped back to the whole capture's."""
+        s = self.summary
+        with tempfile.TemporaryDirectory(prefix="taishi-pcap-") as tmp:
+            sub = Path(tmp) / "apps.pcap"
+            fast.write_pcap(sub, rec, idx)
+            try:
+                kw = {"block_size": self.block_size} if self.block_size else {}
+                run = TsharkRun(sub, self.decode_as, extra_args=self.tshark_args, **kw)
+            except OSError as exc:
+                self._dead(-1, str(self.path), f"cannot run tshark: {exc}")
+                return
+            last_frame = 0
+            failed = False
+            try:
+                for b in run.batches():
+                    core = packet_core(b)
+                    orig = idx[core["frame"].to_numpy() - 1]
+                    core["frame"] = pa.array(orig + 1, pa.int64())
+                    tcp = pc.equal(core["proto"], 6)
+                    core["stream"] = pc.if_else(tcp, pa.array(stream[orig], pa.int64()), pa.scalar(None, pa.int64()))
+                    last_frame = int(orig.max()) + 1
+                    for frame, text, reason in apps.malformed(b, core):
+                        self._dead(frame, text, reason)
+                    table, hello = apps.frame_events(b, core, self._ctx)
+                    hellos.extend(hello)
+                    if table is not None:
+                        yield self._count(table)
+            except GeneratorExit:
+                run.kill()
+                run.close()
+                raise
+            except Exception:  # noqa: BLE001 - a capture never crashes the reader
+                failed = True
+                run.kill()
+                err = traceback.format_exc(limit=2).strip().splitlines()[-1]
+                self._dead(last_frame, str(self.path), f"pcap reader error: {err} (after frame {last_frame})"[:500])
+            rc, err = run.close()
+        s.tshark_status, s.tshark_stderr = rc, err
+        for line in run.bad_lines:
+            self._dead(last_frame, line, "unparseable tshark output line")
+        if (rc != 0 or err) and not failed:
+            msg = err.splitlines()[0] if err else "(no message)"
+            self._dead(last_frame + 1 if last_frame else -1, f"{self.path}\n{err}"[:4000],
+                       f"tshark exit status {rc}: {msg} (on the {len(idx)} application frames)"[:500])
+
     def _flow_tables(self, f: dict[str, Any]) -> Iterator[pa.Table]:
         s = self.summary
         s.flows += f["n"]
@@ -246,6 +368,25 @@ class PcapReader:
             s.flows_by_transport[row["values"]] += row["counts"]
         for i in range(0, f["n"], FLOW_BATCH):
             yield table.slice(i, FLOW_BATCH)
+
+
+_DECODE_AS_PORT = re.compile(r"^(?:tcp|udp)\.port\s*==\s*(\d+)(?:-(\d+))?\s*,")
+
+
+def fast_ports(decode_as: tuple[str, ...]) -> frozenset[int] | None:
+    """The ports named by ``decode_as`` specs (``tcp.port==902,ssh``; ranges too), or None when
+    a spec is of another kind (the fast path cannot tell which packets it concerns)."""
+    out: set[int] = set()
+    for spec in decode_as:
+        m = _DECODE_AS_PORT.match(spec.strip())
+        if not m:
+            return None
+        lo = int(m.group(1))
+        hi = int(m.group(2) or lo)
+        if hi - lo > 4096:
+            return None
+        out.update(range(lo, hi + 1))
+    return frozenset(out)
 
 
 def read_pcap(path: str | Path, **kw: Any) -> PcapReader:

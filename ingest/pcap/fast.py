@@ -1,0 +1,632 @@
+"""Taishi's own capture decoder: pcap / pcapng records and link/IP/TCP/UDP headers, vectorised.
+
+The fast path of :mod:`ingest.pcap` (see its module doc for which path is used when):
+
+1. :func:`scan` reads the file and walks the record headers (one small loop step per record,
+   the only per-packet Python), giving per-packet numpy arrays: offset of the packet bytes,
+   captured and wire length, time in ns, link type;
+2. :func:`decode` extracts the header fields of every packet at once with numpy gathers over
+   the file buffer: Ethernet (802.1Q / 802.1ad tags), Linux cooked (v1 / v2), raw IP, BSD
+   loopback; IPv4 and IPv6 (extension headers walked); TCP / UDP ports, TCP flags, sequence
+   and acknowledgement numbers and payload length;
+3. :func:`tcp_streams` numbers TCP connections the way Wireshark 4.0 numbers ``tcp.stream``: a
+   new stream per address/port pair, and another one when a SYN without ACK arrives whose
+   sequence number differs from the base sequence number of its direction (port reuse);
+4. :func:`app_packets` picks the packets that can carry the application metadata Taishi
+   extracts: whole TCP streams with payload on the ports tshark's DNS / HTTP / TLS / SSH /
+   Modbus / DNP3 / ENIP dissectors are registered on, or whose payload starts like HTTP, TLS
+   (TLCP too) or SSH (tshark's enabled TCP heuristics); UDP datagrams on the DNS / mDNS /
+   LLMNR / SSDP / Modbus / DNP3 / ENIP ports, UDP payloads that pass a loose DNS-header test
+   (tshark's UDP DNS heuristic) or look like QUIC long-header packets (tshark decrypts QUIC
+   Initials and dissects the TLS hellos in them); ICMP errors (tshark dissects the quoted
+   datagram). :func:`write_pcap` writes them, unchanged, to a temporary capture for tshark.
+
+Anything this decoder does not model exactly (a link type or encapsulation other than those
+above, IP fragments, tunnels, SCTP, truncated or bogus headers, a capture that is cut short or
+not a capture) makes :func:`decode` report a *reason*; the caller then reads that file with
+tshark alone, so results never depend on a guess.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+PAD = 64  # zero bytes after the file so fixed-offset gathers never run past the buffer
+MAX_CAPLEN = 262144  # wiretap's limit for a pcap record
+
+# link types (LINKTYPE_*) decoded here
+LT_NULL, LT_ETHERNET, LT_RAW, LT_LOOP, LT_SLL, LT_IPV4, LT_IPV6, LT_SLL2 = 0, 1, 101, 108, 113, 228, 229, 276
+LINKTYPES = frozenset({LT_NULL, LT_ETHERNET, LT_RAW, LT_LOOP, LT_SLL, LT_IPV4, LT_IPV6, LT_SLL2})
+
+# Ports tshark 4.0 registers the mapped dissectors on (``tshark -G decodes``): dns, http, tls,
+# ssh, mbtcp, dnp3, enip; UDP: dns, mdns, llmnr, ssdp (http), mbudp, dnp3, enip, cip I/O.
+TCP_APP_PORTS = frozenset({
+    53, 5353,                                                                # dns
+    80, 631, 1900, 2710, 2869, 3128, 3132, 3689, 5985, 8080, 8088, 11371,    # http
+    22, 29418,                                                               # ssh
+    324, 443, 465, 636, 802, 853, 993, 995, 1300, 2221, 2443, 3249, 3250, 3251, 3252, 3496,
+    5061, 5671, 5684, 5868, 8883, 11207, 19999, 27017,                       # tls
+    502, 20000, 44818,                                                       # mbtcp, dnp3, enip
+})
+UDP_APP_PORTS = frozenset({53, 5353, 5355, 1900, 502, 20000, 44818, 2222})
+# IP protocols and UDP ports of tunnels: tshark dissects what is inside (inner IP headers,
+# inner application data), which this decoder does not follow -> tshark alone.
+TUNNEL_PROTOS = frozenset({4, 41, 47, 97, 115, 132, 137})
+TUNNEL_UDP_PORTS = frozenset({1701, 2152, 3544, 4789, 6081, 8472})
+IPV6_EXT_WALK = (0, 43, 60, 51)
+
+
+@dataclass
+class Records:
+    """Per-packet record fields of a capture, and the file buffer they point into."""
+
+    buf: np.ndarray
+    off: np.ndarray  # offset of the packet bytes in buf
+    caplen: np.ndarray
+    wirelen: np.ndarray
+    ts_ns: np.ndarray
+    linktype: np.ndarray
+    problem: str | None = None  # why this capture needs tshark alone (None: it does not)
+
+    @property
+    def n(self) -> int:
+        return len(self.off)
+
+
+def _read(path: Path) -> bytearray:
+    size = path.stat().st_size
+    buf = bytearray(size + PAD)
+    with open(path, "rb") as f:
+        got = f.readinto(memoryview(buf)[:size])
+    if got != size:
+        del buf[got:size]
+    return buf
+
+
+def _empty(buf: np.ndarray, problem: str) -> Records:
+    z = np.zeros(0, np.int64)
+    return Records(buf, z, z, z, z, z, problem)
+
+
+def scan(path: str | Path) -> Records:
+    """The record headers of a pcap or pcapng capture (``problem`` set when it cannot be walked
+    cleanly: not a capture, cut short, a block or link type this decoder does not handle)."""
+    raw = _read(Path(path))
+    size = len(raw) - PAD
+    buf = np.frombuffer(raw, np.uint8)
+    head = bytes(raw[:4])
+    if size < 24 and head != b"\x0a\x0d\x0d\x0a":
+        return _empty(buf, "not a pcap/pcapng capture")
+    if head in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        return _scan_pcap(raw, buf, size, "<", head == b"\x4d\x3c\xb2\xa1")
+    if head in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        return _scan_pcap(raw, buf, size, ">", head == b"\xa1\xb2\x3c\x4d")
+    if head == b"\x0a\x0d\x0d\x0a":
+        return _scan_pcapng(raw, buf, size)
+    return _empty(buf, "not a pcap/pcapng capture")
+
+
+def _scan_pcap(raw: bytearray, buf: np.ndarray, size: int, bo: str, nano: bool) -> Records:
+    linktype = struct.unpack_from(bo + "I", raw, 20)[0] & 0x0FFFFFFF
+    incl_at = struct.Struct(bo + "I").unpack_from
+    offs: list[int] = []
+    append = offs.append
+    off = 24
+    while off + 16 <= size:
+        incl = incl_at(raw, off + 8)[0]
+        if incl > MAX_CAPLEN:
+            return _empty(buf, f"record with {incl} captured bytes")
+        append(off)
+        off += 16 + incl
+    if off != size:
+        return _empty(buf, "capture cut short")
+    o = np.asarray(offs, np.int64)
+    if not len(o):
+        return Records(buf, o, o, o, o, o)
+    h = buf[o[:, None] + np.arange(16)].view(np.dtype(bo + "u4")).reshape(-1, 4).astype(np.int64)
+    sub = h[:, 1] if nano else h[:, 1] * 1000
+    ts = h[:, 0] * 1_000_000_000 + sub
+    if linktype not in LINKTYPES:
+        return _empty(buf, f"link type {linktype}")
+    return Records(buf, o + 16, h[:, 2], h[:, 3], ts, np.full(len(o), linktype, np.int64))
+
+
+def _scan_pcapng(raw: bytearray, buf: np.ndarray, size: int) -> Records:
+    offs: list[int] = []
+    caps: list[int] = []
+    wires: list[int] = []
+    tss: list[int] = []
+    ifs: list[int] = []
+    iface_lt: list[int] = []  # per interface of the whole file (sections renumber: we index globally)
+    iface_res: list[tuple[int, int]] = []  # (multiplier, divisor) to ns
+    iface_snap: list[int] = []
+    sect_base = 0  # first global interface index of the current section
+    bo = "<"
+    off = 0
+    while off + 12 <= size:
+        btype = struct.unpack_from(bo + "I", raw, off)[0]
+        if btype == 0x0A0D0D0A:
+            magic = bytes(raw[off + 8:off + 12])
+            bo = "<" if magic == b"\x4d\x3c\x2b\x1a" else (">" if magic == b"\x1a\x2b\x3c\x4d" else "")
+            if not bo:
+                return _empty(buf, "pcapng section header with a bad byte-order magic")
+            sect_base = len(iface_lt)
+        blen = struct.unpack_from(bo + "I", raw, off + 4)[0]
+        if blen < 12 or blen % 4 or off + blen > size:
+            return _empty(buf, "capture cut short" if off + blen > size and blen >= 12 else f"pcapng block of length {blen}")
+        if btype == 6:  # enhanced packet block
+            iface, hi, lo, cap, wire = struct.unpack_from(bo + "IIIII", raw, off + 8)
+            g = sect_base + iface
+            if g >= len(iface_lt) or cap > blen - 32:
+                return _empty(buf, "pcapng packet block without its interface or overrunning its block")
+            mul, div = iface_res[g]
+            t = (hi << 32) | lo
+            offs.append(off + 28)
+            caps.append(cap)
+            wires.append(wire)
+            tss.append(t * mul // div)
+            ifs.append(g)
+        elif btype == 3:  # simple packet block: interface 0 of the section, no time
+            if sect_base >= len(iface_lt):
+                return _empty(buf, "pcapng simple packet block without an interface")
+            wire = struct.unpack_from(bo + "I", raw, off + 8)[0]
+            snap = iface_snap[sect_base] or MAX_CAPLEN
+            offs.append(off + 12)
+            caps.append(min(wire, snap, blen - 16))
+            wires.append(wire)
+            tss.append(0)
+            ifs.append(sect_base)
+        elif btype == 1:  # interface description
+            lt, _, snap = struct.unpack_from(bo + "HHI", raw, off + 8)
+            mul, div = 1000, 1  # default resolution: microseconds
+            p = off + 16
+            end = off + blen - 4
+            while p + 4 <= end:
+                code, ln = struct.unpack_from(bo + "HH", raw, p)
+                if code == 0:
+                    break
+                if code == 9 and ln >= 1:
+                    r = raw[p + 4]
+                    if r & 0x80:
+                        return _empty(buf, "pcapng interface with a power-of-two time resolution")
+                    mul, div = (10 ** (9 - r), 1) if r <= 9 else (1, 10 ** (r - 9))
+                elif code == 14:
+                    return _empty(buf, "pcapng interface with a time offset")
+                p += 4 + ((ln + 3) & ~3)
+            iface_lt.append(lt)
+            iface_res.append((mul, div))
+            iface_snap.append(snap)
+        elif btype == 2:
+            return _empty(buf, "pcapng obsolete packet block")
+        off += blen
+    if off != size:
+        return _empty(buf, "capture cut short")
+    o = np.asarray(offs, np.int64)
+    if any(lt not in LINKTYPES for lt in {iface_lt[i] for i in set(ifs)}):
+        return _empty(buf, "link type " + ",".join(str(iface_lt[i]) for i in sorted(set(ifs))))
+    lts = np.asarray(iface_lt, np.int64)[np.asarray(ifs, np.int64)] if len(o) else o
+    return Records(buf, o, np.asarray(caps, np.int64), np.asarray(wires, np.int64), np.asarray(tss, np.int64), lts)
+
+
+# --------------------------------------------------------------------------- headers
+
+
+@dataclass
+class Packets:
+    """Header fields of every packet (numpy; -1 / False where absent)."""
+
+    n: int
+    frame: np.ndarray
+    ts_ns: np.ndarray
+    wirelen: np.ndarray
+    ip: np.ndarray  # 4, 6 or 0
+    l3: np.ndarray
+    proto: np.ndarray  # transport as Taishi reports it (-1: not IP)
+    src4: np.ndarray
+    dst4: np.ndarray
+    src6: np.ndarray | None  # (n, 16) uint8 rows for IPv6 packets, else None
+    dst6: np.ndarray | None
+    eth: np.ndarray  # MACs present
+    mac_off: np.ndarray
+    sport: np.ndarray
+    dport: np.ndarray
+    flags: np.ndarray
+    seq: np.ndarray
+    ack: np.ndarray
+    l4: np.ndarray
+    payload_len: np.ndarray
+    payload_off: np.ndarray
+    problem: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _u8(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    return buf[pos].astype(np.int64)
+
+
+def _be16(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    return (buf[pos].astype(np.int64) << 8) | buf[pos + 1]
+
+
+def _be32(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    return (_be16(buf, pos) << 16) | _be16(buf, pos + 2)
+
+
+def decode(rec: Records) -> Packets:
+    """Link, network and transport headers of every packet of ``rec`` (vectorised)."""
+    buf, n = rec.buf, rec.n
+    start, cap, lt = rec.off, rec.caplen, rec.linktype
+    end = start + cap  # first byte past the captured data
+    # positions beyond the captured data are clamped into the (padded) buffer; masks say what is valid
+    lim = len(buf) - 8
+    safe = lambda p: np.minimum(np.maximum(p, 0), lim)  # noqa: E731
+    problems: list[str] = []
+    l3 = np.full(n, -1, np.int64)
+    et = np.zeros(n, np.int64)
+    eth = lt == LT_ETHERNET
+    if eth.any():
+        short = eth & (cap < 14)
+        if short.any():
+            problems.append("Ethernet frame shorter than its header")
+        e = _be16(buf, safe(start + 12))
+        pos = start + 14
+        for _ in range(2):  # 802.1Q / 802.1ad tags
+            tag = eth & np.isin(e, (0x8100, 0x88A8, 0x9100)) & (pos + 4 <= end)
+            e = np.where(tag, _be16(buf, safe(pos + 2)), e)
+            pos = np.where(tag, pos + 4, pos)
+        et = np.where(eth, e, et)
+        l3 = np.where(eth, pos, l3)
+        odd = eth & np.isin(e, (0x8100, 0x88A8, 0x9100, 0x8847, 0x8848, 0x8863, 0x8864, 0x88E7, 0x6558, 0x894F))
+        # 802.3 + SNAP with an EtherType (OUI 0) carries what an Ethernet II frame would
+        llc = (eth & (e <= 1500) & (_u8(buf, safe(pos)) == 0xAA) & (_u8(buf, safe(pos + 1)) == 0xAA)
+               & (_u8(buf, safe(pos + 3)) == 0) & (_u8(buf, safe(pos + 4)) == 0) & (_u8(buf, safe(pos + 5)) == 0))
+        if (odd | llc).any():
+            problems.append("Ethernet encapsulation not decoded here (MPLS, PPPoE, 3+ tags, SNAP ...)")
+    sll = lt == LT_SLL
+    if sll.any():
+        if (sll & (cap < 16)).any():
+            problems.append("Linux cooked header cut short")
+        et = np.where(sll, _be16(buf, safe(start + 14)), et)
+        l3 = np.where(sll, start + 16, l3)
+    sll2 = lt == LT_SLL2
+    if sll2.any():
+        if (sll2 & (cap < 20)).any():
+            problems.append("Linux cooked v2 header cut short")
+        et = np.where(sll2, _be16(buf, safe(start)), et)
+        l3 = np.where(sll2, start + 20, l3)
+    raw = np.isin(lt, (LT_RAW, LT_IPV4, LT_IPV6))
+    if raw.any():
+        v = _u8(buf, safe(start)) >> 4
+        et = np.where(raw, np.where(v == 4, 0x0800, np.where(v == 6, 0x86DD, 0)), et)
+        l3 = np.where(raw, start, l3)
+        if (raw & ~np.isin(v, (4, 6))).any():
+            problems.append("raw IP packet that is neither IPv4 nor IPv6")
+    null = np.isin(lt, (LT_NULL, LT_LOOP))
+    if null.any():
+        le = (buf[safe(start)].astype(np.int64) | (buf[safe(start + 1)].astype(np.int64) << 8)
+              | (buf[safe(start + 2)].astype(np.int64) << 16) | (buf[safe(start + 3)].astype(np.int64) << 24))
+        be = _be32(buf, safe(start))
+        fam = np.where(lt == LT_LOOP, be, np.where(le > 0xFFFF, be, le))
+        et = np.where(null, np.where(fam == 2, 0x0800, np.where(np.isin(fam, (24, 28, 30)), 0x86DD, 0)), et)
+        l3 = np.where(null, start + 4, l3)
+    is4 = (et == 0x0800)
+    is6 = (et == 0x86DD)
+    # --- IPv4
+    b0 = _u8(buf, safe(l3))
+    ihl = (b0 & 0x0F) * 4
+    tot4 = _be16(buf, safe(l3 + 2))
+    bad4 = is4 & ((l3 + 20 > end) | (b0 >> 4 != 4) | (ihl < 20) | (l3 + ihl > end) | (tot4 < ihl))
+    if bad4.any():
+        problems.append("IPv4 header cut short or bogus")
+    frag = _be16(buf, safe(l3 + 6))
+    if (is4 & ((frag & 0x3FFF) != 0)).any():
+        problems.append("IPv4 fragments")
+    proto = np.where(is4, _u8(buf, safe(l3 + 9)), -1)
+    ip_end = np.where(is4, np.minimum(l3 + np.where(tot4 == 0, cap, tot4), end), end)
+    l4 = np.where(is4, l3 + ihl, -1)
+    src4 = np.where(is4, _be32(buf, safe(l3 + 12)), 0)
+    dst4 = np.where(is4, _be32(buf, safe(l3 + 16)), 0)
+    # --- IPv6
+    src6 = dst6 = None
+    if is6.any():
+        bad6 = is6 & ((l3 + 40 > end) | (_u8(buf, safe(l3)) >> 4 != 6))
+        if bad6.any():
+            problems.append("IPv6 header cut short or bogus")
+        plen = _be16(buf, safe(l3 + 4))
+        first = _u8(buf, safe(l3 + 6))
+        nxt = first.copy()
+        pos = l3 + 40
+        for _ in range(4):
+            walk = is6 & np.isin(nxt, IPV6_EXT_WALK) & (pos + 8 <= end)
+            if not walk.any():
+                break
+            hl = _u8(buf, safe(pos + 1))
+            step = np.where(nxt == 51, (hl + 2) * 4, (hl + 1) * 8)
+            nxt = np.where(walk, _u8(buf, safe(pos)), nxt)
+            pos = np.where(walk, pos + step, pos)
+        if (is6 & (np.isin(nxt, IPV6_EXT_WALK) | (nxt == 44))).any():
+            problems.append("IPv6 fragments or extension headers cut short")
+        final = np.where(np.isin(nxt, (6, 17, 58)), nxt, first)
+        proto = np.where(is6, final, proto)
+        ip_end = np.where(is6, np.minimum(l3 + 40 + np.where(plen == 0, cap, plen), end), ip_end)
+        l4 = np.where(is6, np.where(np.isin(nxt, (6, 17, 58)), pos, -1), l4)
+        idx6 = np.flatnonzero(is6)
+        src6 = np.zeros((n, 16), np.uint8)
+        dst6 = np.zeros((n, 16), np.uint8)
+        src6[idx6] = buf[safe(l3[idx6] + 8)[:, None] + np.arange(16)]
+        dst6[idx6] = buf[safe(l3[idx6] + 24)[:, None] + np.arange(16)]
+        # outer IPv6 carrying IPv4 (tunnels) would put the inner IPv4 address in Taishi's columns
+    isip = is4 | is6
+    tunnel = isip & np.isin(proto, tuple(TUNNEL_PROTOS))
+    tcp = isip & (proto == 6)
+    udp = isip & (proto == 17)
+    if (tcp & (l4 + 20 > end)).any() or (udp & (l4 + 8 > end)).any():
+        problems.append("TCP/UDP header cut short")
+    sport = np.where(tcp | udp, _be16(buf, safe(l4)), -1)
+    dport = np.where(tcp | udp, _be16(buf, safe(l4 + 2)), -1)
+    thl = (_u8(buf, safe(l4 + 12)) >> 4) * 4
+    if (tcp & ((thl < 20) | (l4 + thl > ip_end))).any():
+        problems.append("bogus TCP header length")
+    flags = np.where(tcp, ((_u8(buf, safe(l4 + 12)) & 0x0F) << 8) | _u8(buf, safe(l4 + 13)), -1)
+    seq = np.where(tcp, _be32(buf, safe(l4 + 4)), 0)
+    ack = np.where(tcp, _be32(buf, safe(l4 + 8)), 0)
+    poff = np.where(tcp, l4 + thl, np.where(udp, l4 + 8, -1))
+    plen_ = np.where(tcp | udp, np.maximum(ip_end - poff, 0), 0)
+    # Tunnels: tshark dissects the inner packet too. Taishi's columns keep the outer headers (as
+    # the tshark path's first occurrences do), and the tunnel packets go to tshark for their
+    # application data. Under an outer IPv6 header an inner IPv4 address would win in the tshark
+    # path's columns (ip.src before ipv6.src): those captures are read by tshark alone.
+    tunnel |= udp & (np.isin(sport, tuple(TUNNEL_UDP_PORTS)) | np.isin(dport, tuple(TUNNEL_UDP_PORTS))) & (plen_ > 0)
+    if (tunnel & is6).any():
+        problems.append("tunnels under IPv6")
+    return Packets(
+        n=n, frame=np.arange(1, n + 1, dtype=np.int64), ts_ns=rec.ts_ns, wirelen=rec.wirelen,
+        ip=np.where(is4, 4, np.where(is6, 6, 0)), l3=l3, proto=np.where(isip, proto, -1),
+        src4=src4, dst4=dst4, src6=src6, dst6=dst6, eth=eth, mac_off=start,
+        sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, l4=l4, payload_len=plen_, payload_off=poff,
+        problem="; ".join(problems) or None, extra={"tunnel": tunnel},
+    )
+
+
+# --------------------------------------------------------------------------- TCP streams
+
+
+def _tuple_ids(p: Packets, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(id of the canonical address/port pair, True where the sender is the pair's low end) of
+    the packets in ``mask`` (ids dense from 0, in no particular order)."""
+    idx = np.flatnonzero(mask)
+    m = len(idx)
+    if p.src6 is None:  # IPv4 only: an endpoint is 48 bits (address, port)
+        a = (p.src4[idx] << 16) | p.sport[idx]
+        b = (p.dst4[idx] << 16) | p.dport[idx]
+        low = a <= b
+        lo, hi = np.where(low, a, b), np.where(low, b, a)
+        order = np.lexsort((hi, lo))
+        brk = np.ones(m, bool)
+        brk[1:] = (lo[order][1:] != lo[order][:-1]) | (hi[order][1:] != hi[order][:-1])
+        ids = np.empty(m, np.int64)
+        ids[order] = np.cumsum(brk) - 1
+        return ids, low
+    v6 = p.ip[idx] == 6
+    s4 = p.src4[idx].astype(">u4").view(np.uint8).reshape(-1, 4)
+    d4 = p.dst4[idx].astype(">u4").view(np.uint8).reshape(-1, 4)
+    z = np.zeros((m, 12), np.uint8)
+    s = np.where(v6[:, None], p.src6[idx], np.concatenate([z, s4], axis=1))
+    d = np.where(v6[:, None], p.dst6[idx], np.concatenate([z, d4], axis=1))
+    sp = p.sport[idx].astype(">u2").view(np.uint8).reshape(-1, 2)
+    dp = p.dport[idx].astype(">u2").view(np.uint8).reshape(-1, 2)
+    ver = v6.astype(np.uint8)[:, None]
+    ea = np.ascontiguousarray(np.concatenate([ver, s, sp], axis=1))
+    eb = np.ascontiguousarray(np.concatenate([ver, d, dp], axis=1))
+    neq = ea != eb
+    at = np.argmax(neq, axis=1)  # first differing byte (0 when equal)
+    r = np.arange(m)
+    low = ~neq.any(axis=1) | (ea[r, at] < eb[r, at])
+    key = np.ascontiguousarray(np.where(low[:, None], np.concatenate([ea, eb], axis=1), np.concatenate([eb, ea], axis=1)))
+    _, inv = np.unique(key.view(np.dtype((np.void, 38))).ravel(), return_inverse=True)
+    return inv.reshape(-1).astype(np.int64), low
+
+
+def tcp_streams(p: Packets) -> np.ndarray:
+    """Wireshark's ``tcp.stream`` for every TCP packet (-1 elsewhere), numbered in order of each
+    stream's first packet."""
+    out = np.full(p.n, -1, np.int64)
+    tcp = p.proto == 6
+    if not tcp.any():
+        return out
+    idx = np.flatnonzero(tcp)
+    key, low = _tuple_ids(p, tcp)
+    fl = p.flags[idx]
+    pure_syn = (fl & 0x12) == 0x02
+    order = np.argsort(key, kind="stable")  # frame order within each key
+    k = key[order]
+    first = np.ones(len(k), bool)
+    first[1:] = k[1:] != k[:-1]
+    # a key needs the sequential walk when a SYN without ACK is not its first packet
+    later_syn = pure_syn[order] & ~first
+    sub = np.zeros(len(k), np.int64)  # stream number within the key
+    if later_syn.any():
+        walk_keys = np.unique(k[later_syn])
+        starts = np.flatnonzero(first)
+        bounds = dict(zip(k[starts].tolist(), zip(starts.tolist(), np.append(starts[1:], len(k)).tolist())))
+        seq, ack = p.seq[idx], p.ack[idx]
+        for kk in walk_keys.tolist():
+            a, b = bounds[kk]
+            rows = order[a:b]
+            base: list[int | None] = [None, None]  # base seq of the low / high end's direction
+            cur = 0
+            out_sub = []
+            for r in rows.tolist():
+                d = 0 if low[r] else 1
+                f = int(fl[r])
+                s = int(seq[r])
+                if (f & 0x12) == 0x02 and base[d] is not None and s != base[d]:
+                    cur += 1  # port reuse: a new conversation
+                    base = [None, None]
+                if base[d] is None:
+                    base[d] = s if f & 0x02 else (s - 1) & 0xFFFFFFFF
+                if base[1 - d] is None and f & 0x10:
+                    base[1 - d] = (int(ack[r]) - 1) & 0xFFFFFFFF
+                out_sub.append(cur)
+            sub[a:b] = out_sub
+    # number (key, sub) pairs by their first packet (frame order)
+    pair = np.empty(len(k), np.int64)
+    pair[order] = k * (1 << 20) + sub
+    _, first_pos, inv = np.unique(pair, return_index=True, return_inverse=True)
+    rank = np.empty(len(first_pos), np.int64)
+    rank[np.argsort(first_pos, kind="stable")] = np.arange(len(first_pos))
+    out[idx] = rank[inv.reshape(-1)]
+    return out
+
+
+# --------------------------------------------------------------------------- Arrow columns
+
+_DEC = pa.array([str(i) for i in range(256)], pa.string())
+_HEX = pa.array([f"{i:02x}" for i in range(256)], pa.string())
+
+
+def _ipv4_text(v: np.ndarray) -> pa.Array:
+    parts = [_DEC.take(pa.array((v >> s) & 0xFF)) for s in (24, 16, 8, 0)]
+    return pc.binary_join_element_wise(*parts, ".")
+
+
+def _ipv6_text(rows: np.ndarray) -> pa.Array:
+    import ipaddress
+
+    v = np.ascontiguousarray(rows).view(np.dtype((np.void, 16))).ravel()
+    uniq, inv = np.unique(v, return_inverse=True)
+    texts = []
+    for u in uniq.tolist():
+        a = ipaddress.IPv6Address(bytes(u))
+        m = a.ipv4_mapped
+        texts.append(f"::ffff:{m}" if m is not None else a.compressed)
+    return pa.array(texts, pa.string()).take(pa.array(inv.reshape(-1)))
+
+
+def _mac_text(buf: np.ndarray, pos: np.ndarray) -> pa.Array:
+    parts = [_HEX.take(pa.array(buf[pos + i].astype(np.int64))) for i in range(6)]
+    return pc.binary_join_element_wise(*parts, ":")
+
+
+def _opt(values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    return pa.array(values, pa.int64(), mask=~valid)
+
+
+def core_columns(p: Packets, buf: np.ndarray, stream: np.ndarray) -> dict[str, pa.Array]:
+    """The per-packet core columns :func:`ingest.pcap.flows.packet_core` makes from tshark's
+    fields (same names, types and values)."""
+    n = p.n
+    is4, is6 = p.ip == 4, p.ip == 6
+    null_s = pa.nulls(n, pa.string())
+    src = dst = null_s
+    if is4.any():
+        m = pa.array(~is4)
+        src = pc.if_else(m, null_s, _ipv4_text(p.src4))
+        dst = pc.if_else(m, null_s, _ipv4_text(p.dst4))
+    if is6.any():
+        i6 = np.flatnonzero(is6)
+        s6 = np.full(n, None, object)
+        sv, dv = _ipv6_text(p.src6[i6]), _ipv6_text(p.dst6[i6])
+        pos = pa.array(np.where(is6, np.cumsum(is6) - 1, 0))
+        src = pc.if_else(pa.array(is6), sv.take(pos), src)
+        dst = pc.if_else(pa.array(is6), dv.take(pos), dst)
+        del s6
+    tcpudp = (p.proto == 6) | (p.proto == 17)
+    tcp = p.proto == 6
+    lim = len(buf) - 8
+    if p.eth.any():
+        mpos = np.minimum(p.mac_off, lim)
+        noeth = pa.array(~p.eth)
+        dmac = pc.if_else(noeth, null_s, _mac_text(buf, mpos))
+        smac = pc.if_else(noeth, null_s, _mac_text(buf, np.minimum(mpos + 6, lim)))
+    else:
+        smac = dmac = null_s
+    return {
+        "frame": pa.array(p.frame, pa.int64()),
+        "ts_ns": pa.array(p.ts_ns, pa.int64()),
+        "len": pa.array(p.wirelen, pa.int64()),
+        "src": src,
+        "dst": dst,
+        "proto": pa.array(p.proto, pa.int64()),
+        "sport": _opt(p.sport, tcpudp),
+        "dport": _opt(p.dport, tcpudp),
+        "flags": _opt(p.flags, tcp),
+        "stream": _opt(stream, tcp),
+        "smac": smac,
+        "dmac": dmac,
+    }
+
+
+# --------------------------------------------------------------------------- app packets
+
+_HTTP_FIRST = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _payload_byte(buf: np.ndarray, p: Packets, i: int) -> np.ndarray:
+    return buf[np.minimum(np.maximum(p.payload_off, 0) + i, len(buf) - 8)].astype(np.int64)
+
+
+def app_packets(p: Packets, buf: np.ndarray, stream: np.ndarray, decode_as_ports: frozenset[int] = frozenset()) -> np.ndarray:
+    """Mask of the packets tshark must dissect for the application events (see the module doc)."""
+    tcp, udp = p.proto == 6, p.proto == 17
+    has = p.payload_len > 0
+    b = [_payload_byte(buf, p, i) for i in range(4)]
+    upper = (b[0] >= 0x41) & (b[0] <= 0x5A) & (b[1] >= 0x41) & (b[1] <= 0x5A)  # HTTP method / "HTTP/"
+    tls = ((b[0] >= 0x14) & (b[0] <= 0x18) & (b[1] == 0x03) & (b[2] <= 0x04)) | ((b[0] == 0x16) & (b[1] == 0x01) & (b[2] == 0x01))
+    sslv2 = (b[0] & 0x80 != 0) & (b[2] == 0x01) & ((b[3] == 0x03) | (b[3] == 0x00) | (b[3] == 0x02))
+    ssh = (b[0] == 0x53) & (b[1] == 0x53) & (b[2] == 0x48) & (b[3] == 0x2D)
+    tports = np.asarray(sorted(TCP_APP_PORTS | decode_as_ports), np.int64)
+    uports = np.asarray(sorted(UDP_APP_PORTS | decode_as_ports), np.int64)
+    on_port_t = tcp & (np.isin(p.sport, tports) | np.isin(p.dport, tports))
+    hint = tcp & has & (on_port_t | upper | tls | sslv2 | ssh)
+    sel = np.zeros(p.n, bool)
+    if hint.any():
+        sel |= tcp & np.isin(stream, np.unique(stream[hint]))
+    # UDP: by port, DNS-looking payloads (tshark's UDP DNS heuristic), QUIC long headers
+    on_port_u = udp & (np.isin(p.sport, uports) | np.isin(p.dport, uports))
+    dns_like = udp & (p.payload_len > 12) & ((_payload_byte(buf, p, 2) & 0x78) == 0) & (
+        ((_payload_byte(buf, p, 4) << 8) | _payload_byte(buf, p, 5)) <= 1)
+    ver = (b[1] << 24) | (b[2] << 16) | (b[3] << 8) | _payload_byte(buf, p, 4)
+    quic = udp & (p.payload_len >= 7) & ((b[0] & 0xC0) == 0xC0) & (
+        (ver == 1) | (ver == 0x6B3343CF) | ((ver >> 8) == 0xFF0000) | ((ver >> 4) == 0xFACEB00))
+    usel = udp & (on_port_u | dns_like | quic | p.extra.get("tunnel", False))
+    if usel.any():  # whole UDP conversations: a dissector may keep state across datagrams
+        uid, _ = _tuple_ids(p, udp)
+        ufull = np.full(p.n, -1, np.int64)
+        ufull[udp] = uid
+        sel |= udp & np.isin(ufull, np.unique(ufull[usel]))
+    sel |= p.extra.get("tunnel", np.zeros(p.n, bool)) & ~udp  # IP-in-IP, GRE, SCTP ...: all of them
+    # ICMP errors: tshark dissects the quoted datagram (a quoted DNS message gives DNS fields)
+    icmp = p.proto == 1
+    icmp6 = p.proto == 58
+    if (icmp | icmp6).any():
+        t = buf[np.minimum(np.maximum(p.l4, 0), len(buf) - 8)].astype(np.int64)
+        sel |= icmp & np.isin(t, (3, 4, 5, 11, 12))
+        sel |= icmp6 & np.isin(t, (1, 2, 3, 4))
+    return sel
+
+
+def write_pcap(path: Path, rec: Records, idx: np.ndarray) -> None:
+    """The packets ``idx`` of ``rec``, bytes and times unchanged, as a nanosecond pcap (one link type)."""
+    lt = int(rec.linktype[idx[0]]) if len(idx) else LT_ETHERNET
+    mv = memoryview(rec.buf)
+    hdr = struct.Struct("<IIII")
+    ts = rec.ts_ns[idx]
+    sec, nsec = ts // 1_000_000_000, ts % 1_000_000_000
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, MAX_CAPLEN, lt))
+        parts = []
+        for i, s, ns in zip(idx.tolist(), sec.tolist(), nsec.tolist()):
+            o, c = int(rec.off[i]), int(rec.caplen[i])
+            parts.append(hdr.pack(s, ns, c, int(rec.wirelen[i])))
+            parts.append(mv[o:o + c])
+            if len(parts) >= 8192:
+                f.write(b"".join(parts))
+                parts = []
+        f.write(b"".join(parts))
