@@ -138,6 +138,69 @@ def check_transition(old: str, new: str) -> None:
         raise WorkflowError(f"cannot go from {old} to {new} (allowed from {old}: {allowed})")
 
 
+# The workflow's rules, for every store (embedded DuckDB, the cluster's search node): a store
+# reads what it holds, asks these functions what changes, and appends each (field, old, new)
+# to the incident's history as one write.
+Change = tuple[str, "str | None", "str | None"]  # (field, old, new): one history entry
+
+
+def workflow_changes(old_status: str, old_assignee: str | None, *, status: str | None = None,
+                     assignee: str | None = None, set_assignee: bool = False,
+                     note: str | None = None) -> list[Change]:
+    """A responder's change as history entries; raises :class:`WorkflowError` (and nothing
+    changes) for an illegal status transition. ``set_assignee`` with ``assignee`` "" or None
+    unassigns; assigning the current assignee again records nothing."""
+    out: list[Change] = []
+    if status is not None:
+        check_transition(old_status, status)
+        out.append(("status", old_status, status))
+    if set_assignee and (assignee or None) != old_assignee:
+        out.append(("assignee", old_assignee, assignee or None))
+    if note:
+        out.append(("note", None, note))
+    return out
+
+
+def upsert_changes(stored: dict | None, built: dict) -> tuple[str, list[Change]]:
+    """What storing one builder output does to a stored incident (``stored``: its ``status``,
+    ``alert.count`` and ``merged_into``, or None when not stored): ``(action, history)`` with
+    action ``create`` (a new incident, ``new``), ``update`` (the built fields replaced, the
+    workflow kept; new alerts reopen a resolved incident), ``merge`` (``merged_into`` set) or
+    ``skip`` (a merge marker for an incident never stored, or one already recorded)."""
+    if "merged_into" in built:
+        if stored is None or stored.get("merged_into") == built["merged_into"]:
+            return "skip", []
+        return "merge", [("merged_into", stored.get("merged_into"), built["merged_into"])]
+    if stored is None:
+        return "create", [("status", None, "new")]
+    if stored.get("status") == "resolved" and int(built.get("alert.count") or 0) > int(stored.get("alert.count") or 0):
+        return "update", [("status", "resolved", "acknowledged")]
+    return "update", []
+
+
+def apply_changes(status: str | None, assignee: str | None, merged_into: str | None,
+                  changes: list[Change]) -> tuple[str | None, str | None, str | None]:
+    """The workflow fields after ``changes``: ``(status, assignee, merged_into)``."""
+    for field, _old, new in changes:
+        if field == "status":
+            status = new
+        elif field == "assignee":
+            assignee = new
+        elif field == "merged_into":
+            merged_into = new
+    return status, assignee, merged_into
+
+
+def unworked(history: Iterable[dict]) -> bool:
+    """Nobody worked on it: its history holds only its creation (a rebuild may drop it)."""
+    return all(h["field"] == "status" and h["new"] == "new" and h["old"] is None for h in history)
+
+
+def notes_of(history: Iterable[dict]) -> list[dict]:
+    """The notes of a history: ``[{"at", "who", "text"}]`` in order."""
+    return [{"at": h["at"], "who": h["who"], "text": h["new"]} for h in history if h["field"] == "note"]
+
+
 # helpers ------------------------------------------------------------------
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

@@ -740,37 +740,42 @@ class Store:
 
     def _upsert_incidents(self, con: duckdb.DuckDBPyConnection, built: Iterable[dict], who: str,
                           now: datetime) -> int:
+        from correlate.incidents import apply_changes, upsert_changes
+
         new = 0
         names = [f.name for f in INCIDENT_QUERY_SCHEMA]
         for inc in built:
             iid = inc["id"]
             row = con.execute('SELECT status, "alert.count", merged_into FROM incidents WHERE id = ?',
                               [iid]).fetchone()
-            if "merged_into" in inc:
-                if row is not None and row[2] != inc["merged_into"]:
-                    con.execute("UPDATE incidents SET merged_into = ?, updated = ? WHERE id = ?",
-                                [inc["merged_into"], now, iid]).fetchall()
-                    self._history(con, iid, now, who, "merged_into", row[2], inc["merged_into"])
+            stored = None if row is None else {"status": row[0], "alert.count": row[1], "merged_into": row[2]}
+            action, changes = upsert_changes(stored, inc)  # the workflow's rules (correlate.incidents)
+            if action == "skip":
                 continue
-            vals = _incident_columns(inc)
-            doc = json.dumps({k: v for k, v in inc.items() if k not in ("status", "assignee", "history", "notes")},
-                             ensure_ascii=False, separators=(",", ":"))
-            if row is None:
-                vals.update({"status": "new", "assignee": None, "merged_into": None})
-                body = ", ".join(quote_ident(n) for n in names)
-                con.execute(f"INSERT INTO incidents ({body}, doc, created, updated) VALUES "
-                            f"({', '.join('?' for _ in names)}, ?, ?, ?)",
-                            [vals[n] for n in names] + [doc, now, now]).fetchall()
-                self._history(con, iid, now, who, "status", None, "new")
-                new += 1
-                continue
-            built_names = [n for n in names if n not in ("status", "assignee", "merged_into")]
-            sets = ", ".join(f"{quote_ident(n)} = ?" for n in built_names)
-            con.execute(f"UPDATE incidents SET {sets}, doc = ?, updated = ? WHERE id = ?",
-                        [vals[n] for n in built_names] + [doc, now, iid]).fetchall()
-            if row[0] == "resolved" and int(inc.get("alert.count") or 0) > int(row[1] or 0):
-                con.execute("UPDATE incidents SET status = 'acknowledged' WHERE id = ?", [iid]).fetchall()
-                self._history(con, iid, now, who, "status", "resolved", "acknowledged")
+            if action == "merge":
+                con.execute("UPDATE incidents SET merged_into = ?, updated = ? WHERE id = ?",
+                            [inc["merged_into"], now, iid]).fetchall()
+            else:
+                vals = _incident_columns(inc)
+                doc = json.dumps({k: v for k, v in inc.items() if k not in ("status", "assignee", "history", "notes")},
+                                 ensure_ascii=False, separators=(",", ":"))
+                if action == "create":
+                    vals.update({"status": "new", "assignee": None, "merged_into": None})
+                    body = ", ".join(quote_ident(n) for n in names)
+                    con.execute(f"INSERT INTO incidents ({body}, doc, created, updated) VALUES "
+                                f"({', '.join('?' for _ in names)}, ?, ?, ?)",
+                                [vals[n] for n in names] + [doc, now, now]).fetchall()
+                    new += 1
+                else:
+                    built_names = [n for n in names if n not in ("status", "assignee", "merged_into")]
+                    sets = ", ".join(f"{quote_ident(n)} = ?" for n in built_names)
+                    con.execute(f"UPDATE incidents SET {sets}, doc = ?, updated = ? WHERE id = ?",
+                                [vals[n] for n in built_names] + [doc, now, iid]).fetchall()
+                    status, _, _ = apply_changes(row[0], None, None, changes)
+                    if status != row[0]:
+                        con.execute("UPDATE incidents SET status = ? WHERE id = ?", [status, iid]).fetchall()
+            for field, old, new_value in changes:
+                self._history(con, iid, now, who, field, old, new_value)
         return new
 
     @staticmethod
@@ -787,7 +792,7 @@ class Store:
         """Apply a responder's change (status transition, assignee, note); None if no such
         incident. An illegal transition raises ``correlate.incidents.WorkflowError`` and
         changes nothing. Every change is appended to the incident's history."""
-        from correlate.incidents import check_transition
+        from correlate.incidents import workflow_changes
 
         now = _utc(self.clock())
         with _path_lock(self.path), self._connect() as con:
@@ -797,17 +802,13 @@ class Store:
                 if row is None:
                     con.execute("ROLLBACK").fetchall()
                     return None
-                old_status, old_assignee = row
-                if status is not None:
-                    check_transition(old_status, status)
-                    con.execute("UPDATE incidents SET status = ?, updated = ? WHERE id = ?", [status, now, iid]).fetchall()
-                    self._history(con, iid, now, who, "status", old_status, status)
-                if set_assignee and (assignee or None) != old_assignee:
-                    con.execute("UPDATE incidents SET assignee = ?, updated = ? WHERE id = ?",
-                                [assignee or None, now, iid]).fetchall()
-                    self._history(con, iid, now, who, "assignee", old_assignee, assignee or None)
-                if note:
-                    self._history(con, iid, now, who, "note", None, note)
+                # the workflow's rules (correlate.incidents); an illegal transition raises here
+                for field, old, new in workflow_changes(row[0], row[1], status=status, assignee=assignee,
+                                                        set_assignee=set_assignee, note=note):
+                    if field in ("status", "assignee"):
+                        con.execute(f"UPDATE incidents SET {field} = ?, updated = ? WHERE id = ?",
+                                    [new, now, iid]).fetchall()
+                    self._history(con, iid, now, who, field, old, new)
                 con.execute("COMMIT").fetchall()
             except Exception:
                 con.execute("ROLLBACK").fetchall()
@@ -838,6 +839,8 @@ class Store:
         return self._incident_rows(" AND ".join(clauses), params, limit, include_merged=include_merged)
 
     def _incident_rows(self, where: str, params: list, limit: int | None, include_merged: bool) -> list[dict]:
+        from correlate.incidents import notes_of
+
         if not include_merged:
             where = f"({where}) AND merged_into IS NULL"
         sql = (f"SELECT id, status, assignee, merged_into, doc FROM incidents WHERE {where} "
@@ -864,7 +867,7 @@ class Store:
             h = by_id.get(iid, [])
             inc["history"] = [{"at": _utc(at), "who": who, "field": f, "old": old, "new": new}
                               for at, who, f, old, new in h]
-            inc["notes"] = [{"at": _utc(at), "who": who, "text": new} for at, who, f, old, new in h if f == "note"]
+            inc["notes"] = notes_of(inc["history"])
             out.append(inc)
         return out
 
