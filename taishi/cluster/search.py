@@ -186,15 +186,21 @@ def default_fields(k: "_Kind") -> list[str]:
     return out
 
 
+INCIDENT_DEFAULT_LC = ("title.lc", "rule.names.lc", "entity.value.lc")  # the embedded store's bare-term fields
 INCIDENT_MAPPING = {"dynamic": False, "properties": {
     **_properties([
         ("id", pa.string()), ("status", pa.string()), ("assignee", pa.string()), ("severity", pa.string()),
-        ("risk_score", pa.int64()), ("first_seen", TS), ("last_seen", TS), ("alert.count", pa.int64()),
+        ("risk_score", pa.int64()), ("alert.count", pa.int64()),
         ("threat.tactic.name", pa.list_(pa.string())), ("threat.technique.id", pa.list_(pa.string())),
         ("rule.names", pa.list_(pa.string())), ("entity.value", pa.list_(pa.string())),
         ("alert.ids", pa.list_(pa.string())), ("merged_into", pa.string()), ("closed", pa.bool_()),
-    ]),
-    "title": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 1024}}},
+        ("worked", pa.bool_()),
+    ], lc=frozenset({"rule.names", "entity.value"})),
+    # microseconds, as the builder writes them: the list's order (last_seen, id) is the embedded one
+    "first_seen": {"type": "date_nanos", "ignore_malformed": True},
+    "last_seen": {"type": "date_nanos", "ignore_malformed": True},
+    "title": {"type": "text", "fields": {"keyword": {"type": "keyword", "ignore_above": 1024},
+                                         "lc": {"type": "keyword", "normalizer": NORMALIZER, "ignore_above": 1024}}},
     "entities": {"type": "object", "enabled": False},
     "graph": {"type": "object", "enabled": False},
     "history": {"type": "object", "enabled": False},
@@ -525,15 +531,11 @@ class SearchStore:
         flush()
         return created
 
-    def write_incidents(self, incidents: Iterable[dict]) -> int:
-        """Index incidents (the agreed incident JSON) by ``id``; a newer version replaces the older."""
-        self._ensure()
-        docs = []
-        for inc in incidents:
-            d = dict(inc)
-            d["entity.value"] = [e.get("value") for e in inc.get("entities") or [] if e.get("value")]
-            docs.append((inc["id"], d))
-        return self._bulk_create(self.index_name("incidents"), docs, op="index")
+    def write_incidents(self, incidents: Iterable[dict], who: str = "taishi") -> int:
+        """Store incidents as the builder made them (the incidents job's output) by ``id``, with the
+        embedded store's workflow semantics (:meth:`upsert_incidents`): the built fields are replaced,
+        status, assignee, history and notes are kept. Returns how many documents were created or changed."""
+        return self._upsert_incidents(incidents, who)[1]
 
     def write_assets(self, inventory) -> int:
         """Index the CII inventory (:class:`compliance.inventory.Inventory`): one document per asset, with its system."""
@@ -762,39 +764,375 @@ class SearchStore:
                 for name in KINDS}
 
     # -- incidents -----------------------------------------------------------------------------------------
+    # A document is the incident as the builder made it, plus its workflow (status, assignee,
+    # merged_into and the append-only history; notes are the history's notes, as in the embedded
+    # store), ``entity.value`` (indexed) and ``worked`` (its history holds more than its creation).
+    # Every change is a compare-and-set write: read the document with its sequence number, ask
+    # the workflow rules of correlate.incidents what changes, write with if_seq_no; a 409 (someone
+    # wrote in between: a responder, the incidents job) reads again and retries.
+    _WORKFLOW = ("status", "assignee", "merged_into", "history", "notes")
+    _INTERNAL = ("entity.value", "worked", "created", "updated")
+    _CAS_ATTEMPTS = 10
+
+    def _incident_out(self, src: dict) -> dict:
+        """A stored document as the embedded store returns an incident (same keys, same order)."""
+        from correlate.incidents import notes_of
+        from taishi.schema import parse_time
+
+        inc = {k: v for k, v in src.items() if k not in self._WORKFLOW and k not in self._INTERNAL}
+        inc["status"], inc["assignee"] = src.get("status") or "new", src.get("assignee")
+        if src.get("merged_into"):
+            inc["merged_into"] = src["merged_into"]
+        inc["history"] = [{"at": parse_time(h["at"]), "who": h.get("who"), "field": h["field"], "old": h.get("old"),
+                           "new": h.get("new")} for h in src.get("history") or []]
+        inc["notes"] = notes_of(inc["history"])
+        return inc
+
+    def _incident_doc(self, src: dict, history: list[dict], now: str) -> dict:
+        from correlate.incidents import unworked
+
+        doc = dict(src)
+        doc["history"] = history
+        doc["worked"] = not unworked(history)
+        doc["entity.value"] = [e.get("value") for e in src.get("entities") or [] if e.get("value")]
+        doc["updated"] = now
+        return doc
+
+    def _mget(self, index: str, ids: list[str]) -> dict[str, dict]:
+        """``id -> {"_source", "_seq_no", "_primary_term"}`` of the stored documents among ``ids``."""
+        out: dict[str, dict] = {}
+        for i in range(0, len(ids), 1000):
+            r = self._req("POST", f"/{index}/_mget", {"ids": ids[i:i + 1000]})
+            for d in r["docs"]:
+                if d.get("found"):
+                    out[d["_id"]] = d
+        return out
+
+    def _bulk_results(self, index: str, ops: list[tuple[dict, dict | None]]) -> list[dict]:
+        """Bulk ``ops`` (action line, document or None) in chunks; the per-item results in order."""
+        out: list[dict] = []
+        params = {"refresh": self.refresh} if self.refresh else None
+        for i in range(0, len(ops), 500):
+            lines: list[bytes] = []
+            for action, doc in ops[i:i + 500]:
+                lines.append(_dumps(action))
+                if doc is not None:
+                    lines.append(_dumps(doc))
+            r = self._req("POST", f"/{index}/_bulk", b"\n".join(lines) + b"\n", params=params, ndjson=True)
+            out += [next(iter(item.values())) for item in r["items"]]
+        return out
+
+    def _upsert_incidents(self, built: Iterable[dict], who: str) -> tuple[int, int]:
+        """The builder's output into the index with the workflow rules of correlate.incidents
+        (:func:`~correlate.incidents.upsert_changes`); returns (new, written)."""
+        from correlate.incidents import apply_changes, upsert_changes
+
+        self._ensure()
+        index = self.index_name("incidents")
+        todo: dict[str, dict] = {}
+        for inc in built:
+            todo[inc["id"]] = inc
+        new = written = 0
+        for _ in range(self._CAS_ATTEMPTS):
+            if not todo:
+                return new, written
+            now = _iso(self.clock())
+            stored = self._mget(index, list(todo))
+            ops: list[tuple[dict, dict | None]] = []
+            pending: list[tuple[str, str]] = []
+            for iid in sorted(todo):
+                inc, cur = todo[iid], stored.get(iid)
+                src = cur["_source"] if cur else None
+                action, changes = upsert_changes(
+                    None if src is None else {"status": src.get("status") or "new",
+                                              "alert.count": src.get("alert.count"),
+                                              "merged_into": src.get("merged_into")}, inc)
+                if action == "skip":
+                    del todo[iid]
+                    continue
+                history = list(src.get("history") or []) if src else []
+                history += [{"at": now, "who": who, "field": f, "old": None if o is None else str(o),
+                             "new": None if n is None else str(n)} for f, o, n in changes]
+                if action == "merge":
+                    base = dict(src)
+                else:  # the built fields replace the stored ones; the workflow stays the store's
+                    base = {k: v for k, v in inc.items() if k not in self._WORKFLOW}
+                    if src is not None:
+                        for k in ("status", "assignee", "merged_into", "created"):
+                            if src.get(k) is not None:
+                                base[k] = src[k]
+                    else:
+                        base["created"] = now
+                status, assignee, merged = apply_changes(base.get("status") or "new", base.get("assignee"),
+                                                         base.get("merged_into"), changes)
+                base.update({"status": status, "assignee": assignee})
+                if merged:
+                    base["merged_into"] = merged
+                doc = self._incident_doc(base, history, now)
+                if cur is None:
+                    ops.append(({"create": {"_id": iid}}, doc))
+                else:
+                    ops.append(({"index": {"_id": iid, "if_seq_no": cur["_seq_no"],
+                                           "if_primary_term": cur["_primary_term"]}}, doc))
+                pending.append((iid, action))
+            for (iid, action), res in zip(pending, self._bulk_results(index, ops)):
+                st = res.get("status", 500)
+                if st in (200, 201):
+                    del todo[iid]
+                    written += 1
+                    new += action == "create"
+                elif st != 409:  # 409: written in between (a responder, a concurrent job): read again
+                    raise SearchStoreError(f"writing incident {iid} into {index} failed: {res.get('error')}")
+        if todo:
+            raise SearchStoreError(f"{len(todo)} incident(s) kept changing while being written: {sorted(todo)[:5]}")
+        return new, written
+
+    def upsert_incidents(self, built: Iterable[dict], who: str = "taishi") -> int:
+        """Store incidents as the builder made them (by ``id``); workflow fields are kept, as in
+        :meth:`taishi.store.Store.upsert_incidents`: a new incident starts as ``new`` (history:
+        created), new alerts reopen a resolved one (``acknowledged``, by ``who``), a
+        ``{"id", "merged_into"}`` marker records the merge. Returns how many incidents were new."""
+        return self._upsert_incidents(built, who)[0]
+
+    def update_incident(self, iid: str, who: str, *, status: str | None = None, assignee: str | None = None,
+                        set_assignee: bool = False, note: str | None = None) -> dict | None:
+        """A responder's change (status transition, assignee, note), appended to the history;
+        None if no such incident. An illegal transition raises ``correlate.incidents.WorkflowError``
+        and changes nothing (the rules are :func:`correlate.incidents.workflow_changes`)."""
+        from correlate.incidents import apply_changes, workflow_changes
+
+        self._ensure()
+        index = self.index_name("incidents")
+        path = f"/{index}/_doc/{_path_id(iid)}"
+        for _ in range(self._CAS_ATTEMPTS):
+            r = self._req("GET", path, ok=(404,))
+            if r is None or not r.get("found"):
+                return None
+            src = r["_source"]
+            changes = workflow_changes(src.get("status") or "new", src.get("assignee"), status=status,
+                                       assignee=assignee, set_assignee=set_assignee, note=note)
+            if not changes:
+                return self._incident_out(src)
+            now = _iso(self.clock())
+            st, asg, _ = apply_changes(src.get("status") or "new", src.get("assignee"), None, changes)
+            history = list(src.get("history") or []) + [
+                {"at": now, "who": who, "field": f, "old": o, "new": n} for f, o, n in changes]
+            doc = self._incident_doc({**src, "status": st, "assignee": asg}, history, now)
+            params = {"if_seq_no": r["_seq_no"], "if_primary_term": r["_primary_term"]}
+            if self.refresh:
+                params["refresh"] = self.refresh
+            if self._req("PUT", path, doc, params=params, ok=(409,)) is not None:
+                return self._incident_out(doc)
+        raise SearchStoreError(f"incident {iid} kept changing while being updated; try again")
+
     def incident(self, iid: str) -> dict | None:
+        """One incident (built part, workflow, history, notes), or None."""
         self._ensure()
         r = self._req("GET", f"/{self.index_name('incidents')}/_doc/{_path_id(iid)}", ok=(404,))
         if r is None or not r.get("found"):
             return None
-        d = dict(r["_source"])
-        d.pop("entity.value", None)
-        return d
+        return self._incident_out(r["_source"])
 
-    def search_incidents(self, query: str | None = "", since: datetime | str | None = None,
-                         status: str | Sequence[str] | None = None, limit: int | None = 100) -> list[dict]:
+    def incident_dsl(self, query: str | None = "", since: datetime | str | None = None,
+                     status: str | Sequence[str] | None = None, include_merged: bool = False) -> dict:
+        """The node's query for :meth:`search_incidents` (validated as the embedded store does)."""
         from taishi.store import INCIDENT_DEFAULT_FIELDS, INCIDENT_QUERY_SCHEMA
 
         now = self.clock()
         compile_query(query or "", INCIDENT_QUERY_SCHEMA, INCIDENT_DEFAULT_FIELDS, now=now)
-        filters: list[dict] = [{"bool": {"must_not": [{"exists": {"field": "merged_into"}}]}}]
+        filters: list[dict] = []
+        if not include_merged:
+            filters.append({"bool": {"must_not": [{"exists": {"field": "merged_into"}}]}})
         text = translate_query(query or "", INCIDENT_QUERY_SCHEMA)
         if text is not None:
-            filters.append({"query_string": {"query": text, "fields": list(INCIDENT_DEFAULT_FIELDS),
-                                             "default_operator": "OR", "allow_leading_wildcard": True}})
+            filters.append({"query_string": {"query": text, "fields": list(INCIDENT_DEFAULT_LC),
+                                             "default_operator": "OR", "allow_leading_wildcard": True,
+                                             "analyze_wildcard": True, "time_zone": "UTC"}})
         if since is not None:
             filters.append({"range": {"last_seen": {"gte": _iso(parse_time_value(since, now))}}})
         if status:
             filters.append({"terms": {"status": [status] if isinstance(status, str) else list(status)}})
+        return {"bool": {"filter": filters}} if filters else {"match_all": {}}
+
+    def search_incidents(self, query: str | None = "", since: datetime | str | None = None,
+                         status: str | Sequence[str] | None = None, limit: int | None = 100,
+                         include_merged: bool = False) -> list[dict]:
+        """Incidents matching a Lucene ``query`` over the incident fields, last seen at or after
+        ``since``, most recently active first (as :meth:`taishi.store.Store.search_incidents`)."""
+        dsl = self.incident_dsl(query, since, status, include_merged)
         self._ensure()
-        r = self._req("POST", f"/{self.index_name('incidents')}/_search", {
-            "query": {"bool": {"filter": filters}}, "size": 10_000 if limit is None else max(0, int(limit)),
-            "sort": [{"last_seen": {"order": "desc"}}, {"id": {"order": "asc"}}]})
-        out = []
-        for h in r["hits"]["hits"]:
-            d = dict(h["_source"])
-            d.pop("entity.value", None)
-            out.append(d)
+        index = self.index_name("incidents")
+        sort = [{"last_seen": {"order": "desc"}}, {"id": {"order": "asc"}}]
+        want = None if limit is None else max(0, int(limit))
+        if want == 0:
+            return []
+        out: list[dict] = []
+        after = None
+        while want is None or len(out) < want:
+            size = 5000 if want is None else min(5000, want - len(out))
+            body: dict = {"query": dsl, "sort": sort, "size": size, "track_total_hits": False}
+            if after is not None:
+                body["search_after"] = after
+            hits = self._req("POST", f"/{index}/_search", body)["hits"]["hits"]
+            out += [self._incident_out(h["_source"]) for h in hits]
+            if len(hits) < size:
+                break
+            after = hits[-1]["sort"]
+        return out
+
+    def delete_unworked_incidents(self, keep: Iterable[str]) -> int:
+        """Drop incidents nobody worked on (history holds only their creation) whose id is not in
+        ``keep`` (a rebuild replaces them); a document changed since it was read is kept.
+        Returns how many were dropped."""
+        self._ensure()
+        keep = set(keep)
+        index = self.index_name("incidents")
+        dsl = {"bool": {"must_not": [{"term": {"worked": True}}]}}
+        doomed: list[tuple[str, int, int]] = []
+        after = None
+        while True:
+            body: dict = {"query": dsl, "sort": [{"id": {"order": "asc"}}], "size": 5000, "_source": False,
+                          "seq_no_primary_term": True, "track_total_hits": False}
+            if after is not None:
+                body["search_after"] = after
+            hits = self._req("POST", f"/{index}/_search", body)["hits"]["hits"]
+            doomed += [(h["_id"], h["_seq_no"], h["_primary_term"]) for h in hits if h["_id"] not in keep]
+            if len(hits) < 5000:
+                break
+            after = hits[-1]["sort"]
+        ops = [({"delete": {"_id": i, "if_seq_no": s, "if_primary_term": t}}, None) for i, s, t in doomed]
+        res = self._bulk_results(index, ops) if ops else []
+        return sum(1 for r in res if r.get("status") == 200)
+
+    # -- traceback: what the incident view reads from the events --------------------------------------------
+    def _composite(self, index: str, dsl: dict, sources: list[tuple[str, str]], aggs: dict | None = None,
+                   size: int = 1000) -> Iterable[dict]:
+        """Every bucket of a composite aggregation over ``sources`` ((name, field), missing values
+        as None buckets), paged by ``after_key``."""
+        after = None
+        while True:
+            comp: dict = {"size": size, "sources": [{n: {"terms": {"field": f, "missing_bucket": True}}}
+                                                    for n, f in sources]}
+            if after is not None:
+                comp["after"] = after
+            agg: dict = {"composite": comp}
+            if aggs:
+                agg["aggs"] = aggs
+            r = self._req("POST", f"/{index}/_search", {"query": dsl, "size": 0, "aggs": {"c": agg}},
+                          params={"ignore_unavailable": "true"})
+            c = r["aggregations"]["c"]
+            yield from c["buckets"]
+            after = c.get("after_key")
+            if not c["buckets"] or after is None:
+                return
+
+    def _first_time(self, index: str, dsl: dict, top: list[dict]) -> str:
+        """The earliest ``@timestamp`` (to the microsecond, as stored) of the documents ``dsl`` finds:
+        the node sorts dates by the millisecond, so ties within the first millisecond are read."""
+        from taishi.schema import parse_time
+
+        first = top[0]["_source"][TIME]
+        ms = parse_time(first).replace(microsecond=parse_time(first).microsecond // 1000 * 1000)
+        if len(top) > 1 and all(parse_time(h["_source"][TIME]) < ms + timedelta(milliseconds=1) for h in top):
+            rng = {"range": {TIME: {"gte": _iso(ms), "lt": _iso(ms + timedelta(milliseconds=1))}}}
+            hits = self._req("POST", f"/{index}/_search", {
+                "query": {"bool": {"filter": [dsl, rng]}}, "size": 10_000, "_source": [TIME]})["hits"]["hits"]
+            top = top + hits
+        return min((h["_source"][TIME] for h in top), key=parse_time)
+
+    def connections_between(self, ips: Sequence[str], since: datetime, until: datetime,
+                            limit: int = 5000) -> list[dict]:
+        """Observed connections (flow/conn events) whose both ends are in ``ips`` within
+        ``[since, until]``, per (source, destination, port, protocol): first time, count, bytes
+        and the smallest event id -- :meth:`taishi.store.Store.connections_between` as terms, range
+        and composite aggregations (addresses compared as the stored strings, as embedded)."""
+        from taishi.schema import parse_time
+
+        ips = sorted({i for i in ips if i})
+        if len(ips) < 2:
+            return []
+        self._ensure()
+        index = self.index_name("events")
+        dsl = {"bool": {
+            "filter": [{"terms": {"source.ip.text": ips}}, {"terms": {"destination.ip.text": ips}},
+                       {"range": {TIME: {"gte": _iso(since), "lte": _iso(until)}}},
+                       {"term": {"event.category": "network"}},
+                       {"bool": {"should": [{"term": {"event.type": "connection"}},
+                                            {"bool": {"must_not": [{"exists": {"field": "event.type"}}]}}],
+                                 "minimum_should_match": 1}}]}}
+        sources = [("s", "source.ip.text"), ("d", "destination.ip.text"), ("p", "destination.port"),
+                   ("t", "network.transport"), ("q", "network.protocol")]
+        aggs = {
+            "first": {"top_hits": {"size": 3, "sort": [{TIME: {"order": "asc"}}], "_source": [TIME]}},
+            "eid": {"top_hits": {"size": 1, "sort": [{"event.id": {"order": "asc"}}], "_source": ["event.id"]}},
+            # bytes: network.bytes, else source.bytes + destination.bytes (the embedded coalesce)
+            "nb": {"filter": {"exists": {"field": "network.bytes"}}, "aggs": {"v": {"sum": {"field": "network.bytes"}}}},
+            "sd": {"filter": {"bool": {"must_not": [{"exists": {"field": "network.bytes"}}]}},
+                   "aggs": {"s": {"sum": {"field": "source.bytes"}}, "d": {"sum": {"field": "destination.bytes"}}}},
+        }
+        groups: dict[tuple, dict] = {}
+        for b in self._composite(index, dsl, sources, aggs):
+            k = b["key"]
+            if k["s"] is None or k["d"] is None or k["s"] == k["d"]:
+                continue
+            key = (k["s"], k["d"], k["p"], k["t"] if k["t"] is not None else k["q"])
+            flt = {"bool": {"filter": [dsl] + [
+                {"term": {f: k[n]}} if k[n] is not None else {"bool": {"must_not": [{"exists": {"field": f}}]}}
+                for n, f in sources]}}
+            first = self._first_time(index, flt, b["first"]["hits"]["hits"])
+            nbytes = int(b["nb"]["v"]["value"] or 0) + int(b["sd"]["s"]["value"] or 0) + int(b["sd"]["d"]["value"] or 0)
+            eid = b["eid"]["hits"]["hits"][0]["_source"].get("event.id")
+            g = groups.get(key)
+            if g is None:
+                groups[key] = {"first": first, "count": int(b["doc_count"]), "bytes": nbytes, "eid": eid}
+            else:  # transport and protocol folded into one (coalesce): merge the buckets
+                if parse_time(first) < parse_time(g["first"]):
+                    g["first"] = first
+                g["count"] += int(b["doc_count"])
+                g["bytes"] += nbytes
+                g["eid"] = min(g["eid"], eid)
+        rows = sorted(((parse_time(g["first"]), s, d, p, proto, g) for (s, d, p, proto), g in groups.items()),
+                      key=lambda r: (r[0], r[1], r[2], r[3] is None, r[3] or 0, r[4] is None, r[4] or ""))
+        return [{"source.ip": s, "destination.ip": d, "destination.port": p, "network.protocol": proto,
+                 "first": first, "count": g["count"], "bytes": g["bytes"], "event.id": g["eid"]}
+                for first, s, d, p, proto, g in rows[:int(limit)]]
+
+    def host_addresses(self, hosts: Sequence[str], since: datetime, until: datetime) -> dict[str, str]:
+        """Host names to addresses from the events, as :meth:`taishi.store.Store.host_addresses`:
+        the client address and port a host log line names (sshd's "from A port P") pair with the
+        connections a network sensor saw from that port; the most frequent destination wins."""
+        hosts = sorted({h for h in hosts if h})
+        if not hosts:
+            return {}
+        self._ensure()
+        index = self.index_name("events")
+        margin = timedelta(hours=1)
+        window = {"range": {TIME: {"gte": _iso(since - margin), "lte": _iso(until + margin)}}}
+        logged = self._composite(index, {"bool": {"filter": [
+            {"terms": {"host.name": hosts}}, {"exists": {"field": "source.ip"}}, {"exists": {"field": "source.port"}},
+            window]}}, [("h", "host.name"), ("sip", "source.ip.text"), ("sport", "source.port")])
+        by_client: dict[tuple[str, int], list[str]] = {}
+        for b in logged:
+            k = b["key"]
+            if k["sip"] is not None and k["sport"] is not None:
+                by_client.setdefault((k["sip"], k["sport"]), []).append(k["h"])
+        if not by_client:
+            return {}
+        counts: dict[tuple[str, str], int] = {}
+        sips = sorted({c[0] for c in by_client})
+        ports = sorted({c[1] for c in by_client})
+        seen = self._composite(index, {"bool": {"filter": [
+            {"term": {"event.category": "network"}}, {"exists": {"field": "destination.ip"}}, window,
+            {"terms": {"source.ip.text": sips}}, {"terms": {"source.port": ports}}]}},
+            [("sip", "source.ip.text"), ("sport", "source.port"), ("dip", "destination.ip.text")])
+        for b in seen:
+            k = b["key"]
+            for h in by_client.get((k["sip"], k["sport"]), ()):
+                if k["dip"] is not None:
+                    counts[(h, k["dip"])] = counts.get((h, k["dip"]), 0) + int(b["doc_count"])
+        out: dict[str, str] = {}
+        for (h, dip), _n in sorted(counts.items(), key=lambda kv: (kv[0][0], -kv[1], kv[0][1])):
+            out.setdefault(h, dip)
         return out
 
     # -- retention --------------------------------------------------------------------------------------------

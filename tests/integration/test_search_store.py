@@ -356,9 +356,11 @@ def test_incidents_round_trip_and_search(store):
              "entities": [{"type": "ip", "value": f"10.0.0.{i}", "role": "source", "asset": None}],
              "alert.ids": [f"al-{i}a", f"al-{i}b"], "rule.names": ["SSH brute force"]} for i in range(5)]
     assert store.write_incidents(incs) == 5
-    assert store.write_incidents(incs) == 5  # the latest version replaces
+    assert store.write_incidents(incs) == 5  # the latest version replaces the built fields
     store.refresh_indices()
-    assert store.incident("inc-3") == incs[3]
+    got = store.incident("inc-3")  # as written, plus its creation in the history (the store's workflow)
+    assert {k: v for k, v in got.items() if k != "history"} == {k: v for k, v in incs[3].items() if k != "history"}
+    assert [(h["who"], h["field"], h["old"], h["new"]) for h in got["history"]] == [("taishi", "status", None, "new")]
     assert store.incident("missing") is None
     got = store.search_incidents("threat.tactic.name:lateral-movement")
     assert [i["id"] for i in got] == ["inc-3", "inc-1"]  # most recently active first
