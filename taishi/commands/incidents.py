@@ -2,6 +2,11 @@
 
 ``list`` and ``show`` with ``--json`` print exactly what the API returns
 (``GET /api/v1/incidents`` and ``GET /api/v1/incidents/{id}``).
+
+Both modes: embedded reads the DuckDB store, cluster (``--mode cluster``, on
+``taishi`` or on ``taishi incidents``) the search node's ``taishi-incidents``
+and ``taishi-events`` (:class:`taishi.cluster.search.SearchStore`, the same
+methods); the output is the same for the same data.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from taishi import config as config_mod
 from taishi.cli import _cfg, _fmt_time, _require_embedded, _who, console, dumps, err, main, parse_since
 
 SEVERITY_STYLE = {"critical": "bold white on red", "high": "bold red", "medium": "yellow", "low": "cyan"}
@@ -32,9 +38,18 @@ def _inventory(cfg):
 
 
 def _store(ctx: click.Context):
+    """The configured mode's store: the embedded DuckDB store, or the search node in cluster mode."""
+    cfg = _cfg(ctx)
+    if cfg.mode == "cluster":
+        from taishi.cluster.search import SearchStore, SearchStoreError
+
+        try:
+            return cfg, SearchStore.from_config(cfg)
+        except SearchStoreError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            sys.exit(1)
     from taishi.store import Store
 
-    cfg = _cfg(ctx)
     _require_embedded(cfg)
     return cfg, Store(cfg.data_dir)
 
@@ -50,8 +65,13 @@ def resolve_id(store, text: str) -> str | None:
 
 
 @main.group()
-def incidents() -> None:
+@click.option("--mode", type=click.Choice(config_mod.MODES),
+              help="Override the configured mode (as taishi --mode): embedded store or the cluster's search node.")
+@click.pass_context
+def incidents(ctx: click.Context, mode: str | None) -> None:
     """Incidents: alerts grouped by entity and time, with their attack path and workflow."""
+    if mode is not None:
+        ctx.obj["mode"] = mode
 
 
 @incidents.command("list")
@@ -207,12 +227,24 @@ def incidents_rebuild(ctx: click.Context, as_json: bool) -> None:
 
     Workflow, notes and history of incidents that still exist are kept; incidents
     nobody worked on that no longer exist are dropped. Do not run it while
-    `taishi run` is writing to the same data directory."""
+    `taishi run` is writing to the same data directory.
+
+    In cluster mode the alerts index is regrouped by the same builder and the
+    incidents index updated the same way; the Spark incidents job keeps its own
+    state (its checkpoint), so incidents still open there continue from it when
+    their next alerts arrive."""
+    import tempfile
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from taishi.incidents import rebuild
 
     cfg, store = _store(ctx)
+    cluster = cfg.mode == "cluster"
+    # embedded: the incident stage's checkpoint is replaced by the rebuilt state; cluster: the
+    # builder state is the Spark job's, so this run's snapshot is not kept
+    tmp = tempfile.TemporaryDirectory(prefix="taishi-rebuild-") if cluster else None
+    state_dir = Path(tmp.name) if tmp else cfg.state_dir
     inv = _inventory(cfg)
     enrich = None
     if inv is not None:
@@ -224,17 +256,22 @@ def incidents_rebuild(ctx: click.Context, as_json: bool) -> None:
     lateness = float(cfg.allowed_lateness_s)
     try:
         if as_json:
-            res = rebuild(store, cfg.state_dir, lateness, enrich)
+            res = rebuild(store, state_dir, lateness, enrich)
         else:
             with Progress(TextColumn("[bold blue]rebuilding incidents"), BarColumn(), MofNCompleteColumn(),
                           console=err, transient=True) as prog:
                 task = prog.add_task("alerts", total=None)
-                res = rebuild(store, cfg.state_dir, lateness, enrich,
+                res = rebuild(store, state_dir, lateness, enrich,
                               progress=lambda done, total: prog.update(task, completed=done, total=total))
     finally:
         store.close()
+        if tmp is not None:
+            tmp.cleanup()
     if as_json:
         click.echo(dumps(res))
     else:
         console.print(f"{res['alerts']:,} alerts → {res['incidents']:,} incidents ({res['new']} new, "
                       f"{res['dropped']} dropped, {res['open']} still open)")
+        if cluster:
+            err.print("[dim]the Spark incidents job keeps its own state (its checkpoint under the state "
+                      "directory): incidents still open there continue from it when their next alerts arrive[/]")
