@@ -75,7 +75,7 @@ from taishi.schema import DEADLETTER_SCHEMA, EVENT_SCHEMA, deadletters_table
 
 from . import apps, fast
 from .flows import FlowAccumulator, packet_core
-from .tshark import TsharkRun
+from .tshark import AGG, TsharkRun
 
 __all__ = ["read_pcap", "PcapReader", "PcapSummary", "IDLE_TIMEOUT_S", "ACTIVE_TIMEOUT_S", "PCAP_MAGICS", "is_pcap"]
 
@@ -278,16 +278,35 @@ class PcapReader:
                 s.fallback = p.problem
                 return None
             stream = fast.tcp_streams(p)
-            idx = np.flatnonzero(fast.app_packets(p, rec.buf, stream, ports))
+            sel = fast.app_packets(p, rec.buf, stream, ports)
+            mb = None
+            if fast.MODBUS_PORT not in ports and not self.tshark_args:  # Modbus/TCP decoded here
+                mb = fast.modbus_native(p, rec.buf, stream, AGG)
+                sel &= ~mb.clean
+            idx = np.flatnonzero(sel)
         except Exception:  # noqa: BLE001 - never crash: tshark alone reads it
             s.fallback = "fast decoder error: " + traceback.format_exc(limit=2).strip().splitlines()[-1][:300]
             return None
         if len(idx) and len(np.unique(rec.linktype[idx])) > 1:
             s.fallback = "application packets on interfaces of different link types"
             return None
-        return rec, p, stream, idx
+        return rec, p, stream, idx, mb
 
-    def _run_fast(self, rec: Any, p: Any, stream: np.ndarray, idx: np.ndarray) -> Iterator[pa.Table]:
+    def _modbus_events(self, core: dict[str, pa.Array], mb: Any) -> pa.Table | None:
+        """Modbus events of the streams decoded here, through the same builder as tshark's fields."""
+        if mb is None or not len(mb.frames):
+            return None
+        rows = pa.array(mb.frames, pa.int64())
+        sub = {k: v.take(rows) for k, v in core.items()}
+        b = pa.record_batch({
+            "mbtcp.trans_id": pa.array(mb.trans_id, pa.string()),
+            "mbtcp.unit_id": pa.array(mb.unit_id, pa.string()),
+            "modbus.func_code": pa.array(mb.func_code, pa.string()),
+            "modbus.exception_code": pa.array(mb.exception_code, pa.string()),
+        })
+        return apps.modbus_events(b, sub, self._ctx)
+
+    def _run_fast(self, rec: Any, p: Any, stream: np.ndarray, idx: np.ndarray, mb: Any) -> Iterator[pa.Table]:
         s = self.summary
         s.decoder = "taishi"
         s.packets = p.n
@@ -295,7 +314,17 @@ class PcapReader:
         if p.n:
             s.first_frame_time_ns, s.last_frame_time_ns = int(p.ts_ns.min()), int(p.ts_ns.max())
         acc = FlowAccumulator()
-        acc.add(fast.core_columns(p, rec.buf, stream))
+        core = fast.core_columns(p, rec.buf, stream)
+        acc.add(core)
+        try:
+            t = self._modbus_events(core, mb)
+        except Exception:  # noqa: BLE001
+            t = None
+            err = traceback.format_exc(limit=2).strip().splitlines()[-1]
+            self._dead(-1, str(self.path), f"pcap Modbus decoder error: {err}"[:500])
+        del core
+        if t is not None:
+            yield self._count(t)
         hellos: list[dict[str, Any]] = []
         s.tshark_packets = len(idx)
         if len(idx):

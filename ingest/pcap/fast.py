@@ -390,7 +390,7 @@ def decode(rec: Records) -> Packets:
         ip=np.where(is4, 4, np.where(is6, 6, 0)), l3=l3, proto=np.where(isip, proto, -1),
         src4=src4, dst4=dst4, src6=src6, dst6=dst6, eth=eth, mac_off=start,
         sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, l4=l4, payload_len=plen_, payload_off=poff,
-        problem="; ".join(problems) or None, extra={"tunnel": tunnel},
+        problem="; ".join(problems) or None, extra={"tunnel": tunnel, "end": end},
     )
 
 
@@ -584,7 +584,8 @@ def app_packets(p: Packets, buf: np.ndarray, stream: np.ndarray, decode_as_ports
     tports = np.asarray(sorted(TCP_APP_PORTS | decode_as_ports), np.int64)
     uports = np.asarray(sorted(UDP_APP_PORTS | decode_as_ports), np.int64)
     on_port_t = tcp & (np.isin(p.sport, tports) | np.isin(p.dport, tports))
-    hint = tcp & has & (on_port_t | upper | tls | sslv2 | ssh)
+    cut = has & (p.payload_off + np.minimum(p.payload_len, 5) > p.extra["end"])  # too little captured to tell
+    hint = tcp & has & (on_port_t | upper | tls | sslv2 | ssh | cut)
     sel = np.zeros(p.n, bool)
     if hint.any():
         sel |= tcp & np.isin(stream, np.unique(stream[hint]))
@@ -595,7 +596,7 @@ def app_packets(p: Packets, buf: np.ndarray, stream: np.ndarray, decode_as_ports
     ver = (b[1] << 24) | (b[2] << 16) | (b[3] << 8) | _payload_byte(buf, p, 4)
     quic = udp & (p.payload_len >= 7) & ((b[0] & 0xC0) == 0xC0) & (
         (ver == 1) | (ver == 0x6B3343CF) | ((ver >> 8) == 0xFF0000) | ((ver >> 4) == 0xFACEB00))
-    usel = udp & (on_port_u | dns_like | quic | p.extra.get("tunnel", False))
+    usel = udp & (on_port_u | dns_like | quic | cut | p.extra.get("tunnel", False))
     if usel.any():  # whole UDP conversations: a dissector may keep state across datagrams
         uid, _ = _tuple_ids(p, udp)
         ufull = np.full(p.n, -1, np.int64)
@@ -630,3 +631,127 @@ def write_pcap(path: Path, rec: Records, idx: np.ndarray) -> None:
                 f.write(b"".join(parts))
                 parts = []
         f.write(b"".join(parts))
+
+
+# --------------------------------------------------------------------------- Modbus/TCP
+
+MODBUS_PORT = 502
+
+
+@dataclass
+class ModbusFrames:
+    """Modbus/TCP decoded here: the frames with ADUs and their tshark-shaped field texts."""
+
+    clean: np.ndarray  # packets of the port-502 streams decoded here (tshark need not see them)
+    frames: np.ndarray  # 0-based packet index of each frame with ADUs
+    trans_id: list[str]
+    unit_id: list[str]
+    func_code: list[str]
+    exception_code: list[str | None]
+
+
+def modbus_native(p: Packets, buf: np.ndarray, stream: np.ndarray, sep: str) -> ModbusFrames:
+    """Modbus/TCP ADUs of the port-502 TCP streams whose segments are whole ADUs in order.
+
+    A stream is decoded here only when every payload segment of each direction either follows
+    the previous one exactly (sequence number = previous + length) and holds whole, well-formed
+    MBAP ADUs (protocol id 0, length 2..254, an exception code after an exception function
+    code), or repeats an earlier segment exactly (a retransmission: tshark does not hand it to
+    Modbus again, nor is it an event here). Any other stream goes to tshark whole. Field texts
+    are what ``tshark -T fields -E occurrence=a`` prints (function code without the exception
+    bit, occurrences joined with ``sep``)."""
+    n = p.n
+    empty = ModbusFrames(np.zeros(n, bool), np.zeros(0, np.int64), [], [], [], [])
+    tcp = p.proto == 6
+    s502, d502 = tcp & (p.sport == MODBUS_PORT), tcp & (p.dport == MODBUS_PORT)
+    cand = s502 ^ d502
+    if not cand.any():
+        return empty
+    streams = np.unique(stream[cand])
+    if (tcp & np.isin(stream, streams) & ~cand).any():  # both or neither port 502 in one stream: odd
+        bad_streams = set(np.unique(stream[tcp & np.isin(stream, streams) & ~cand]).tolist())
+    else:
+        bad_streams = set()
+    seg = cand & (p.payload_len > 0)
+    short = seg & (p.payload_off + p.payload_len > p.extra["end"])  # payload not all captured (snap length)
+    if short.any():
+        bad_streams |= set(np.unique(stream[short]).tolist())
+    idx = np.flatnonzero(seg)
+    g = stream[idx] * 2 + s502[idx]
+    order = np.lexsort((idx, g))
+    idx, g = idx[order], g[order]
+    seq, ln = p.seq[idx], p.payload_len[idx]
+    same = np.zeros(len(idx), bool)
+    same[1:] = g[1:] == g[:-1]
+    follows = ~same.copy()
+    follows[1:] |= same[1:] & (seq[1:] == ((seq[:-1] + ln[:-1]) & 0xFFFFFFFF))
+    retx = np.zeros(len(idx), bool)
+    for gg in np.unique(g[~follows]).tolist():  # sequential walk where the simple rule fails
+        rows = np.flatnonzero(g == gg)
+        expected = None
+        seen: set[tuple[int, int]] = set()
+        for r in rows.tolist():
+            s_, l_ = int(seq[r]), int(ln[r])
+            if expected is None or s_ == expected:
+                expected = (s_ + l_) & 0xFFFFFFFF
+                seen.add((s_, l_))
+            elif (s_, l_) in seen:
+                retx[r] = True
+            else:
+                bad_streams.add(gg // 2)
+                break
+    keep = ~retx
+    idx, seq, ln = idx[keep], seq[keep], ln[keep]
+    po = p.payload_off[idx]
+    lim = len(buf) - 8
+    at = lambda k: buf[np.minimum(po + k, lim)].astype(np.int64)  # noqa: E731
+    tid = (at(0) << 8) | at(1)
+    pid = (at(2) << 8) | at(3)
+    mlen = (at(4) << 8) | at(5)
+    unit, fc, exc = at(6), at(7), at(8)
+    ok1 = (pid == 0) & (mlen >= 2) & (mlen <= 254) & ((fc & 0x80 == 0) | (mlen >= 3))
+    single = ok1 & (mlen + 6 == ln)
+    texts_t = [None] * len(idx)
+    texts_u = [None] * len(idx)
+    texts_f = [None] * len(idx)
+    texts_e: list[str | None] = [None] * len(idx)
+    st = stream[idx]
+    for i in np.flatnonzero(single).tolist():
+        texts_t[i], texts_u[i], texts_f[i] = str(int(tid[i])), str(int(unit[i])), str(int(fc[i]) & 0x7F)
+        if fc[i] & 0x80:
+            texts_e[i] = str(int(exc[i]))
+    multi = np.flatnonzero(~single).tolist()
+    raw = bytes(memoryview(buf)) if multi else b""
+    for i in multi:
+        if int(st[i]) in bad_streams:
+            continue
+        o, end = int(po[i]), int(po[i] + ln[i])
+        t_, u_, f_, e_ = [], [], [], []
+        good = True
+        while o < end:
+            if o + 8 > end:
+                good = False
+                break
+            pid_ = (raw[o + 2] << 8) | raw[o + 3]
+            ml = (raw[o + 4] << 8) | raw[o + 5]
+            f0 = raw[o + 7]
+            if pid_ != 0 or ml < 2 or ml > 254 or o + 6 + ml > end or (f0 & 0x80 and ml < 3):
+                good = False
+                break
+            t_.append(str((raw[o] << 8) | raw[o + 1]))
+            u_.append(str(raw[o + 6]))
+            f_.append(str(f0 & 0x7F))
+            if f0 & 0x80:
+                e_.append(str(raw[o + 8]))
+            o += 6 + ml
+        if not good:
+            bad_streams.add(int(st[i]))
+            continue
+        texts_t[i], texts_u[i], texts_f[i] = sep.join(t_), sep.join(u_), sep.join(f_)
+        texts_e[i] = sep.join(e_) if e_ else None
+    good_streams = np.setdiff1d(streams, np.asarray(sorted(bad_streams), np.int64))
+    clean = tcp & np.isin(stream, good_streams)
+    use = np.flatnonzero(np.isin(st, good_streams))
+    use = use[np.argsort(idx[use], kind="stable")]
+    return ModbusFrames(clean, idx[use], [texts_t[i] for i in use], [texts_u[i] for i in use],
+                        [texts_f[i] for i in use], [texts_e[i] for i in use])
