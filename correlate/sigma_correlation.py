@@ -314,6 +314,7 @@ class ProcessResult:
 
 _NULL_TS = int(np.iinfo(np.int64).min)
 _CONTROL = r"[\x00-\x1f]"
+_JSON_SPECIAL = r'[\x00-\x1f"\\]'  # what a JSON string literal escapes
 
 
 def _jsonable(v: Any) -> Any:
@@ -359,7 +360,9 @@ def _json_text(col: pa.Array, group: bool) -> pa.Array:
     out = None
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         col = col.cast(pa.string())
-        if not pc.any(pc.match_substring_regex(col, _CONTROL)).as_py():
+        if not pc.any(pc.match_substring_regex(col, _JSON_SPECIAL)).as_py():  # the usual case: nothing to escape
+            out = pc.binary_join_element_wise('"', col, '"', "")
+        elif not pc.any(pc.match_substring_regex(col, _CONTROL)).as_py():
             esc = pc.replace_substring(pc.replace_substring(col, "\\", "\\\\"), '"', '\\"')
             out = pc.binary_join_element_wise('"', esc, '"', "")
     elif pa.types.is_integer(t) or pa.types.is_boolean(t):
@@ -434,13 +437,56 @@ def _attr_column(col: pa.Array, name: str) -> pa.Array:
         return pa.nulls(len(col), want)
 
 
+def _time_order(ts: np.ndarray, eid: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    """The permutation ordering rows by (ts, event id) -- the evaluation order; None when
+    they are in it already (strictly increasing ts)."""
+    if len(ts) < 2 or bool((ts[1:] > ts[:-1]).all()):
+        return None
+    return pc.sort_indices(pa.table({"t": ts, "e": eid}),
+                           sort_keys=[("t", "ascending"), ("e", "ascending")]).to_numpy()
+
+
 def _sort_by_time(ts: np.ndarray, table: pa.Table) -> tuple[np.ndarray, pa.Table]:
     """Order rows by (ts, event id) -- the evaluation order."""
-    if len(ts) < 2 or bool((ts[1:] > ts[:-1]).all()):
+    order = _time_order(ts, table.column("eid"))
+    if order is None:
         return ts, table
-    order = pc.sort_indices(pa.table({"t": ts, "e": table.column("eid")}),
-                            sort_keys=[("t", "ascending"), ("e", "ascending")])
-    return ts[order.to_numpy()], table.take(order)
+    return ts[order], table.take(pa.array(order))
+
+
+def _drop_hopeless(cr: _Corr, ts: np.ndarray, table: pa.Table) -> tuple[np.ndarray, pa.Table]:
+    """At the end of input: without the events of groups that cannot fire.
+
+    A count correlation's window metric is at most the group's number of events
+    (event_count) or of distinct values (value_count) among all it will ever see;
+    a new group whose total stays below the condition's lower bound fires no
+    alert, and its state is dropped when every window closes. Groups with state
+    (a streaming run's open windows) are always evaluated.
+    """
+    if cr.generic or cr.least <= 1 or len(ts) == 0:
+        return ts, table
+    if cr.vc:
+        agg = table.select(["key", "val"]).group_by("key", use_threads=False).aggregate([("val", "count_distinct")])
+        counts = agg.column("val_count_distinct")
+    else:
+        agg = table.select(["key"]).group_by("key", use_threads=False).aggregate([([], "count_all")])
+        counts = agg.column("count_all")
+    hopeful = pc.greater_equal(counts, cr.least)
+    if pc.all(hopeful).as_py():
+        return ts, table
+    keys = agg.column("key").filter(hopeful)
+    if cr.groups:
+        keys = pa.concat_arrays([keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys,
+                                 pa.array(list(cr.groups), pa.string())])
+    keep = _plain(pc.is_in(table.column("key"), value_set=keys)).to_numpy(zero_copy_only=False)
+    return ts[keep], table.filter(pa.array(keep))
+
+
+def _unique_rows(rows: np.ndarray) -> np.ndarray:
+    """``np.unique(rows)``; one rule's matched rows are sorted and distinct already."""
+    if len(rows) < 2 or bool((rows[1:] > rows[:-1]).all()):
+        return rows
+    return np.unique(rows)
 
 
 class _Chunk:
@@ -611,7 +657,7 @@ class CorrelationEngine:
                 sel = _plain(pc.fill_null(pc.is_in(mrule, value_set=cr.rule_ids), False)).to_numpy(zero_copy_only=False)
                 if not sel.any():
                     continue
-                rows = np.unique(mrow[sel])
+                rows = _unique_rows(mrow[sel])
                 rows = self._grouped_rows(cr, events, rows)
                 if not len(rows):
                     continue
@@ -743,13 +789,19 @@ class CorrelationEngine:
         idx = pa.array(rows, pa.int64())
         eid = _column(events, "event.id", idx)
         eid = pc.fill_null(eid if eid.type == pa.string() else eid.cast(pa.string()), "")
+        order = _time_order(t, eid)
+        if order is not None:  # rows in evaluation order first: every other column is taken once, in order
+            o = pa.array(order)
+            rows, t, eid = rows[order], t[order], eid.take(o)
+            idx = pa.array(rows, pa.int64())
+            key = key.take(o) if key is not None else None
+            val = val.take(o) if val is not None else None
         cols = {"eid": eid, "key": key if key is not None else _group_keys(cr.fields, events, idx)}
         if cr.has_val:
             cols["val"] = val if val is not None else self._values(cr, events, idx, cr.spec.field)
         for f in cr.attrs:
             cols[f] = _attr_column(_column(events, f, idx), f)
-        ts, table = _sort_by_time(t, pa.table(cols))
-        return _Chunk(ts, table)
+        return _Chunk(t, pa.table(cols))
 
     # ---------------------------------------------------------------- evaluation
 
@@ -760,7 +812,7 @@ class CorrelationEngine:
             for cr in self._c:
                 ready = self._take_ready(cr, wm)
                 if ready is not None:
-                    self._evaluate(cr, ready[0], ready[1], fired)
+                    self._evaluate(cr, *ready, fired)
                 if wm is None:
                     self._close_all(cr, fired)
                 else:
@@ -770,7 +822,9 @@ class CorrelationEngine:
         return rows
 
     @staticmethod
-    def _take_ready(cr: _Corr, wm: int | None) -> tuple[np.ndarray, pa.Table] | None:
+    def _take_ready(cr: _Corr, wm: int | None) -> tuple[np.ndarray, pa.Table, np.ndarray | None] | None:
+        """The pending events before ``wm`` (all when None): their times in evaluation
+        order, their rows, and the order as a permutation of the rows (None: in order)."""
         parts: list[tuple[np.ndarray, pa.Table]] = []
         keep: list[_Chunk] = []
         for ch in cr.pending:
@@ -787,18 +841,29 @@ class CorrelationEngine:
         if not parts:
             return None
         if len(parts) == 1:
-            return parts[0]
-        return _sort_by_time(np.concatenate([p[0] for p in parts]), pa.concat_tables([p[1] for p in parts]))
+            ts, table = parts[0]
+        else:
+            ts, table = np.concatenate([p[0] for p in parts]), pa.concat_tables([p[1] for p in parts])
+        if wm is None:
+            ts, table = _drop_hopeless(cr, ts, table)
+        # one chunk is in order; chunks together are ordered by a permutation (no copy of the rows)
+        order = _time_order(ts, table.column("eid")) if len(parts) > 1 else None
+        return (ts if order is None else ts[order]), table, order
 
     @staticmethod
-    def _evaluate(cr: _Corr, ts: np.ndarray, table: pa.Table, fired: list) -> None:
-        """Walk ready events (sorted by ts, eid) through their groups' windows."""
+    def _evaluate(cr: _Corr, ts: np.ndarray, table: pa.Table, order: np.ndarray | None, fired: list) -> None:
+        """Walk ready events (``ts`` sorted by (ts, eid); ``table`` in that order, or
+        ``order`` giving it) through their groups' windows."""
         n = len(ts)
-        keys = table.column("key").to_pylist()
-        rows = _Rows(table)
+        o = None if order is None else pa.array(order)
+        keys = (table.column("key") if o is None else table.column("key").take(o)).to_pylist()
+        rows = _Rows(table)  # a record keeps its row in ``table``
         vc = cr.vc
-        vals = table.column("val").to_pylist() if cr.has_val else repeat(None, n)
-        recs = zip(ts.tolist(), vals, repeat(rows, n), range(n))
+        if cr.has_val:
+            vals = (table.column("val") if o is None else table.column("val").take(o)).to_pylist()
+        else:
+            vals = repeat(None, n)
+        recs = zip(ts.tolist(), vals, repeat(rows, n), range(n) if order is None else order.tolist())
         groups, timers, span, holds, least = cr.groups, cr.timers, cr.span, cr.holds, cr.least
         push = heapq.heappush
         if cr.generic and cr.eager:

@@ -541,3 +541,31 @@ level: high
     got = det2.flush().alerts
     assert got.column("source.ip").to_pylist() == ["198.51.100.7"]
     assert isinstance(got, pa.Table)
+
+
+@pytest.mark.parametrize("ctype,cond", [("event_count", "{gte: 5}"), ("value_count", "{field: user.name, gte: 5}")])
+def test_end_of_input_completes_an_open_window_with_its_pending_rest(ctype, cond):
+    """At the end of input the groups that cannot reach the condition are skipped, but a group
+    with an open window counts its evaluated events too: 3 evaluated + 2 pending reach 5."""
+    rs = ruleset(ctype=ctype, cond=cond, timespan="60s")
+    first = [ev(i, i, user=f"u{i}") for i in range(3)] + [ev(50, 70, ip="10.9.9.9")]  # the watermark passes 0..2
+    rest = [ev(3, 20, user="u3"), ev(4, 21, user="u4")]  # after the watermark: still pending at the end
+    det = Detector(rs, allowed_lateness_s=60)
+    assert det.process(events_table(first)).alerts.num_rows == 0
+    assert det.engine.state_size() == 4
+    assert det.process(events_table(rest)).alerts.num_rows == 0
+    got = det.flush().alerts.to_pylist()
+    assert [a["source.ip"] for a in got] == ["10.0.0.5"]
+    assert got[0]["event.count"] == 5 and got[0]["event.ids"] == [f"e{i:04d}" for i in range(5)]
+    ref, _ = run(rs, first + rest, lateness=float("inf"))  # bounded: the same alert
+    assert [a["id"] for a in ref] == [got[0]["id"]]
+
+
+def test_end_of_input_groups_below_the_condition_fire_nothing_and_leave_no_state():
+    rs = ruleset(ctype="value_count", cond="{field: user.name, gte: 3}", timespan="60s")
+    evs = [ev(i, i, ip=f"10.0.0.{i % 7}", user=f"u{i % 2}") for i in range(70)]  # two users per address at most
+    evs += [ev(100 + i, i, ip="10.1.1.1", user=f"x{i}") for i in range(3)]  # three: the one alert
+    for lateness in (float("inf"), 60):
+        alerts, det = run(rs, evs, batches=[30, 43], lateness=lateness)
+        assert [a["source.ip"] for a in alerts] == ["10.1.1.1"]
+        assert det.engine.state_size() == 0
