@@ -386,3 +386,25 @@ def test_tsv_extras_are_valid_json_with_quotes(tmp_path):
     extras = [json.loads(x) for x in ev.column("taishi.extra").to_pylist()]
     assert extras[0]["addl"] == 'GET "/x" \\ y' and extras[1]["addl"] == "plain"
     assert ev.column("event.action").to_pylist() == ["bad_HTTP_request", "other"]
+
+
+def test_tsv_custom_unset_and_empty_markers_and_control_characters(tmp_path):
+    """Unset/empty markers are whole values (not prefixes), per the file's header; a raw control
+    character in a value (not the separator) is escaped in the extras JSON."""
+    p = tmp_path / "conn.log"
+    p.write_text(
+        "#separator \\x09\n#set_separator\t;\n#empty_field\tEMPTY\n#unset_field\tNA\n#path\tconn\n"
+        "#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\tservice\torig_bytes\thistory\ttunnel_parents\n"
+        "#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tstring\tcount\tstring\tset[string]\n"
+        "1.0\tC1\t10.0.0.1\t1\t10.0.0.2\t80\ttcp\tNA\tNA\tEMPTY\tEMPTY\n"
+        "2.0\tC2\t10.0.0.1\t2\t10.0.0.2\t80\ttcp\tNAX\t7\tS\x01h\tNA\n"
+        "3.0\tC3\t10.0.0.1\t3\t10.0.0.2\t80\ttcp\t-\t0\t(empty)\ta;EMPTY\n"
+    )
+    ev, dl = run(p)
+    assert dl.num_rows == 0
+    rows = ev.to_pylist()
+    assert [r["network.protocol"] for r in rows] == [None, "NAX", "-"]
+    assert [r["source.bytes"] for r in rows] == [None, 7, 0]
+    extras = [json.loads(r["taishi.extra"]) for r in rows]
+    assert [x["history"] for x in extras] == [None, "S\x01h", "(empty)"]
+    assert [x["tunnel_parents"] for x in extras] == [[], None, ["a", "EMPTY"]]

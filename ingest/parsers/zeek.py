@@ -87,18 +87,27 @@ def _null_where(col: pa.Array, drop: pa.Array) -> pa.Array:
     return pa.StringArray.from_buffers(len(col), bufs[1], bufs[2], keep.buffers()[1])
 
 
-def _tsv_convert(col: pa.Array, ztype: str, header: dict[str, Any], escaped: bool = True) -> pa.Array:
-    """A TSV column of strings -> typed by its Zeek type; ``escaped``: the batch may hold \\xHH escapes."""
+def _tsv_convert(col: pa.Array, ztype: str, header: dict[str, Any], escaped: bool = True,
+                 marks: tuple[np.ndarray, np.ndarray] | None = None) -> pa.Array:
+    """A TSV column of strings -> typed by its Zeek type; ``escaped``: the batch may hold \\xHH escapes;
+    ``marks``: (is unset, is empty) per value when known (:func:`_marks`)."""
     unset = header.get("unset_field", "-")
     empty = header.get("empty_field", "(empty)")
     if ztype.startswith(("set[", "vector[", "table[")):
-        col = _null_where(col, pc.equal(col, unset))
-        is_empty = pc.fill_null(pc.equal(col, empty), False)
+        if marks is not None:
+            col = _null_where(col, pa.array(marks[0]))
+            is_empty = pa.array(marks[1] & ~marks[0])
+        else:
+            col = _null_where(col, pc.equal(col, unset))
+            is_empty = pc.fill_null(pc.equal(col, empty), False)
         lists = pc.split_pattern(col, header.get("set_separator", ","))
         if escaped and pc.any(pc.match_substring(col, "\\x")).as_py():
             lists = pa.ListArray.from_arrays(lists.offsets, _unescape(lists.values), mask=lists.is_null())
         return pc.if_else(is_empty, _EMPTY_LIST, lists)
-    col = _null_where(col, pc.or_(pc.equal(col, unset), pc.equal(col, empty)))
+    if marks is not None:
+        col = _null_where(col, pa.array(marks[0] | marks[1]))
+    else:
+        col = _null_where(col, pc.or_(pc.equal(col, unset), pc.equal(col, empty)))
     if ztype == "time":
         return _secs_to_ts(col.cast(pa.float64()))
     if ztype in ("interval", "double"):
@@ -108,6 +117,47 @@ def _tsv_convert(col: pa.Array, ztype: str, header: dict[str, Any], escaped: boo
     if ztype == "bool":
         return pc.equal(col, "T")
     return _unescape(col, escaped)
+
+
+def _equal_bytes(offsets: np.ndarray, data: np.ndarray, token: bytes) -> np.ndarray:
+    """Per value of a string array (its offsets and data as numpy): equal to ``token``?"""
+    lengths = offsets[1:] - offsets[:-1]
+    hit = lengths == len(token)
+    if not token:
+        return hit
+    idx = np.flatnonzero(hit)
+    starts = offsets[:-1][idx]
+    for k, byte in enumerate(token):  # narrowed byte by byte: few candidates are left after the first
+        ok = data[starts + k] == byte
+        idx, starts = idx[ok], starts[ok]
+    out = np.zeros(len(lengths), dtype=bool)
+    out[idx] = True
+    return out
+
+
+def _marks(flat: pa.Array, header: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(is unset, is empty) for every value of the split batch, in one pass over all columns;
+    None when ``flat`` is not a plain string array."""
+    if not pa.types.is_string(flat.type) or flat.null_count:
+        return None
+    bufs = flat.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int32, count=len(flat) + 1, offset=flat.offset * 4)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, dtype=np.uint8)
+    unset = header.get("unset_field", "-").encode("utf-8")
+    empty = header.get("empty_field", "(empty)").encode("utf-8")
+    return _equal_bytes(offsets, data, unset), _equal_bytes(offsets, data, empty)
+
+
+def _json_special_but(sep: str) -> str:
+    """RE2 class of the characters a JSON string literal escapes (control characters,
+    quote, backslash), except a one-character field separator (never inside a value)."""
+    if len(sep) == 1 and ord(sep) < 0x20:
+        c = ord(sep)
+        ranges = [(a, b) for a, b in ((0, c - 1), (c + 1, 0x1F)) if a <= b]
+        controls = "".join(f"\\x{a:02x}-\\x{b:02x}" if a < b else f"\\x{a:02x}" for a, b in ranges)
+    else:
+        controls = "\\x00-\\x1f"
+    return f'[{controls}"\\\\]'
 
 
 def _secs_to_ts(secs: pa.Array) -> pa.Array:
@@ -650,14 +700,16 @@ def _parse_tsv(sub: pa.Table, header: dict[str, Any]) -> ParseResult:
         return result([], dls)
     flat = lists.flatten()
     orig = one_chunk(sub.column("event.original"))
-    escaped = pc.any(pc.match_substring(orig, "\\x")).as_py()
-    # no quote/backslash in the batch: extras need no JSON escaping (TSV has no control chars)
-    plain = not pc.any(pc.match_substring_regex(orig, '["\\\\\\x00-\\x1f]')).as_py()
+    # no quote, backslash or control character in any value: extras need no JSON escaping
+    plain = not pc.any(pc.match_substring_regex(orig, _json_special_but(header.get("separator", "\t")))).as_py()
+    escaped = not plain and pc.any(pc.match_substring(orig, "\\x")).as_py()  # an escape has a backslash
+    marks = _marks(flat, header)
     cols: dict[str, pa.Array] = {}
     try:
         for j, (name, ztype) in enumerate(zip(fields, types)):
             col = flat.take(pa.array(np.arange(j, m * nf, nf, dtype=np.int64))) if nf > 1 else flat
-            cols[name] = _tsv_convert(col, ztype, header, escaped)
+            mk = None if marks is None else (marks[0][j::nf], marks[1][j::nf])
+            cols[name] = _tsv_convert(col, ztype, header, escaped, mk)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         if m == 1:
             s, o, _p, _h, text = next(iter(raw_rows(sub)))
