@@ -943,7 +943,8 @@ class SearchStore:
         filters: list[dict] = []
         if not include_merged:
             filters.append({"bool": {"must_not": [{"exists": {"field": "merged_into"}}]}})
-        text = translate_query(query or "", INCIDENT_QUERY_SCHEMA)
+        # title:x is the whole title, as embedded (title.keyword); bare terms search title.lc (contains)
+        text = translate_query(query or "", INCIDENT_QUERY_SCHEMA, {"title": "title.keyword"})
         if text is not None:
             filters.append({"query_string": {"query": text, "fields": list(INCIDENT_DEFAULT_LC),
                                              "default_operator": "OR", "allow_leading_wildcard": True,
@@ -1237,16 +1238,17 @@ def _days(age: str) -> int:
 
 
 # --------------------------------------------------------------------------- query translation
-def translate_query(query: str, schema: pa.Schema) -> str | None:
+def translate_query(query: str, schema: pa.Schema, fields: dict[str, str] | None = None) -> str | None:
     """The query string the node runs for an embedded-syntax ``query`` (None: match everything).
 
     Field names are resolved as the embedded store resolves them and renamed for the
     index; address values on IP fields are quoted; wildcards on IP fields go to the
-    ``.text`` sub-field (see module doc)."""
+    ``.text`` sub-field (see module doc). ``fields`` sends a field's terms to another
+    (sub-)field of the index, e.g. ``{"title": "title.keyword"}``."""
     q = (query or "").strip()
     if not q or q == "*":
         return None
-    return str(_rewrite(parser.parse(q), None, schema))
+    return str(_rewrite(parser.parse(q), None, schema, fields or {}))
 
 
 def _quote(node: tree.Item) -> None:
@@ -1269,21 +1271,21 @@ def _as_range(node: tree.Item) -> tree.Range:
     return r
 
 
-def _rewrite(node: tree.Item, field: str | None, schema: pa.Schema) -> tree.Item:
+def _rewrite(node: tree.Item, field: str | None, schema: pa.Schema, fields: dict[str, str] | None = None) -> tree.Item:
     """Rewrite ``node`` in place for the node's query_string; returns it or its replacement."""
     if isinstance(node, tree.SearchField):
         name = _unescape(node.name)
         if name == "_exists_":
             if isinstance(node.expr, tree.Word):
                 target = resolve_field(_unescape(node.expr.value), schema)
-                node.expr.value = RENAMED.get(target, target)
+                node.expr.value = (fields or {}).get(target) or RENAMED.get(target, target)
             return node
         col = resolve_field(name, schema)
-        target = RENAMED.get(col, col)
+        target = (fields or {}).get(col) or RENAMED.get(col, col)
         if _is_ip(col) and _has_wildcard(node.expr):
             target += ".text"
         node.name = target
-        node.children = [_rewrite(node.expr, col, schema)]
+        node.children = [_rewrite(node.expr, col, schema, fields)]
         return node
     if field is None or field in TEXT_FIELDS:
         if isinstance(node, tree.Word) and node.value != "*" and not node.value.startswith("/"):
@@ -1308,7 +1310,7 @@ def _rewrite(node: tree.Item, field: str | None, schema: pa.Schema) -> tree.Item
                 _quote(node.high)
             return node
     if node.children:
-        node.children = [_rewrite(c, field, schema) for c in node.children]
+        node.children = [_rewrite(c, field, schema, fields) for c in node.children]
     return node
 
 

@@ -129,12 +129,19 @@ def test_list_json_is_the_same_in_both_modes(demo, node):
                  ["incidents", "list", "--json", "--since", "all", "--status", "new"],
                  ["incidents", "list", "jump01", "--json"],  # a bare term: contains, case-insensitive
                  ["incidents", "list", "severity:(critical OR high) AND risk_score:>=50", "--json"],
-                 ["incidents", "list", "threat.tactic.name:\"Lateral Movement\"", "--json"]):
+                 ["incidents", "list", "threat.tactic.name:\"Lateral Movement\"", "--json"],
+                 ["incidents", "list", "title:Exfiltration", "--json"],  # a field value is the whole title
+                 ["incidents", "list", "title:Exfiltration*", "--json"],
+                 ["incidents", "list", "EXFILTRATION AND NOT status:resolved", "--json"]):
         emb, clu = _both(node, demo, *args)
         assert clu["count"] == emb["count"], args
         assert [_without_times(i) for i in clu["items"]] == [_without_times(i) for i in emb["items"]], args
     emb, _ = _both(node, demo, "incidents", "list", "--json")
     assert emb["count"] >= 1
+    title = emb["items"][0]["title"]
+    emb, clu = _both(node, demo, "incidents", "list", f'title:"{title}"', "--json")
+    assert [i["id"] for i in clu["items"]] == [i["id"] for i in emb["items"]] != []
+    assert _both(node, demo, "incidents", "list", "title:Exfiltration", "--json")[1]["count"] == 0
     _, conf, _ = node
     out = _cli(conf, demo, "cluster", "incidents", "list", "sverity:high", code=2)
     assert "unknown field" in out  # the same query errors as embedded
