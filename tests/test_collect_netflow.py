@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import ingest.parsers.netflow  # noqa: F401 - registers the "netflow" parser
-from ingest.collectors.netflow import FlowDecoder, NetflowCollector
+from ingest.collectors.netflow import FlowDecoder, NetflowCollector, raw_batch
 from ingest.collectors import Listener
 from ingest.parsers import RAW_SCHEMA, parse
 from taishi.config import Config
@@ -488,21 +488,30 @@ def test_fuzz_never_raises_and_every_rejection_has_a_reason(seed: bytes, data) -
     else:
         buf = bytearray(seed + data.draw(st.binary(max_size=64)))
     packets = [bytes(buf), bytes(seed), bytes(buf)]
-    dj = FlowDecoder(max_pending_sets=8, json_out=True)  # the collector's path: JSON lines
+    dj = FlowDecoder(max_pending_sets=8, json_out=True)  # JSON lines, record by record
+    ds = FlowDecoder(max_pending_sets=8)  # the collector's path: data sets -> raw_batch
+    lines: list[str] = []
+    sets: list = []
     for p in packets:
         before = len(d.dead)
         out = d.decode(p, EXP)
         assert isinstance(out, list)
         for _exp, reason, _b in d.dead[before:]:
             assert reason and isinstance(reason, str)
-        assert [orjson.loads(j) for j in dj.decode(p, EXP)] == out  # same records, valid JSON
+        js = dj.decode(p, EXP)
+        assert [orjson.loads(j) for j in js] == out  # same records, valid JSON
+        assert ds.decode_sets(p, EXP, sets) == len(js)
+        lines += js
         if out:  # the parser takes whatever the decoder emits: events or dead letters, never an exception
             res = parse("netflow", _raw(out))
             assert res.events.num_rows + res.deadletters.num_rows == len(out)
     d.expire_pending()
     dj.expire_pending()
-    assert sum(d.reasons.values()) == len(d.dead) == len(dj.dead)
-    assert d.datagrams == 3
+    ds.expire_pending()
+    assert sum(d.reasons.values()) == len(d.dead) == len(dj.dead) == len(ds.dead)
+    assert d.datagrams == 3 and ds.records == dj.records == len(lines)
+    # the collector's batch: the same lines, and with the column form it parses exactly as the lines alone
+    _assert_same_as_json(raw_batch("netflow", 0, sets), lines)
 
 
 # -- recorded exports (no tools needed) --------------------------------------------
@@ -625,13 +634,99 @@ def test_column_mapping_equals_per_record_on_softflowd_exports(shared_data: Path
     sock.settimeout(1.0)
     try:
         _softflowd_export(shared_data / "pcap" / rel, sock.getsockname()[1], version, extra, tmp_path)
-        dec, lines = FlowDecoder(json_out=True), []
+        dgrams = []
         while True:
             try:
-                lines += dec.decode(sock.recv(65535), "127.0.0.1")
+                dgrams.append(sock.recv(65535))
             except socket.timeout:
                 break
     finally:
         sock.close()
+    lines, sets = _decoded(dgrams)
     assert len(lines) > 10
     _assert_same_parse(lines)
+    # the collector's batch on the embedded bus: the lines built column-wise and the column form,
+    # which the parser reads instead of the JSON: the same events and ids as the former path
+    batch = raw_batch("netflow", 0, sets)
+    assert "netflow.decoded" in batch.column_names
+    _assert_same_as_json(batch, lines)
+
+
+# ------------------------------------------------ the collector's column form == reading the JSON back
+
+
+def _assert_same_as_json(batch: pa.Table, lines: list[str]) -> None:
+    """``batch`` (raw_batch: JSON lines built column-wise and, for the embedded bus, the column form)
+    holds exactly ``lines`` (FlowDecoder.decode's, record by record: the former collector path) and
+    parses to exactly their events, ids and dead letters (as Kafka's raw records, the lines alone)."""
+    assert batch.column("event.original").to_pylist() == lines
+    json_only = _raw_lines(lines)
+    assert batch.select(RAW_SCHEMA.names).equals(json_only)
+    got, want = parse("netflow", batch), parse("netflow", json_only)
+    assert got.events.equals(want.events), [c for c in got.events.column_names if not got.events[c].equals(want.events[c])]
+    assert got.deadletters.drop_columns(["@timestamp"]).equals(want.deadletters.drop_columns(["@timestamp"]))
+    slow = _per_record_parse(json_only)  # and the per-record mapping, record by record
+    assert got.events.equals(slow.events)
+
+
+def _decoded(dgrams: list[bytes]) -> tuple[list[str], list]:
+    """(JSON lines record by record, data sets as the collector decodes them) of ``dgrams``."""
+    dec, lazy, sets = FlowDecoder(json_out=True), FlowDecoder(), []
+    lines = [x for dg in dgrams for x in dec.decode(dg, "127.0.0.1")]
+    assert sum(lazy.decode_sets(dg, "127.0.0.1", sets) for dg in dgrams) == len(lines)
+    return lines, sets
+
+
+@pytest.mark.parametrize("name", ["ssh_bruteforce_v5", "ssh_bruteforce_v9", "ftp_bruteforce_ipfix",
+                                  "ftp_bruteforce_ipfix_biflow"])
+def test_recorded_export_column_form_parses_like_its_json(name: str) -> None:
+    dgrams, _ref = _recorded(name)
+    lines, sets = _decoded(dgrams * 2)
+    batch = raw_batch("netflow", 0, sets)
+    assert "netflow.decoded" in batch.column_names, "softflowd's templates are fixed-length: read column-wise"
+    _assert_same_as_json(batch, lines)
+    kafka = raw_batch("netflow", 0, sets, columns=False)  # what goes to Kafka: the lines only
+    assert kafka.schema == RAW_SCHEMA and kafka.equals(batch.select(RAW_SCHEMA.names))
+    # cut anywhere (the collector flushes every batch_size records or flush_interval), numbered on
+    cut = len(sets) // 3
+    first, rest = raw_batch("netflow", 0, sets[:cut]), raw_batch("netflow", 0, sets[cut:])
+    second = raw_batch("netflow", first.num_rows, sets[cut:])
+    assert second.column("log.offset")[0].as_py() == first.num_rows
+    both = parse("netflow", pa.concat_tables([first, second]))
+    assert both.events.equals(parse("netflow", batch).events)
+    assert rest.column("event.original").equals(second.column("event.original"))
+
+
+_IE_CHOICES = [(8, 4), (12, 4), (27, 16), (28, 16), (7, 2), (11, 2), (4, 1), (6, 1), (6, 2), (1, 4), (2, 8),
+               (1, 3), (85, 8), (21, 4), (22, 4), (152, 8), (153, 8), (154, 8), (155, 8), (150, 4), (151, 4),
+               (56, 6), (80, 6), (82, 8), (95, 4), (8, 5), (1, 9), (10, 4), (999, 2), (1, 4, 29305),
+               (2, 4, 29305), (100, 4, 9), (210, 2)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.sampled_from(_IE_CHOICES), min_size=1, max_size=10), min_size=1, max_size=3),
+       st.data())
+def test_column_form_parses_like_the_json_for_any_templates(templates: list[list[tuple]], data) -> None:
+    """Fixed-length templates of any element mix (odd sizes, repeated elements, enterprise and
+    padding fields, 8-byte values beyond int64), data sets interleaved, v9 and IPFIX, with and
+    without an options record announcing the init time: the column form gives the JSON's events."""
+    version = data.draw(st.sampled_from([9, 10]))
+    tset, pack = (0, v9) if version == 9 else (2, ipfix)
+    if version == 9:  # no enterprise elements in v9
+        templates = [[f[:2] for f in fields] for fields in templates]
+    sizes = [sum(f[1] for f in fields) for fields in templates]
+    dgrams = [pack(0, fset(tset, b"".join(tmpl(256 + i, f) for i, f in enumerate(templates))))]
+    if version == 10 and data.draw(st.booleans()):
+        dgrams.append(ipfix(1, fset(3, struct.pack("!HHH", 400, 2, 1) + struct.pack("!HHHH", 149, 4, 160, 8)),
+                            fset(400, struct.pack("!IQ", 7, 1_699_999_000_000))))
+    for seq in range(data.draw(st.integers(1, 4))):
+        sets = []
+        for _ in range(data.draw(st.integers(1, 3))):
+            i = data.draw(st.integers(0, len(templates) - 1))
+            count = data.draw(st.integers(1, 5))
+            body = data.draw(st.binary(min_size=sizes[i] * count, max_size=sizes[i] * count))
+            sets.append(fset(256 + i, body))
+        dgrams.append(pack(seq + 2, *sets, secs=1_700_000_000 + seq))
+    lines, sets = _decoded(dgrams)
+    assert lines
+    _assert_same_as_json(raw_batch("netflow", 0, sets), lines)

@@ -21,10 +21,11 @@ and sysUpTime (v5/v9) or the exporter's systemInitTimeMilliseconds (IPFIX)),
 (protocol number, TCP flags as number and names, interfaces, version,
 template, domain, other elements) goes to ``taishi.extra`` under ``netflow``.
 
-Speed: a batch is read column-wise: ``pyarrow.json`` turns the JSON lines into
-Arrow columns (one per information element) and the mapping above is Arrow /
-numpy arithmetic over whole columns (:func:`map_columns`); no Python object is
-made per record. Rows the column path cannot take exactly as the per-record
+Speed: a batch is read column-wise: the collector's column form of the records
+(``netflow.decoded``, on the embedded bus) or else ``pyarrow.json`` turns the
+JSON lines into Arrow columns (one per information element), and the mapping
+above is Arrow / numpy arithmetic over whole columns (:func:`map_columns`); no
+Python object is made per record. Rows the column path cannot take exactly as the per-record
 mapping (:func:`map_record`) would — invalid JSON, a non-object, an address
 that is not text, no address at all, a value of an unexpected type, a number
 beyond int64 — go through :func:`map_record` one by one, and a test checks
@@ -263,7 +264,10 @@ def _per_record(raw: pa.Table, idx: np.ndarray) -> tuple[list[int], list[tuple],
 
 # --- column path ---------------------------------------------------------------------------------------
 
-_U64_TIMES = ("flowStartMicroseconds", "flowEndMicroseconds", "flowStartNanoseconds", "flowEndNanoseconds")
+_U64_TIMES = U64_TIMES = ("flowStartMicroseconds", "flowEndMicroseconds", "flowStartNanoseconds", "flowEndNanoseconds")
+# the column the collector adds to raw batches on the embedded bus: each record's JSON keys as
+# columns (ingest.collectors.netflow.decoded_columns), read instead of the JSON text
+DECODED = "netflow.decoded"
 _INT_KEYS = ("ver", "domain", "tid", "export_ms", "uptime_ms", "init_ms", "sourceTransportPort",
              "destinationTransportPort", "protocolIdentifier", "tcpControlBits", "octetDeltaCount",
              "packetDeltaCount", "octetTotalCount", "packetTotalCount", "reverseOctetDeltaCount",
@@ -296,6 +300,9 @@ def _read_columns(raw: pa.Table) -> pa.Table | None:
         return None
     if not pc.all(pc.and_(pc.starts_with(orig, "{"), pc.ends_with(orig, "}"))).as_py():
         return None
+    t = _decoded(raw)
+    if t is not None:
+        return t if _types_ok(t) else None
     flat = orig.combine_chunks() if isinstance(orig, pa.ChunkedArray) else orig
     one = pa.ListArray.from_arrays(pa.array([0, len(flat)], pa.int32()), flat)
     data = pc.binary_join(one, "\n")[0].as_buffer().to_pybytes()
@@ -315,14 +322,30 @@ def _read_columns(raw: pa.Table) -> pa.Table | None:
             break
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OverflowError):
             continue
-    if t is None or t.num_rows != raw.num_rows:
+    if t is None or t.num_rows != raw.num_rows or not _types_ok(t):
         return None
-    for f in t.schema:  # the decoder writes numbers and text only, each element always the same kind
-        if not (pa.types.is_integer(f.type) or pa.types.is_string(f.type)):
-            return None
-        if (f.name in _INT_SET and not pa.types.is_integer(f.type)) or (f.name in _STR_SET and not pa.types.is_string(f.type)):
-            return None
     return t.combine_chunks()
+
+
+def _types_ok(t: pa.Table) -> bool:
+    """The decoder writes numbers and text only, each element always the same kind."""
+    for f in t.schema:
+        if not (pa.types.is_integer(f.type) or pa.types.is_string(f.type)):
+            return False
+        if (f.name in _INT_SET and not pa.types.is_integer(f.type)) or (f.name in _STR_SET and not pa.types.is_string(f.type)):
+            return False
+    return True
+
+
+def _decoded(raw: pa.Table) -> pa.Table | None:
+    """The collector's column form of the batch (:data:`DECODED`), when every row has it."""
+    if DECODED not in raw.column_names:
+        return None
+    c = raw.column(DECODED)
+    if not pa.types.is_struct(c.type) or c.null_count:
+        return None
+    arr = c.chunk(0) if c.num_chunks == 1 else c.combine_chunks()
+    return pa.Table.from_struct_array(arr) if arr.type.num_fields else None
 
 
 def _col(t: pa.Table, name: str, typ: pa.DataType) -> pa.Array:
@@ -333,7 +356,8 @@ def _col(t: pa.Table, name: str, typ: pa.DataType) -> pa.Array:
 
 
 def _f64(a: pa.Array) -> np.ndarray:
-    return pc.cast(a, pa.float64()).to_numpy(zero_copy_only=False)
+    """As float(v) per value: a number beyond 2**53 is rounded, not refused (Arrow's safe cast would)."""
+    return pc.cast(a, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
 
 
 def _ntp_ms_cols(v: pa.Array) -> np.ndarray:
