@@ -31,7 +31,10 @@ the way in and out (queries name it ``taishi.source`` as in embedded mode).
 
 Writes are idempotent: every document's ``_id`` is its Taishi id and is written
 with ``op_type=create``, so a replay changes nothing (the first version wins,
-as in the embedded store). Events go to a data stream whose backing index
+as in the embedded store). Incidents are the exception, as in the embedded
+store: the builder's newer version replaces the built fields while the
+workflow (status, assignee, history, notes) is kept, by compare-and-set writes
+that apply the rules of :mod:`correlate.incidents` (see ``upsert_incidents``). Events go to a data stream whose backing index
 changes at rollover, so ids already stored are looked up first (an ``ids``
 query over the stream, the counterpart of the embedded store's anti-join).
 
