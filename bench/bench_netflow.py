@@ -25,10 +25,10 @@ count, through what the collector and the parse step do:
   included; reports what arrived, what was dropped (kernel or buffer) and
   the collector thread's CPU per record.
 
-Each variant runs once on a few thousand records first (warm-up, not
-reported). Reports records/s of wall time and of process CPU time; the CPU
-figure is the per-core one when the machine is shared (the load average is
-printed first).
+Each variant runs once on one parse batch first (warm-up, not reported).
+Reports records/s of wall time and of process CPU time; the CPU figure is
+the per-core one when the machine is shared (the load average is printed
+first).
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def main() -> None:
         per_pass = sum(len(probe.decode(d, "127.0.0.1")) for d in dgrams)
         reps = max(1, -(-args.records // per_pass))
         feed = dgrams * reps
-        run(feed, 20_000, keep_json=True)  # warm-up
+        run(feed, PARSE_FRAMES * COLLECTOR_BATCH, keep_json=True)  # warm-up: one parse batch
         r = run(feed, args.records, keep_json=True)
         n = r["records"]
         (dwall, dcpu), (pwall, pcpu), (jwall, jcpu) = r["decode"], r["parse"], r["parse_json"]
