@@ -678,6 +678,13 @@ class RuleSet:
         """ALERT_SCHEMA rows for ``matches`` of rules that generate alerts."""
         if matches.num_rows == 0:
             return ALERT_SCHEMA.empty_table()
+        # only the matches of generating rules are looked at row by row (correlation bases are often
+        # the most frequent matches, and generate nothing themselves)
+        gen = [rid for rid, r in self._by_id.items() if r.generate]
+        if not gen:
+            return ALERT_SCHEMA.empty_table()
+        if len(gen) < len(self._by_id):
+            matches = matches.filter(pc.fill_null(pc.is_in(matches.column("rule.id"), value_set=pa.array(gen, pa.string())), False))
         mids = matches.column("rule.id").to_pylist()
         mrows = matches.column("event.row").to_pylist()
         keep = [i for i, rid in enumerate(mids) if rid in self._by_id and self._by_id[rid].generate]

@@ -413,3 +413,39 @@ def test_timestamp_part_modifiers_read_the_field_as_utc_time():
         {"event.dataset": "zeek.conn"},
     ])
     assert rs.match(t).column("event.row").to_pylist() == [0, 1, 2]
+
+
+def test_alerts_only_for_generating_rules_among_many_matches():
+    """A correlation base (generate: false) matching most events next to an ordinary rule: the
+    alerts are the ordinary rule's matches, one per event, in event order."""
+    base, loud = str(uuid.UUID(int=11)), str(uuid.UUID(int=12))
+    rs = RuleSet.from_yaml(f"""title: base
+id: {base}
+name: base
+logsource: {{product: zeek, service: conn}}
+detection:
+  a: {{event.action: S0}}
+  condition: a
+---
+title: loud
+id: {loud}
+logsource: {{product: zeek, service: conn}}
+detection:
+  a: {{destination.port: 23}}
+  condition: a
+level: high
+---
+title: corr
+id: {uuid.UUID(int=13)}
+correlation: {{type: event_count, rules: [base], group-by: [source.ip], timespan: 1m, condition: {{gte: 50}}}}
+""")
+    rows = [{"event.id": f"e{i}", "event.dataset": "zeek.conn", "event.action": "S0",
+             "destination.port": 23 if i % 7 == 3 else 80, "source.ip": "10.0.0.1"} for i in range(40)]
+    t = events_table(rows)
+    m = rs.match(t)
+    assert m.num_rows == 40 + len([r for r in rows if r["destination.port"] == 23])
+    alerts = rs.to_alerts(t, m).to_pylist()
+    want = [r["event.id"] for r in rows if r["destination.port"] == 23]
+    assert [a["event.ids"] for a in alerts] == [[e] for e in want]
+    assert {a["rule.id"] for a in alerts} == {loud}
+    assert [a["id"] for a in alerts] == [alert_id(loud, [e]) for e in want]
