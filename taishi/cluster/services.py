@@ -27,6 +27,10 @@ each holds a lease (``run/<name>.leases/<pid>-<token>``), and a service a
 session started is stopped when the last live lease is released, so
 concurrent test runs on one machine share the services safely; a service
 started (or claimed) by ``taishi services up`` is never stopped by a release.
+
+:func:`private_kafka` starts a broker of one's own (same node, a free port pair,
+state under a given directory) for what must not happen to the shared one: a
+test that crashes the broker mid-stream and restarts it.
 """
 
 from __future__ import annotations
@@ -111,43 +115,45 @@ def java() -> str:
 
 @dataclass(frozen=True)
 class Service:
-    name: str        # kafka | search
+    name: str        # kafka | search (the shared ones), or a private node's own name
     title: str
+    product: str     # kafka | opensearch: what runs (its home in the cache)
     version: str
     port: int
     start_timeout: float
+    base: Path | None = None  # where its state, pid file and log live (default: run_dir())
 
     @property
     def home(self) -> Path:
         return cache_dir() / f"{self.product}-{self.version}"
 
     @property
-    def product(self) -> str:
-        return "kafka" if self.name == "kafka" else "opensearch"
+    def run(self) -> Path:
+        return self.base if self.base is not None else run_dir()
 
     @property
     def state(self) -> Path:
-        return run_dir() / self.name
+        return self.run / self.name
 
     @property
     def pid_file(self) -> Path:
-        return run_dir() / f"{self.name}.pid"
+        return self.run / f"{self.name}.pid"
 
     @property
     def log_file(self) -> Path:
-        return run_dir() / f"{self.name}.log"
+        return self.run / f"{self.name}.log"
 
     @property
     def endpoint(self) -> str:
-        return f"{HOST}:{self.port}" if self.name == "kafka" else f"http://{HOST}:{self.port}"
+        return f"{HOST}:{self.port}" if self.product == "kafka" else f"http://{HOST}:{self.port}"
 
     @property
     def marker(self) -> str:
         return f"-Dtaishi.service={self.name}"
 
 
-KAFKA = Service("kafka", "Kafka (KRaft)", KAFKA_VERSION, 9092, start_timeout=120)
-SEARCH = Service("search", "OpenSearch", OPENSEARCH_VERSION, 9200, start_timeout=240)
+KAFKA = Service("kafka", "Kafka (KRaft)", "kafka", KAFKA_VERSION, 9092, start_timeout=120)
+SEARCH = Service("search", "OpenSearch", "opensearch", OPENSEARCH_VERSION, 9200, start_timeout=240)
 SERVICES = {s.name: s for s in (KAFKA, SEARCH)}
 
 
@@ -212,7 +218,7 @@ def _mvn_copy(artifacts: list[str], dest: Path, work: Path, report: Report) -> l
 
 
 # Bumped when what `fetch` assembles changes (a new module ...): an older home is assembled again.
-LAYOUT = {"kafka": 1, "search": 2}
+LAYOUT = {"kafka": 1, "opensearch": 2}
 
 
 def fetched(svc: Service) -> bool:
@@ -220,7 +226,7 @@ def fetched(svc: Service) -> bool:
         marker = json.loads((svc.home / ".fetched").read_text())
     except (OSError, ValueError):
         return False
-    return marker.get("layout", 1) == LAYOUT[svc.name]
+    return marker.get("layout", 1) == LAYOUT[svc.product]
 
 
 def fetch(svc: Service, report: Report = _quiet) -> Path:
@@ -231,7 +237,7 @@ def fetch(svc: Service, report: Report = _quiet) -> Path:
     report(f"fetching {svc.title} {svc.version} from Maven Central")
     partial = home.with_name(home.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    if svc.name == "kafka":
+    if svc.product == "kafka":
         _fetch_kafka(partial, report)
     else:
         from taishi.cluster import opensearch_dist
@@ -239,7 +245,7 @@ def fetch(svc: Service, report: Report = _quiet) -> Path:
         opensearch_dist.assemble(partial, OPENSEARCH_VERSION, _mvn_copy, report)
     shutil.rmtree(home, ignore_errors=True)
     partial.rename(home)
-    (home / ".fetched").write_text(json.dumps({"version": svc.version, "layout": LAYOUT[svc.name],
+    (home / ".fetched").write_text(json.dumps({"version": svc.version, "layout": LAYOUT[svc.product],
                                                "at": time.time()}) + "\n")
     return home
 
@@ -317,7 +323,7 @@ def _search_healthy(port: int) -> bool:
 
 
 def healthy(svc: Service) -> bool:
-    return _kafka_healthy(svc.port) if svc.name == "kafka" else _search_healthy(svc.port)
+    return _kafka_healthy(svc.port) if svc.product == "kafka" else _search_healthy(svc.port)
 
 
 def status(names: list[str] | None = None) -> list[dict]:
@@ -330,7 +336,7 @@ def status(names: list[str] | None = None) -> list[dict]:
         row = {"name": svc.name, "title": svc.title, "version": svc.version, "endpoint": svc.endpoint,
                "fetched": fetched(svc), "pid": pid, "running": pid is not None, "healthy": ok,
                "external": ok and pid is None, "log": str(svc.log_file)}
-        if svc.name == "search" and ok:
+        if svc.product == "opensearch" and ok:
             info = search_info(svc.endpoint) or {}
             ver = info.get("version") or {}
             row["flavor"] = ver.get("distribution", "elasticsearch")
@@ -368,11 +374,16 @@ def _up(svc: Service, report: Report) -> dict:
             return {"name": svc.name, "endpoint": svc.endpoint, "pid": stale, "started": False}
         raise ServiceError(f"{svc.title} (pid {stale}) does not answer on {svc.endpoint}; "
                            f"see {svc.log_file} or run `taishi services down`")
+    return _start(svc, report)
+
+
+def _start(svc: Service, report: Report) -> dict:
+    """Fetch (once), start ``svc`` in its own session and wait until it is healthy."""
     if _port_open(svc.port):
         raise ServiceError(f"port {svc.port} is taken by something that is not a healthy {svc.title}")
     fetch(svc, report)
     report(f"preparing {svc.title}")
-    cmd = _kafka_command(report) if svc.name == "kafka" else _search_command(report)
+    cmd = _kafka_command(svc, report) if svc.product == "kafka" else _search_command(svc, report)
     svc.state.mkdir(parents=True, exist_ok=True)
     report(f"starting {svc.title} on {svc.endpoint}")
     with open(svc.log_file, "ab") as log:
@@ -408,9 +419,10 @@ def _wait_healthy(svc: Service, pid: int, report: Report, proc: subprocess.Popen
     return False
 
 
-def _terminate(pid: int, timeout: float) -> bool:
-    """SIGTERM the service's process group, SIGKILL after ``timeout`` s; True once it is gone."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+def _terminate(pid: int, timeout: float, *, crash: bool = False) -> bool:
+    """SIGTERM the service's process group, SIGKILL after ``timeout`` s; True once it is gone.
+    ``crash``: SIGKILL at once (no shutdown hook runs: what a power cut or an OOM kill does)."""
+    for sig, wait in ((signal.SIGKILL, 10.0),) if crash else ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:
@@ -528,14 +540,15 @@ def _kafka_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def _kafka_command(report: Report) -> list[str]:
-    svc = KAFKA
+def _kafka_command(svc: Service, report: Report) -> list[str]:
+    """Write ``svc``'s broker configuration (one KRaft node on ``svc.port``, its controller on the
+    port after it) under ``svc.state``, format its storage once, and return its command line."""
     state, home = svc.state, svc.home
     data = state / "data"
     state.mkdir(parents=True, exist_ok=True)
     props = state / "server.properties"
     props.write_text("\n".join([
-        "# written by taishi services up (taishi/cluster/services.py)",
+        f"# written by taishi/cluster/services.py for {svc.name}",
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@{HOST}:{svc.port + 1}",
@@ -585,8 +598,101 @@ def _kafka_command(report: Report) -> list[str]:
     return jvm + ["kafka.Kafka", str(props)]
 
 
+class PrivateKafka:
+    """A Kafka broker of one's own: the shared broker's node (:func:`_kafka_command`) on a free
+    port pair, with its configuration, data, pid file and log under ``base``.
+
+    For what must not happen to the shared broker, such as a crash: :meth:`kill` SIGKILLs the
+    broker's process group (no clean shutdown, as in a power cut or an OOM kill), and
+    :meth:`start` brings it back on the same port with the same data (Kafka recovers its log).
+    """
+
+    def __init__(self, base: Path, port: int | None = None, *, name: str = "kafka-private",
+                 report: Report = _quiet) -> None:
+        port = port or _free_port_pair()
+        self.svc = Service(name, f"Kafka (private, {HOST}:{port})", "kafka", KAFKA_VERSION, port,
+                           start_timeout=KAFKA.start_timeout, base=Path(base))
+        self.report = report
+        self.pid: int | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.svc.endpoint
+
+    def start(self) -> dict:
+        """Start the broker (formatting its storage the first time) and wait until it answers."""
+        if self.running():
+            raise ServiceError(f"{self.svc.title} runs already (pid {self.pid})")
+        self.svc.run.mkdir(parents=True, exist_ok=True)
+        with _lock():  # the server jars are shared with `up`: one fetch at a time
+            fetch(self.svc, self.report)
+        info = _start(self.svc, self.report)
+        self.pid = info["pid"]
+        return info
+
+    def running(self) -> bool:
+        return self.pid is not None and Path(f"/proc/{self.pid}").exists() and not _zombie(self.pid)
+
+    def kill(self) -> None:
+        """Crash the broker: SIGKILL to its process group, then wait until it is gone."""
+        if self.pid is None:
+            return
+        if not _terminate(self.pid, 0, crash=True):
+            raise ServiceError(f"{self.svc.title} (pid {self.pid}) survived SIGKILL")
+        self.pid = None
+        self._wait_closed()
+
+    def _wait_closed(self, timeout: float = 30.0) -> None:
+        """Until the ports are closed: the JVM's main thread can be a zombie while its others still exit."""
+        deadline = time.monotonic() + timeout
+        while _port_open(self.svc.port, 0.2) or _port_open(self.svc.port + 1, 0.2):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"{self.svc.title}: port {self.svc.port} still open {timeout:.0f}s after the broker died")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop the broker cleanly (SIGTERM, SIGKILL after 30 s); nothing when it does not run."""
+        if self.pid is None:
+            return
+        if not _terminate(self.pid, 30.0):
+            raise ServiceError(f"{self.svc.title} (pid {self.pid}) did not stop")
+        self.pid = None
+        self.svc.pid_file.unlink(missing_ok=True)
+        self._wait_closed()
+
+    def log_tail(self, n: int = 25) -> str:
+        return _log_tail(self.svc, n)
+
+
+@contextlib.contextmanager
+def private_kafka(base: Path, port: int | None = None, report: Report = _quiet) -> Iterator[PrivateKafka]:
+    """A started :class:`PrivateKafka` under ``base``, stopped when the block ends (whatever happened)."""
+    broker = PrivateKafka(base, port, report=report)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _free_port_pair() -> int:
+    """A port that is free, with the one after it free too (a broker's listener and its controller)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port < 65535 and not _port_open(port) and not _port_open(port + 1):
+            try:
+                with socket.socket() as s2:
+                    s2.bind((HOST, port + 1))
+                return port
+            except OSError:
+                continue
+    raise ServiceError("no free pair of ports on the loopback interface")
+
+
 # --------------------------------------------------------------------------- search node
-def _search_command(report: Report) -> list[str]:
+def _search_command(svc: Service, report: Report) -> list[str]:
     from taishi.cluster import opensearch_dist
 
-    return opensearch_dist.command(SEARCH, java(), report)
+    return opensearch_dist.command(svc, java(), report)
