@@ -283,6 +283,10 @@ class PcapReader:
             if fast.MODBUS_PORT not in ports and not self.tshark_args:  # Modbus/TCP decoded here
                 mb = fast.modbus_native(p, rec.buf, stream, AGG)
                 sel &= ~mb.clean
+            tl = None
+            if not self.tshark_args:  # TLS hellos read here
+                tl = fast.tls_native(p, rec.buf, stream, AGG, skip_ports=ports)
+                sel &= ~tl.clean
             idx = np.flatnonzero(sel)
         except Exception:  # noqa: BLE001 - never crash: tshark alone reads it
             s.fallback = "fast decoder error: " + traceback.format_exc(limit=2).strip().splitlines()[-1][:300]
@@ -290,7 +294,7 @@ class PcapReader:
         if len(idx) and len(np.unique(rec.linktype[idx])) > 1:
             s.fallback = "application packets on interfaces of different link types"
             return None
-        return rec, p, stream, idx, mb
+        return rec, p, stream, idx, mb, tl
 
     def _modbus_events(self, core: dict[str, pa.Array], mb: Any) -> pa.Table | None:
         """Modbus events of the streams decoded here, through the same builder as tshark's fields."""
@@ -306,7 +310,7 @@ class PcapReader:
         })
         return apps.modbus_events(b, sub, self._ctx)
 
-    def _run_fast(self, rec: Any, p: Any, stream: np.ndarray, idx: np.ndarray, mb: Any) -> Iterator[pa.Table]:
+    def _run_fast(self, rec: Any, p: Any, stream: np.ndarray, idx: np.ndarray, mb: Any, tl: Any) -> Iterator[pa.Table]:
         s = self.summary
         s.decoder = "taishi"
         s.packets = p.n
@@ -316,16 +320,20 @@ class PcapReader:
         acc = FlowAccumulator()
         core = fast.core_columns(p, rec.buf, stream)
         acc.add(core)
+        hellos: list[dict[str, Any]] = []
         try:
             t = self._modbus_events(core, mb)
+            if tl is not None and tl.rows:
+                rows = pa.array([i for i, _ in tl.rows], pa.int64())
+                b = pa.record_batch({f: pa.array([r[f] for _, r in tl.rows], pa.string()) for f in fast.TLS_TEXT_FIELDS})
+                hellos.extend(apps.tls_hellos(b, {k: v.take(rows) for k, v in core.items()}))
         except Exception:  # noqa: BLE001
             t = None
             err = traceback.format_exc(limit=2).strip().splitlines()[-1]
-            self._dead(-1, str(self.path), f"pcap Modbus decoder error: {err}"[:500])
+            self._dead(-1, str(self.path), f"pcap Modbus/TLS decoder error: {err}"[:500])
         del core
         if t is not None:
             yield self._count(t)
-        hellos: list[dict[str, Any]] = []
         s.tshark_packets = len(idx)
         if len(idx):
             yield from self._apps_of(rec, stream, idx, hellos)

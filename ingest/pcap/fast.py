@@ -755,3 +755,226 @@ def modbus_native(p: Packets, buf: np.ndarray, stream: np.ndarray, sep: str) -> 
     use = use[np.argsort(idx[use], kind="stable")]
     return ModbusFrames(clean, idx[use], [texts_t[i] for i in use], [texts_u[i] for i in use],
                         [texts_f[i] for i in use], [texts_e[i] for i in use])
+
+
+# --------------------------------------------------------------------------- TLS hellos
+
+# Ports tshark 4.0 hands to its TLS dissector (``tshark -G decodes``, tcp.port -> tls).
+TLS_PORTS = frozenset({324, 443, 465, 636, 802, 853, 993, 995, 1300, 2221, 2443, 3249, 3250, 3251, 3252, 3496,
+                       5061, 5671, 5684, 5868, 8883, 11207, 19999, 27017})
+TLS_RECORD_VERSIONS = frozenset({0x0300, 0x0301, 0x0302, 0x0303, 0x0304, 0x0101})
+HRR_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c")
+TLS_TEXT_FIELDS = ("tls.handshake.type", "tls.handshake.version", "tls.handshake.extensions.supported_version",
+                   "tls.handshake.extensions_server_name", "tls.handshake.ciphersuite",
+                   "tls.handshake.extensions_alpn_str", "tls.handshake.ja3", "tls.handshake.ja3s")
+
+
+class _NotClean(Exception):
+    pass
+
+
+def _grease(v: int) -> bool:
+    return (v & 0x0F0F) == 0x0A0A and (v >> 8) == (v & 0xFF)
+
+
+def _printable(b: bytes) -> str:
+    if not b or any(c < 0x20 or c > 0x7E for c in b):
+        raise _NotClean  # tshark escapes such bytes in its text: leave it to tshark
+    return b.decode("ascii")
+
+
+def _hello_fields(msg_type: int, body: bytes, sep: str) -> dict[str, str | None]:
+    """tshark's field texts for one ClientHello (1) / ServerHello (2) body."""
+    import hashlib
+
+    try:
+        ver = int.from_bytes(body[0:2], "big")
+        if msg_type == 2 and body[2:34] == HRR_RANDOM:
+            raise _NotClean  # a HelloRetryRequest: a second ClientHello follows; tshark sorts that out
+        o = 34
+        o += 1 + body[o]  # session id
+        if msg_type == 1:
+            n = int.from_bytes(body[o:o + 2], "big")
+            suites = [int.from_bytes(body[o + 2 + i:o + 4 + i], "big") for i in range(0, n, 2)]
+            if n % 2 or o + 2 + n > len(body):
+                raise _NotClean
+            o += 2 + n
+            o += 1 + body[o]  # compression methods
+        else:
+            suites = [int.from_bytes(body[o:o + 2], "big")]
+            o += 3
+        exts: list[tuple[int, bytes]] = []
+        if o < len(body):
+            total = int.from_bytes(body[o:o + 2], "big")
+            o += 2
+            end = o + total
+            if end != len(body):
+                raise _NotClean
+            while o < end:
+                t, ln = int.from_bytes(body[o:o + 2], "big"), int.from_bytes(body[o + 2:o + 4], "big")
+                if o + 4 + ln > end:
+                    raise _NotClean
+                exts.append((t, body[o + 4:o + 4 + ln]))
+                o += 4 + ln
+        elif o > len(body):
+            raise _NotClean
+    except IndexError:
+        raise _NotClean from None
+    sv: list[str] = []
+    sni: list[str] = []
+    alpn: list[str] = []
+    groups: list[int] = []
+    points: list[int] = []
+    for t, d in exts:
+        if t == 43:
+            vals = d[1:1 + d[0]] if msg_type == 1 else d
+            sv += [f"0x{int.from_bytes(vals[i:i + 2], 'big'):04x}" for i in range(0, len(vals) - 1, 2)]
+        elif t == 0 and msg_type == 1 and d:
+            p, end = 2, 2 + int.from_bytes(d[0:2], "big")
+            while p + 3 <= min(end, len(d)):
+                ln = int.from_bytes(d[p + 1:p + 3], "big")
+                if d[p] == 0:
+                    sni.append(_printable(d[p + 3:p + 3 + ln]))
+                p += 3 + ln
+        elif t == 16 and d:
+            p, end = 2, 2 + int.from_bytes(d[0:2], "big")
+            while p < min(end, len(d)):
+                ln = d[p]
+                alpn.append(_printable(d[p + 1:p + 1 + ln]))
+                p += 1 + ln
+        elif t == 10 and msg_type == 1 and d:
+            n = int.from_bytes(d[0:2], "big")
+            groups = [int.from_bytes(d[2 + i:4 + i], "big") for i in range(0, n - 1, 2)]
+        elif t == 11 and msg_type == 1 and d:
+            points = list(d[1:1 + d[0]])
+    types = [t for t, _ in exts if not _grease(t)]
+    if msg_type == 1:
+        full = ",".join([str(ver), "-".join(str(c) for c in suites if not _grease(c)), "-".join(map(str, types)),
+                         "-".join(str(g) for g in groups if not _grease(g)), "-".join(map(str, points))])
+    else:
+        full = ",".join([str(ver), str(suites[0]), "-".join(map(str, types))])
+    md5 = hashlib.md5(full.encode()).hexdigest()
+    return {
+        "tls.handshake.type": str(msg_type),
+        "tls.handshake.version": f"0x{ver:04x}",
+        "tls.handshake.extensions.supported_version": sep.join(sv) or None,
+        "tls.handshake.extensions_server_name": sep.join(sni) or None,
+        "tls.handshake.ciphersuite": sep.join(f"0x{c:04x}" for c in suites),
+        "tls.handshake.extensions_alpn_str": sep.join(alpn) or None,
+        "tls.handshake.ja3": md5 if msg_type == 1 else None,
+        "tls.handshake.ja3s": md5 if msg_type == 2 else None,
+    }
+
+
+def _direction_hello(data: bytes, bounds: list[tuple[int, int]], want: int, sep: str) -> tuple | str:
+    """The hello in one direction's in-order payload ``data`` (``bounds``: end offset of each
+    segment and its packet index): (packet index of the frame completing the hello's record,
+    field texts); "none" when the direction has no hello before a non-handshake record; "more"
+    when the data ends before one. Raises _NotClean for anything tshark should look at."""
+    o = 0
+    while o + 5 <= len(data):
+        ctype, ver, ln = data[o], int.from_bytes(data[o + 1:o + 3], "big"), int.from_bytes(data[o + 3:o + 5], "big")
+        if ctype not in (20, 21, 22, 23) or ver not in TLS_RECORD_VERSIONS:
+            raise _NotClean
+        if ctype != 22:
+            return "none"
+        if o + 5 + ln > len(data):
+            return "more"
+        rec = data[o + 5:o + 5 + ln]
+        q = 0
+        while q < len(rec):
+            if q + 4 > len(rec):
+                raise _NotClean  # a handshake message split over records
+            mt, ml = rec[q], int.from_bytes(rec[q + 1:q + 4], "big")
+            if q + 4 + ml > len(rec):
+                raise _NotClean
+            if mt in (1, 2):
+                if mt != want:
+                    raise _NotClean
+                end = o + 5 + ln
+                frame = next(pi for e, pi in bounds if e >= end)
+                return frame, _hello_fields(mt, rec[q + 4:q + 4 + ml], sep)
+            q += 4 + ml
+        o += 5 + ln
+    return "more"
+
+
+@dataclass
+class TlsHellos:
+    clean: np.ndarray  # packets of the streams whose hellos were read here
+    rows: list[tuple[int, dict]]  # (packet index, tshark-shaped field texts)
+
+
+def tls_native(p: Packets, buf: np.ndarray, stream: np.ndarray, sep: str, skip_ports: frozenset[int] = frozenset()) -> TlsHellos:
+    """ClientHello / ServerHello of the TCP streams on tshark's TLS ports, read here when each
+    direction's payload is in order from its first byte (exact retransmissions skipped) and its
+    records parse cleanly up to the hello; any other stream is left to tshark whole."""
+    n = p.n
+    tcp = p.proto == 6
+    ports = np.asarray(sorted(TLS_PORTS - skip_ports), np.int64)
+    others = np.asarray(sorted((TCP_APP_PORTS - TLS_PORTS) | skip_ports), np.int64)
+    cand = tcp & (np.isin(p.sport, ports) | np.isin(p.dport, ports)) & ~(np.isin(p.sport, others) | np.isin(p.dport, others))
+    if not cand.any():
+        return TlsHellos(np.zeros(n, bool), [])
+    streams = np.unique(stream[cand])
+    seg = tcp & np.isin(stream, streams) & (p.payload_len > 0)
+    if (seg & (p.payload_off + p.payload_len > p.extra["end"])).any():
+        cut = np.unique(stream[seg & (p.payload_off + p.payload_len > p.extra["end"])])
+        streams = np.setdiff1d(streams, cut)
+        seg &= np.isin(stream, streams)
+    idx = np.flatnonzero(seg)
+    if not len(idx):
+        return TlsHellos(np.zeros(n, bool), [])
+    # the client of a stream: the sender of its first SYN, else of its first payload
+    first_pkt: dict[int, int] = {}
+    syn = tcp & np.isin(stream, streams) & ((p.flags & 0x12) == 0x02)
+    for i in np.flatnonzero(syn)[::-1].tolist():
+        first_pkt[int(stream[i])] = i
+    g = stream[idx]
+    order = np.lexsort((idx, g))
+    idx, g = idx[order], g[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    ends = np.r_[starts[1:], len(g)]
+    raw = memoryview(buf)
+    rows: list[tuple[int, dict]] = []
+    good: list[int] = []
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        st = int(g[a])
+        rows_st = idx[a:b]
+        c0 = first_pkt.get(st, int(rows_st[0]))
+        csrc = (int(p.sport[c0]), int(p.dport[c0]))
+        try:
+            found = []
+            for want, is_client in ((1, True), (2, False)):
+                data = b""
+                bounds: list[tuple[int, int]] = []
+                expected = None
+                seen: set[tuple[int, int]] = set()
+                out: tuple | str = "none"  # a direction without payload has no hello
+                for i in rows_st.tolist():
+                    if ((int(p.sport[i]), int(p.dport[i])) == csrc) != is_client:
+                        continue
+                    s_, l_ = int(p.seq[i]), int(p.payload_len[i])
+                    if expected is None or s_ == expected:
+                        expected = (s_ + l_) & 0xFFFFFFFF
+                        seen.add((s_, l_))
+                    elif (s_, l_) in seen:
+                        continue  # retransmission: tshark does not dissect it again
+                    else:
+                        raise _NotClean
+                    o = int(p.payload_off[i])
+                    data += bytes(raw[o:o + l_])
+                    bounds.append((len(data), i))
+                    out = _direction_hello(data, bounds, want, sep)
+                    if out != "more" or len(data) > 1 << 16:
+                        break
+                if out == "more" or len(data) > 1 << 16:
+                    raise _NotClean  # the capture ends inside the first records: tshark decides
+                if out != "none":
+                    found.append(out)
+            rows.extend(found)
+            good.append(st)
+        except _NotClean:
+            continue
+    clean = tcp & np.isin(stream, np.asarray(good, np.int64))
+    return TlsHellos(clean, sorted(rows, key=lambda r: r[0]))
