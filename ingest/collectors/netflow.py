@@ -228,7 +228,7 @@ class Template:
 
 @dataclass(frozen=True, eq=False)
 class ColumnPlan:
-    """A fixed-length record layout read column-wise (:func:`decoded_columns`): each named
+    """A fixed-length record layout read column-wise (:func:`raw_batch`): each named
     element's (name, kind, byte offset, length) and the record size."""
 
     fields: tuple[tuple[str, str, int, int], ...]
@@ -866,9 +866,10 @@ def raw_batch(source: str, seq0: int, sets: list[DataSet], *, columns: bool = Tr
             col_parts.append(cols)
     back = None
     if len(groups) > 1:  # groups were read one after the other: put the rows back in arrival order
-        starts = np.cumsum(counts) - counts
-        perm = np.concatenate([np.arange(starts[i], starts[i] + counts[i]) for members in groups.values()
-                               for i in members])
+        order = np.fromiter((i for members in groups.values() for i in members), np.int64)
+        c = counts[order]
+        # perm[row in group order] = its row in arrival order: shift each set's rows by where it starts
+        perm = np.repeat((np.cumsum(counts) - counts)[order] - (np.cumsum(c) - c), c) + np.arange(int(c.sum()))
         back = pa.array(np.argsort(perm, kind="stable"))
     lines = pa.concat_arrays(line_parts) if line_parts else pa.array([], pa.string())
     if back is not None:

@@ -266,7 +266,7 @@ def _per_record(raw: pa.Table, idx: np.ndarray) -> tuple[list[int], list[tuple],
 
 _U64_TIMES = U64_TIMES = ("flowStartMicroseconds", "flowEndMicroseconds", "flowStartNanoseconds", "flowEndNanoseconds")
 # the column the collector adds to raw batches on the embedded bus: each record's JSON keys as
-# columns (ingest.collectors.netflow.decoded_columns), read instead of the JSON text
+# columns (ingest.collectors.netflow.raw_batch), read instead of the JSON text
 DECODED = "netflow.decoded"
 _INT_KEYS = ("ver", "domain", "tid", "export_ms", "uptime_ms", "init_ms", "sourceTransportPort",
              "destinationTransportPort", "protocolIdentifier", "tcpControlBits", "octetDeltaCount",
