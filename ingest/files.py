@@ -316,15 +316,41 @@ def _frame(
             yield from tables
             yield None, end
             continue
-        off = base
-        for line in buf.split(b"\n"):
-            if off >= end:
-                break
-            framer.feed(off, line)
-            off += len(line) + 1
-            if len(framer) >= batch_size:
-                yield framer.flush(), min(off, end)
+        # line by line: only the Zeek header/comment lines, when the other lines can go column-wise
+        for lo, hi, by_line in _comment_runs(buf) if framer.fmt == "zeek" else [(0, len(buf), True)]:
+            if not by_line:
+                if len(framer):
+                    yield framer.flush(), base + lo
+                tables = framer.feed_chunk(base + lo, buf[lo:hi], batch_size)
+                if tables is not None:
+                    yield from tables
+                    continue
+            off = base + lo
+            stop = base + hi
+            for line in buf[lo:hi].split(b"\n"):
+                if off >= stop:
+                    break
+                framer.feed(off, line)
+                off += len(line) + 1
+                if len(framer) >= batch_size:
+                    yield framer.flush(), min(off, end)
         yield (framer.flush() if len(framer) else None), end
+
+
+def _comment_runs(buf: bytes) -> list[tuple[int, int, bool]]:
+    """``buf`` (whole lines, refused by the column-wise path) cut into runs of '#' lines
+    and runs of other lines: (start, stop, framed line by line?), in order."""
+    a = np.frombuffer(buf, dtype=np.uint8)
+    nl = np.flatnonzero(a == 10)
+    starts = np.concatenate([[0], nl + 1])
+    starts = starts[starts < len(a)]
+    hashed = a[starts] == 35
+    if not hashed.any():  # no '#' line: the other lines were what the column-wise path refused
+        return [(0, len(buf), True)]
+    flips = np.flatnonzero(hashed[1:] != hashed[:-1]) + 1  # first line of each run after the first
+    bounds = [0, *starts[flips].tolist(), len(buf)]
+    kinds = [bool(hashed[0]), *hashed[flips].tolist()]
+    return [(lo, hi, k) for lo, hi, k in zip(bounds, bounds[1:], kinds)]
 
 
 def _read_json_array(path: str, fmt: str, start: int, batch_size: int) -> Iterator[pa.Table]:

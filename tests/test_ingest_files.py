@@ -247,3 +247,30 @@ def test_vector_and_line_framing_agree(tmp_path):
     assert p.column("log.offset").to_pylist() == [0, 10, 15]
     assert c.column("event.original").to_pylist() == ["a 1", "b 2", "c 3", "d 4"]
     assert c.column("log.offset").to_pylist() == [0, 10, 15, 19]
+
+
+def test_zeek_header_blocks_mid_file_and_close_lines(tmp_path, monkeypatch):
+    """Header and '#close' lines are framed one by one and the data lines between them column-wise
+    (small chunks so that runs fall inside and across chunks): every record carries the header in
+    force at its line, with its byte offset, and the same records as the line-by-line path."""
+    import ingest.files as files
+
+    def header(path, fields):
+        return (f"#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\t{path}\n"
+                f"#fields\t{chr(9).join(fields)}\n#types\t{chr(9).join(['string'] * len(fields))}\n")
+
+    text = (header("conn", ["ts", "uid"]) + "".join(f"{i}\tC{i}\n" for i in range(300)) + "#close\tx\n"
+            + header("dns", ["ts", "uid", "query"]) + "".join(f"{i}\tD{i}\tq{i}\n" for i in range(300))
+            + "#close\ty\n")
+    p = tmp_path / "mixed.log"
+    p.write_text(text)
+    monkeypatch.setattr(files, "CHUNK", 1500)
+    got = _all(p, "zeek")
+    lines = _data_lines(p)
+    assert got.column("log.offset").to_pylist() == [o for o, _ in lines]
+    assert got.column("event.original").to_pylist() == [b.decode() for _, b in lines]
+    paths = [json.loads(h)["path"] for h in got.column("hint").to_pylist()]
+    assert paths == ["conn"] * 300 + ["dns"] * 300
+    assert [len(json.loads(h)["fields"]) for h in got.column("hint").to_pylist()] == [2] * 300 + [3] * 300
+    monkeypatch.setattr(files._Framer, "feed_chunk", lambda *a: None)  # every line through feed()
+    assert _all(p, "zeek").equals(got)
