@@ -700,20 +700,21 @@ def test_recorded_export_column_form_parses_like_its_json(name: str) -> None:
 _IE_CHOICES = [(8, 4), (12, 4), (27, 16), (28, 16), (7, 2), (11, 2), (4, 1), (6, 1), (6, 2), (1, 4), (2, 8),
                (1, 3), (85, 8), (21, 4), (22, 4), (152, 8), (153, 8), (154, 8), (155, 8), (150, 4), (151, 4),
                (56, 6), (80, 6), (82, 8), (95, 4), (8, 5), (1, 9), (10, 4), (999, 2), (1, 4, 29305),
-               (2, 4, 29305), (100, 4, 9), (210, 2)]
+               (2, 4, 29305), (100, 4, 9), (210, 2), (1, 0), (82, 0)]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.lists(st.sampled_from(_IE_CHOICES), min_size=1, max_size=10), min_size=1, max_size=3),
        st.data())
 def test_column_form_parses_like_the_json_for_any_templates(templates: list[list[tuple]], data) -> None:
-    """Fixed-length templates of any element mix (odd sizes, repeated elements, enterprise and
-    padding fields, 8-byte values beyond int64), data sets interleaved, v9 and IPFIX, with and
+    """Fixed-length templates of any element mix (odd sizes, zero-length fields, repeated elements,
+    enterprise and padding fields, 8-byte values beyond int64), data sets interleaved, v9 and IPFIX, with and
     without an options record announcing the init time: the column form gives the JSON's events."""
     version = data.draw(st.sampled_from([9, 10]))
     tset, pack = (0, v9) if version == 9 else (2, ipfix)
-    if version == 9:  # no enterprise elements in v9
-        templates = [[f[:2] for f in fields] for fields in templates]
+    if version == 9:  # no enterprise elements and no zero-length fields in v9
+        templates = [[(f[0], f[1] or 1) for f in fields] for fields in templates]
+    templates = [fields if any(f[1] for f in fields) else fields + [(8, 4)] for fields in templates]  # no 0-byte records
     sizes = [sum(f[1] for f in fields) for fields in templates]
     dgrams = [pack(0, fset(tset, b"".join(tmpl(256 + i, f) for i, f in enumerate(templates))))]
     if version == 10 and data.draw(st.booleans()):
