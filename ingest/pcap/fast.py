@@ -382,7 +382,12 @@ def decode(rec: Records) -> Packets:
     # the tshark path's first occurrences do), and the tunnel packets go to tshark for their
     # application data. Under an outer IPv6 header an inner IPv4 address would win in the tshark
     # path's columns (ip.src before ipv6.src): those captures are read by tshark alone.
-    tunnel |= udp & (np.isin(sport, tuple(TUNNEL_UDP_PORTS)) | np.isin(dport, tuple(TUNNEL_UDP_PORTS))) & (plen_ > 0)
+    on = lambda port: udp & ((sport == port) | (dport == port)) & (plen_ > 0)  # noqa: E731
+    pb = lambda k: _u8(buf, safe(poff + k))  # noqa: E731
+    tunnel |= on(4789) | on(8472) | on(1701)  # VXLAN, L2TP: tshark decodes whatever follows
+    tunnel |= on(6081) & np.isin((pb(2) << 8) | pb(3), (0x6558, 0x0800, 0x86DD, 0x8100, 0x88A8))  # Geneve
+    tunnel |= on(2152) & ((pb(0) & 0xF0) == 0x30) & (pb(1) == 0xFF)  # GTP-U v1 T-PDU
+    tunnel |= on(3544) & (((pb(0) & 0xF0) == 0x60) | ((pb(0) == 0) & (pb(1) <= 1)))  # Teredo
     if (tunnel & is6).any():
         problems.append("tunnels under IPv6")
     return Packets(
@@ -635,6 +640,11 @@ def write_pcap(path: Path, rec: Records, idx: np.ndarray) -> None:
 
 # --------------------------------------------------------------------------- Modbus/TCP
 
+
+class _NotClean(Exception):
+    """Not decoded here: tshark reads this stream."""
+
+
 MODBUS_PORT = 502
 
 
@@ -701,7 +711,7 @@ def modbus_native(p: Packets, buf: np.ndarray, stream: np.ndarray, sep: str) -> 
                 bad_streams.add(gg // 2)
                 break
     keep = ~retx
-    idx, seq, ln = idx[keep], seq[keep], ln[keep]
+    idx, seq, ln, gk = idx[keep], seq[keep], ln[keep], g[keep]
     po = p.payload_off[idx]
     lim = len(buf) - 8
     at = lambda k: buf[np.minimum(po + k, lim)].astype(np.int64)  # noqa: E731
@@ -720,38 +730,59 @@ def modbus_native(p: Packets, buf: np.ndarray, stream: np.ndarray, sep: str) -> 
         texts_t[i], texts_u[i], texts_f[i] = str(int(tid[i])), str(int(unit[i])), str(int(fc[i]) & 0x7F)
         if fc[i] & 0x80:
             texts_e[i] = str(int(exc[i]))
-    multi = np.flatnonzero(~single).tolist()
-    raw = bytes(memoryview(buf)) if multi else b""
-    for i in multi:
-        if int(st[i]) in bad_streams:
+    # Directions with a segment that is not exactly one ADU: walk them in order, as tshark's TCP
+    # desegmentation does: several ADUs in a segment, an ADU completed in a later segment (its
+    # event on the frame completing it). A segment tshark's Modbus/TCP test would reject (fewer
+    # than 8 bytes, protocol id not 0, length < 2) or a tail too short to hold a header: the
+    # stream goes to tshark.
+    walk = np.unique(gk[~single]).tolist()
+    raw = bytes(memoryview(buf)) if walk else b""
+    for gg in walk:
+        if gg // 2 in bad_streams:
             continue
-        o, end = int(po[i]), int(po[i] + ln[i])
-        t_, u_, f_, e_ = [], [], [], []
-        good = True
-        while o < end:
-            if o + 8 > end:
-                good = False
+        pending = b""
+        for i in np.flatnonzero(gk == gg).tolist():
+            data = raw[int(po[i]):int(po[i] + ln[i])]
+            t_, u_, f_, e_ = [], [], [], []
+            try:
+                if pending:
+                    total = 6 + ((pending[4] << 8) | pending[5])
+                    take = total - len(pending)
+                    if len(data) < take:
+                        pending += data
+                        continue
+                    adus, data, pending = [pending + data[:take]], data[take:], b""
+                else:
+                    if len(data) < 8 or (data[2] << 8 | data[3]) != 0 or (data[4] << 8 | data[5]) < 2:
+                        raise _NotClean
+                    adus = []
+                while data:
+                    if len(data) < 8:
+                        raise _NotClean
+                    ml = (data[4] << 8) | data[5]
+                    if 6 + ml > len(data):
+                        pending, data = data, b""
+                        break
+                    adus.append(data[:6 + ml])
+                    data = data[6 + ml:]
+                for adu in adus:
+                    pid_, ml, f0 = (adu[2] << 8) | adu[3], (adu[4] << 8) | adu[5], adu[7]
+                    if pid_ != 0 or ml < 2 or ml > 254 or (f0 & 0x80 and ml < 3):
+                        raise _NotClean
+                    t_.append(str((adu[0] << 8) | adu[1]))
+                    u_.append(str(adu[6]))
+                    f_.append(str(f0 & 0x7F))
+                    if f0 & 0x80:
+                        e_.append(str(adu[8]))
+            except _NotClean:
+                bad_streams.add(gg // 2)
                 break
-            pid_ = (raw[o + 2] << 8) | raw[o + 3]
-            ml = (raw[o + 4] << 8) | raw[o + 5]
-            f0 = raw[o + 7]
-            if pid_ != 0 or ml < 2 or ml > 254 or o + 6 + ml > end or (f0 & 0x80 and ml < 3):
-                good = False
-                break
-            t_.append(str((raw[o] << 8) | raw[o + 1]))
-            u_.append(str(raw[o + 6]))
-            f_.append(str(f0 & 0x7F))
-            if f0 & 0x80:
-                e_.append(str(raw[o + 8]))
-            o += 6 + ml
-        if not good:
-            bad_streams.add(int(st[i]))
-            continue
-        texts_t[i], texts_u[i], texts_f[i] = sep.join(t_), sep.join(u_), sep.join(f_)
-        texts_e[i] = sep.join(e_) if e_ else None
+            if f_:
+                texts_t[i], texts_u[i], texts_f[i] = sep.join(t_), sep.join(u_), sep.join(f_)
+                texts_e[i] = sep.join(e_) if e_ else None
     good_streams = np.setdiff1d(streams, np.asarray(sorted(bad_streams), np.int64))
     clean = tcp & np.isin(stream, good_streams)
-    use = np.flatnonzero(np.isin(st, good_streams))
+    use = np.flatnonzero(np.isin(st, good_streams) & np.asarray([f is not None for f in texts_f], bool))
     use = use[np.argsort(idx[use], kind="stable")]
     return ModbusFrames(clean, idx[use], [texts_t[i] for i in use], [texts_u[i] for i in use],
                         [texts_f[i] for i in use], [texts_e[i] for i in use])
@@ -767,10 +798,6 @@ HRR_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e
 TLS_TEXT_FIELDS = ("tls.handshake.type", "tls.handshake.version", "tls.handshake.extensions.supported_version",
                    "tls.handshake.extensions_server_name", "tls.handshake.ciphersuite",
                    "tls.handshake.extensions_alpn_str", "tls.handshake.ja3", "tls.handshake.ja3s")
-
-
-class _NotClean(Exception):
-    pass
 
 
 def _grease(v: int) -> bool:
