@@ -408,3 +408,15 @@ def test_tsv_custom_unset_and_empty_markers_and_control_characters(tmp_path):
     extras = [json.loads(r["taishi.extra"]) for r in rows]
     assert [x["history"] for x in extras] == [None, "S\x01h", "(empty)"]
     assert [x["tunnel_parents"] for x in extras] == [[], None, ["a", "EMPTY"]]
+
+
+def test_vectorised_event_ids_equal_the_reference_on_sliced_and_odd_input():
+    from ingest.parsers import event_ids
+
+    srcs = ["conn.log", "dns.log", "é.log", ""]
+    texts = ["", "x", "tab\tsep", "caf\u00e9 \u2603", "\x1f", "a" * 5000]
+    rows = [(srcs[i % 4], i * 7, texts[i % 6]) for i in range(50)]
+    s, o, t = (pa.array([r[k] for r in rows]) for k in range(3))
+    for lo, hi in ((0, 50), (3, 41), (49, 50), (10, 10)):
+        got = event_ids(s.slice(lo, hi - lo), o.slice(lo, hi - lo), t.slice(lo, hi - lo)).to_pylist()
+        assert got == [event_id(*r) for r in rows[lo:hi]]

@@ -448,8 +448,21 @@ def event_ids(sources: pa.Array, offsets: pa.Array, originals: pa.Array) -> pa.A
         lit("ev1"), sources, _pc.cast(offsets, pa.string()), originals, lit(""), sep
     )
     # raw 16-byte digests, hex-encoded in one go into a fixed-width string column
-    digests = b"".join([blake(b, digest_size=16).digest() for b in _pc.cast(msgs, pa.binary()).to_pylist()])
     n = len(msgs)
+    if msgs.null_count:
+        digests = b"".join([blake(b, digest_size=16).digest() for b in _pc.cast(msgs, pa.binary()).to_pylist()])
+    else:  # each message a slice of the joined buffer; a copy of a fresh hasher is cheaper than a new one
+        bufs = msgs.buffers()
+        offs = np.frombuffer(bufs[1], dtype=np.int32, count=n + 1, offset=msgs.offset * 4).tolist()
+        data = memoryview(bufs[2]) if bufs[2] is not None else memoryview(b"")
+        fresh = blake(digest_size=16).copy
+        out: list[bytes] = []
+        add = out.append
+        for a, b in zip(offs, offs[1:]):
+            h = fresh()
+            h.update(data[a:b])
+            add(h.digest())
+        digests = b"".join(out)
     offsets32 = pa.py_buffer(np.arange(0, 32 * n + 1, 32, dtype=np.int32))
     return pa.StringArray.from_buffers(n, offsets32, pa.py_buffer(digests.hex().encode()))
 
