@@ -10,12 +10,27 @@ API::
 
 Which path is used when
 -----------------------
-There is one path, for every input size: a single ``tshark -n -r FILE -T fields
--E occurrence=a`` process (Wireshark 4.x, ``/usr/bin/tshark`` or
-``$TAISHI_TSHARK``) dissects the capture once and prints one TSV line per frame
-with ~60 fields (``ingest.pcap.tshark.FIELDS``); ``pyarrow.csv`` reads that
-stream in 4 MiB blocks straight into Arrow columns. Nothing creates one Python
-object per packet:
+``decoder="auto"`` (the default; ``TAISHI_PCAP_DECODER`` overrides it): Taishi's own
+decoder (:mod:`ingest.pcap.fast`) walks the pcap/pcapng records and extracts the
+link/IP/TCP/UDP header fields of every packet with numpy, numbers TCP connections as
+Wireshark's ``tcp.stream`` does, and builds the flows from that. Modbus/TCP ADUs and TLS
+ClientHello/ServerHello of clean streams (in-order segments; anything unusual is left to
+tshark) are decoded there too. The packets that can carry the other application metadata
+(selected by port and payload signature, whole TCP streams / UDP conversations) are written to
+a temporary capture which one ``tshark -n -r SUB -T fields -E occurrence=a`` run dissects
+(Wireshark 4.x, ``/usr/bin/tshark`` or ``$TAISHI_TSHARK``); their frame and stream numbers
+are mapped back, so events and ids are those of the tshark-only path. A capture without such
+packets never starts tshark. What the decoder does not model (IPv4 fragments, MPLS/PPPoE,
+tunnels under IPv6, other link types, bogus or cut headers, a file cut short or not a
+capture, ``decode_as`` other than ``tcp/udp.port==N``) is read by tshark alone, and the
+summary says why (``summary.fallback``).
+
+``decoder="tshark"``: tshark alone, as before the fast path: one ``tshark -T fields`` run
+dissects every frame and prints ~60 fields (``ingest.pcap.tshark.FIELDS``); ``pyarrow.csv``
+reads that stream in 4 MiB blocks straight into Arrow columns. The live capture collector
+(``ingest.collectors.capture``) always uses this path (``dumpcap | tshark -l``).
+
+Either way nothing creates one Python object per packet:
 
 * flows (``pcap.flow``): core columns of every IP packet are kept as Arrow /
   numpy arrays and aggregated at the end of the capture with a sort and
@@ -26,9 +41,11 @@ object per packet:
 * HTTP messages, TLS handshakes and SSH banners, a handful per connection,
   are built as row dicts from the (few) frames that carry them.
 
+On the fast path a frame a dissector gave up on (``_ws.malformed``) is dead-lettered only
+among the frames tshark dissects (the application packets).
+
 pyshark is not used (not a dependency): it would wrap every packet in Python
-objects (slow, and the tshark ``-T fields`` stream already carries every field
-mapped here). For richer one-off dissection of a small capture, run tshark
+objects. For richer one-off dissection of a small capture, run tshark
 (or pyshark) by hand; protocols on non-standard ports need ``decode_as``
 (tshark ``-d`` syntax, e.g. ``("tcp.port==902,ssh",)``).
 
