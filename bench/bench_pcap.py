@@ -3,8 +3,10 @@
     .venv/bin/python bench/bench_pcap.py [--repeat 3] [--big]
 
 Reads real captures from ../shared/data/pcap with ``ingest.pcap.read_pcap``
-(tshark -T fields -> pyarrow.csv -> vectorised flows / app events) and prints,
-per capture, packets/s three ways:
+(``--decoder auto``, the default: Taishi's numpy header decoder -> flows, Modbus/TCP and TLS
+hellos decoded in Taishi, tshark -T fields only over the other application packets;
+``--decoder tshark``: tshark -T fields over every frame -> pyarrow.csv -> vectorised flows /
+app events) and prints, per capture, packets/s three ways:
 
 * ``wall_pps``   packets / wall-clock seconds (tshark and Python pinned to the
   same single core: the child inherits the affinity);
@@ -64,12 +66,15 @@ def _cpu() -> tuple[float, float]:
     return s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime
 
 
+DECODER = "auto"
+
+
 def run_one(path: Path, tshark_args: tuple[str, ...] = ()) -> dict:
     from ingest.pcap import read_pcap
 
     py0, ch0 = _cpu()
     t0 = time.perf_counter()
-    r = read_pcap(path, tshark_args=tshark_args)
+    r = read_pcap(path, tshark_args=tshark_args, decoder=DECODER)
     events = 0
     for t in r:
         events += t.num_rows
@@ -87,6 +92,8 @@ def run_one(path: Path, tshark_args: tuple[str, ...] = ()) -> dict:
         "wall_pps": s.packets / wall,
         "cpu_pps": s.packets / max(py + ts, 1e-9),
         "python_pps": s.packets / max(py, 1e-9),
+        "decoder": s.decoder,
+        "tshark_packets": s.tshark_packets,
     }
 
 
@@ -175,7 +182,11 @@ def main() -> None:
     ap.add_argument("--live-loops", type=int, default=5, help="tcpreplay loops per capture with --live")
     ap.add_argument("--live-pps", type=int, default=20000, help="tcpreplay packets/s with --live (0: top speed)")
     ap.add_argument("--tshark-modes", action="store_true", help="tshark's own cost per packet, by output mode")
+    ap.add_argument("--decoder", choices=("auto", "tshark"), default="auto",
+                    help="auto: Taishi's header decoder + tshark on the application packets; tshark: tshark alone")
     args = ap.parse_args()
+    global DECODER
+    DECODER = args.decoder
     pin_one_core()
     if args.tshark_modes:
         tshark_modes([(n, SHARED / rel, a) for n, rel, a in CASES])
