@@ -4,8 +4,8 @@ application packets) against the tshark-only path (``decoder="tshark"``).
 Both paths must give the same events (ids, every column), the same dead letters and the same
 counts on every shared capture and on synthetic captures with VLAN tags, Linux cooked
 headers, IPv6 extension headers, TCP port reuse, retransmitted SYNs, non-IP frames and
-Modbus/TCP edge cases; a capture the fast decoder does not model (IPv4 fragments, a file cut
-short, not a capture) is read by tshark alone and says why. The tshark-only path is itself
+Modbus/TCP edge cases and IPv4 fragments; a capture the fast decoder does not model
+(overlapping fragments, a file cut short, not a capture) is read by tshark alone and says why. The tshark-only path is itself
 checked against tshark's conversation tables and field output in test_ingest_pcap.py.
 """
 
@@ -61,7 +61,7 @@ def test_every_shared_capture_same_as_tshark_alone(shared_data: Path) -> None:
     for p in paths:
         _, s = assert_same(p)
         fast += s.decoder == "taishi"
-    assert fast >= len(paths) - 3  # only captures with IPv4 fragments fall back
+    assert fast == len(paths)  # no shared capture needs tshark alone
 
 
 def test_ssh_decode_as_same_as_tshark_alone(shared_data: Path) -> None:
@@ -213,10 +213,17 @@ def test_fragments_truncation_and_garbage_fall_back_to_tshark(tmp_path: Path, sh
     big = dns_query(9, "a" * 60 + ".example.org") + bytes(100)
     udp = udp_dgram(5353, 53, big)
     frames = [eth(ipv4("10.0.0.1", "10.0.0.53", 17, udp[:64], ident=5, frag=0x2000)),
+              eth(ipv4("10.0.0.1", "10.0.0.53", 6, tcp_seg(1, 2, 3, 4, 0x02)[:16], ident=6, frag=0x2000)),  # never completed
               eth(ipv4("10.0.0.1", "10.0.0.53", 17, udp[64:], ident=5, frag=8))]
-    frames = [f[:14] + f[14:16] + struct.pack("!H", len(f) - 14) + f[18:] for f in frames]
-    _, s = assert_same(write(tmp_path / "frag.pcap", frames))
-    assert s.decoder == "tshark" and "fragments" in s.fallback
+    t, s = assert_same(write(tmp_path / "frag.pcap", frames))
+    assert s.decoder == "taishi"  # reassembled here as tshark does: the DNS message on the completing frame
+    dns = t.filter(pa.compute.equal(t["event.dataset"], "pcap.dns"))
+    theirs = subprocess.run(["tshark", "-n", "-r", str(tmp_path / "frag.pcap"), "-Y", "dns", "-T", "fields", "-e",
+                             "frame.number"], capture_output=True, text=True, check=True).stdout.split()
+    assert dns["log.offset"].to_pylist() == [int(x) for x in theirs] == [3]
+    overlap = frames[:1] + [eth(ipv4("10.0.0.1", "10.0.0.53", 17, udp[56:], ident=5, frag=7))]
+    _, s = assert_same(write(tmp_path / "overlap.pcap", overlap))
+    assert s.decoder == "tshark" and "overlapping" in s.fallback
     src = (shared_data / "pcap/scan/evilfingers_nmap/TCP_SYN_SCAN.pcap").read_bytes()
     cut = tmp_path / "cut.pcap"
     cut.write_bytes(src[: len(src) // 2 + 7])

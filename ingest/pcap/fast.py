@@ -258,6 +258,62 @@ def _be32(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return (_be16(buf, pos) << 16) | _be16(buf, pos + 2)
 
 
+def _defrag(buf, isfrag, src4, dst4, ident, frag, proto, tot4, ihl, l3, end) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """IPv4 reassembly as tshark does it for the simple cases: per (source, destination, id,
+    protocol) the fragments in frame order; the frame that makes the datagram complete (last
+    fragment seen, no hole from offset 0) gets the first fragment's index in ``first_of``.
+    Overlaps, duplicates, a fragment after completion or a fragment not fully captured give a
+    reason (the capture is then read by tshark alone)."""
+    n = len(isfrag)
+    first_of = np.full(n, -1, np.int64)
+    group = np.full(n, -1, np.int64)
+    idx = np.flatnonzero(isfrag)
+    if (l3[idx] + tot4[idx] > end[idx]).any():
+        return first_of, group, "IPv4 fragments not fully captured"
+    k = np.stack([src4[idx], dst4[idx], ident[idx], proto[idx]], axis=1)
+    _, gid = np.unique(k, axis=0, return_inverse=True)
+    gid = gid.reshape(-1)
+    group[idx] = gid
+    order = np.lexsort((idx, gid))
+    cur, pieces, total, done, first = -1, [], None, False, -1
+    for j in order.tolist():
+        i = int(idx[j])
+        if gid[j] != cur:
+            cur, pieces, total, done, first = gid[j], [], None, False, -1
+        if done:
+            return first_of, group, "IPv4 fragment after its datagram was complete"
+        off = int(frag[i] & 0x1FFF) * 8
+        ln = int(tot4[i] - ihl[i])
+        if off == 0:
+            first = i
+        if not frag[i] & 0x2000:
+            if total is not None:
+                return first_of, group, "IPv4 datagram with two last fragments"
+            total = off + ln
+        pieces.append((off, ln))
+        pieces.sort()
+        pos = 0
+        for a, b in pieces:
+            if a < pos:
+                return first_of, group, "overlapping IPv4 fragments"
+            if a > pos:
+                break
+            pos = a + b
+        if total is not None and pos == total and first >= 0:
+            first_of[i] = first
+            done = True
+    return first_of, group, None
+
+
+def _frag_total(first_of, group, isfrag, frag, tot4, ihl) -> np.ndarray:
+    """Per completing frame: the reassembled IP payload length (0 elsewhere)."""
+    out = np.zeros(len(isfrag), np.int64)
+    for i in np.flatnonzero(first_of >= 0).tolist():
+        members = np.flatnonzero(group == group[i])
+        out[i] = int(((tot4[members] - ihl[members])).sum())
+    return out
+
+
 def decode(rec: Records) -> Packets:
     """Link, network and transport headers of every packet of ``rec`` (vectorised)."""
     buf, n = rec.buf, rec.n
@@ -325,8 +381,7 @@ def decode(rec: Records) -> Packets:
     if bad4.any():
         problems.append("IPv4 header cut short or bogus")
     frag = _be16(buf, safe(l3 + 6))
-    if (is4 & ((frag & 0x3FFF) != 0)).any():
-        problems.append("IPv4 fragments")
+    isfrag = is4 & ((frag & 0x3FFF) != 0) & ~bad4
     proto = np.where(is4, _u8(buf, safe(l3 + 9)), -1)
     ip_end = np.where(is4, np.minimum(l3 + np.where(tot4 == 0, cap, tot4), end), end)
     l4 = np.where(is4, l3 + ihl, -1)
@@ -366,12 +421,32 @@ def decode(rec: Records) -> Packets:
     tunnel = isip & np.isin(proto, tuple(TUNNEL_PROTOS))
     tcp = isip & (proto == 6)
     udp = isip & (proto == 17)
-    if (tcp & (l4 + 20 > end)).any() or (udp & (l4 + 8 > end)).any():
+    # IPv4 fragments: tshark reassembles them; the frame completing a datagram carries its
+    # transport header (read from the first fragment), the others none (port-less in flows)
+    whole = np.zeros(n, bool)  # frames completing a fragmented datagram
+    fgroup = np.full(n, -1, np.int64)
+    if isfrag.any():
+        first_of, fgroup, why = _defrag(buf, isfrag, src4, dst4, _be16(buf, safe(l3 + 4)), frag, proto, tot4, ihl,
+                                        l3, end)
+        if why:
+            problems.append(why)
+        whole = first_of >= 0
+        src_l4 = np.where(whole, l4[np.maximum(first_of, 0)], l4)
+        l4 = np.where(isfrag & ~whole, -1, src_l4)
+        frag_end = np.where(whole, l4 + np.where(whole, _frag_total(first_of, fgroup, isfrag, frag, tot4, ihl), 0), ip_end)
+        ip_end = np.where(whole, frag_end, ip_end)
+        tcp &= ~(isfrag & ~whole)
+        udp &= ~(isfrag & ~whole)
+    lend = end
+    if isfrag.any():  # the transport header must lie in the first fragment
+        f0 = np.maximum(first_of, 0)
+        lend = np.where(whole, np.minimum(end[f0], l3[f0] + tot4[f0]), end)
+    if (tcp & (l4 + 20 > lend)).any() or (udp & (l4 + 8 > lend)).any():
         problems.append("TCP/UDP header cut short")
     sport = np.where(tcp | udp, _be16(buf, safe(l4)), -1)
     dport = np.where(tcp | udp, _be16(buf, safe(l4 + 2)), -1)
     thl = (_u8(buf, safe(l4 + 12)) >> 4) * 4
-    if (tcp & ((thl < 20) | (l4 + thl > ip_end))).any():
+    if (tcp & ((thl < 20) | (l4 + thl > ip_end) | (l4 + thl > lend))).any():
         problems.append("bogus TCP header length")
     flags = np.where(tcp, ((_u8(buf, safe(l4 + 12)) & 0x0F) << 8) | _u8(buf, safe(l4 + 13)), -1)
     seq = np.where(tcp, _be32(buf, safe(l4 + 4)), 0)
@@ -395,7 +470,8 @@ def decode(rec: Records) -> Packets:
         ip=np.where(is4, 4, np.where(is6, 6, 0)), l3=l3, proto=np.where(isip, proto, -1),
         src4=src4, dst4=dst4, src6=src6, dst6=dst6, eth=eth, mac_off=start,
         sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, l4=l4, payload_len=plen_, payload_off=poff,
-        problem="; ".join(problems) or None, extra={"tunnel": tunnel, "end": end},
+        problem="; ".join(problems) or None,
+        extra={"tunnel": tunnel, "end": end, "frag": isfrag, "whole": whole, "fgroup": fgroup},
     )
 
 
@@ -442,7 +518,7 @@ def tcp_streams(p: Packets) -> np.ndarray:
     """Wireshark's ``tcp.stream`` for every TCP packet (-1 elsewhere), numbered in order of each
     stream's first packet."""
     out = np.full(p.n, -1, np.int64)
-    tcp = p.proto == 6
+    tcp = (p.proto == 6) & (p.sport >= 0)  # not a fragment without its transport header
     if not tcp.any():
         return out
     idx = np.flatnonzero(tcp)
@@ -542,8 +618,8 @@ def core_columns(p: Packets, buf: np.ndarray, stream: np.ndarray) -> dict[str, p
         src = pc.if_else(pa.array(is6), sv.take(pos), src)
         dst = pc.if_else(pa.array(is6), dv.take(pos), dst)
         del s6
-    tcpudp = (p.proto == 6) | (p.proto == 17)
-    tcp = p.proto == 6
+    tcpudp = ((p.proto == 6) | (p.proto == 17)) & (p.sport >= 0)
+    tcp = (p.proto == 6) & (p.sport >= 0)  # not a fragment without its transport header
     lim = len(buf) - 8
     if p.eth.any():
         mpos = np.minimum(p.mac_off, lim)
@@ -579,7 +655,7 @@ def _payload_byte(buf: np.ndarray, p: Packets, i: int) -> np.ndarray:
 
 def app_packets(p: Packets, buf: np.ndarray, stream: np.ndarray, decode_as_ports: frozenset[int] = frozenset()) -> np.ndarray:
     """Mask of the packets tshark must dissect for the application events (see the module doc)."""
-    tcp, udp = p.proto == 6, p.proto == 17
+    tcp, udp = (p.proto == 6) & (p.sport >= 0), (p.proto == 17) & (p.sport >= 0)
     has = p.payload_len > 0
     b = [_payload_byte(buf, p, i) for i in range(4)]
     upper = (b[0] >= 0x41) & (b[0] <= 0x5A) & (b[1] >= 0x41) & (b[1] <= 0x5A)  # HTTP method / "HTTP/"
@@ -609,7 +685,11 @@ def app_packets(p: Packets, buf: np.ndarray, stream: np.ndarray, decode_as_ports
         sel |= udp & np.isin(ufull, np.unique(ufull[usel]))
     sel |= p.extra.get("tunnel", np.zeros(p.n, bool)) & ~udp  # IP-in-IP, GRE, SCTP ...: all of them
     # ICMP errors: tshark dissects the quoted datagram (a quoted DNS message gives DNS fields)
-    icmp = p.proto == 1
+    part = p.extra["frag"] & ~p.extra["whole"]  # fragments not completing a datagram: no headers
+    whole_groups = np.unique(p.extra["fgroup"][p.extra["whole"]])
+    if len(whole_groups):  # every fragment of a reassembled datagram: tshark reassembles it again
+        sel |= p.extra["frag"] & np.isin(p.extra["fgroup"], whole_groups)
+    icmp = (p.proto == 1) & ~part
     icmp6 = p.proto == 58
     if (icmp | icmp6).any():
         t = buf[np.minimum(np.maximum(p.l4, 0), len(buf) - 8)].astype(np.int64)
@@ -672,7 +752,7 @@ def modbus_native(p: Packets, buf: np.ndarray, stream: np.ndarray, sep: str) -> 
     bit, occurrences joined with ``sep``)."""
     n = p.n
     empty = ModbusFrames(np.zeros(n, bool), np.zeros(0, np.int64), [], [], [], [])
-    tcp = p.proto == 6
+    tcp = (p.proto == 6) & (p.sport >= 0)  # not a fragment without its transport header
     s502, d502 = tcp & (p.sport == MODBUS_PORT), tcp & (p.dport == MODBUS_PORT)
     cand = s502 ^ d502
     if not cand.any():
@@ -682,6 +762,7 @@ def modbus_native(p: Packets, buf: np.ndarray, stream: np.ndarray, sep: str) -> 
         bad_streams = set(np.unique(stream[tcp & np.isin(stream, streams) & ~cand]).tolist())
     else:
         bad_streams = set()
+    bad_streams |= set(np.unique(stream[tcp & p.extra["whole"]]).tolist())  # reassembled IP: tshark
     seg = cand & (p.payload_len > 0)
     short = seg & (p.payload_off + p.payload_len > p.extra["end"])  # payload not all captured (snap length)
     if short.any():
@@ -937,13 +1018,13 @@ def tls_native(p: Packets, buf: np.ndarray, stream: np.ndarray, sep: str, skip_p
     direction's payload is in order from its first byte (exact retransmissions skipped) and its
     records parse cleanly up to the hello; any other stream is left to tshark whole."""
     n = p.n
-    tcp = p.proto == 6
+    tcp = (p.proto == 6) & (p.sport >= 0)  # not a fragment without its transport header
     ports = np.asarray(sorted(TLS_PORTS - skip_ports), np.int64)
     others = np.asarray(sorted((TCP_APP_PORTS - TLS_PORTS) | skip_ports), np.int64)
     cand = tcp & (np.isin(p.sport, ports) | np.isin(p.dport, ports)) & ~(np.isin(p.sport, others) | np.isin(p.dport, others))
     if not cand.any():
         return TlsHellos(np.zeros(n, bool), [])
-    streams = np.unique(stream[cand])
+    streams = np.setdiff1d(np.unique(stream[cand]), stream[tcp & p.extra["whole"]])  # reassembled IP: tshark
     seg = tcp & np.isin(stream, streams) & (p.payload_len > 0)
     if (seg & (p.payload_off + p.payload_len > p.extra["end"])).any():
         cut = np.unique(stream[seg & (p.payload_off + p.payload_len > p.extra["end"])])
