@@ -911,6 +911,28 @@ class Store:
                  "first": _utc(first), "count": int(n), "bytes": int(b or 0), "event.id": eid}
                 for s, d, p, proto, first, n, b, eid in rows]
 
+    def dataset_activity(self, since: datetime, until: datetime, lookback: datetime | None = None,
+                         limit: int = 50) -> list[tuple[str | None, int, datetime | None, datetime | None]]:
+        """Per ``event.dataset`` (None: events without one): the events with ``since <= @timestamp <
+        until``, and the newest ``@timestamp`` and ``event.ingested`` of the events from ``lookback``
+        (default ``since``) to ``until``; most events first, ties by dataset. The console's
+        collector health (a source silent in the window still shows, with 0)."""
+        t = TABLES["events"]
+        where, params = self._where(t, "", min(lookback or since, since), until)
+        sql = (f'SELECT "event.dataset", count(*) FILTER (WHERE "@timestamp" >= ?), max("@timestamp"), '
+               f'max("event.ingested") FROM {self._rel(t)} WHERE {where} GROUP BY 1 '
+               f'ORDER BY 2 DESC, 1 ASC NULLS LAST LIMIT ?')
+        with self._connect() as con:
+            rows = con.execute(sql, [since, *params, max(0, int(limit))]).fetchall()
+        return [(ds, int(n), _utc(last) if last else None, _utc(ing) if ing else None) for ds, n, last, ing in rows]
+
+    def deadletter_summary(self, limit: int = 20) -> list[tuple[str | None, str | None, int]]:
+        """Dead letters per (``taishi.source``, ``stage``), most first, ties by source and stage."""
+        sql = (f'SELECT "taishi.source", "stage", count(*) FROM {self._rel(TABLES["deadletters"])} '
+               f'GROUP BY 1, 2 ORDER BY 3 DESC, 1 ASC NULLS LAST, 2 ASC NULLS LAST LIMIT ?')
+        with self._connect() as con:
+            return [(s, g, int(n)) for s, g, n in con.execute(sql, [max(0, int(limit))]).fetchall()]
+
     def host_addresses(self, hosts: Sequence[str], since: datetime, until: datetime) -> dict[str, str]:
         """Resolve host names to addresses from the events: a host log line naming a client
         ``source.ip``/``source.port`` (sshd's "from A port P") pairs with the connection of that

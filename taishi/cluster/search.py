@@ -704,8 +704,10 @@ class SearchStore:
             raise QueryError(f"{col} is a text field: it cannot be aggregated on the search node")
         dsl = self.query_dsl(table, query, since, until)
         self._ensure()
+        # addresses: the stored strings (the .text sub-field), so ties sort by value as embedded
+        agg_field = f"{col}.text" if _is_ip(col) and pa.types.is_string(elem) else RENAMED.get(col, col)
         body = {"query": dsl, "size": 0, "aggs": {"top": {"terms": {
-            "field": RENAMED.get(col, col), "size": max(1, int(size)),
+            "field": agg_field, "size": max(1, int(size)),
             "order": [{"_count": "desc"}, {"_key": "asc"}]}}}}
         r = self._req("POST", f"/{self.index_name(table)}/_search", body)
         out = []
@@ -1100,6 +1102,54 @@ class SearchStore:
         return [{"source.ip": s, "destination.ip": d, "destination.port": p, "network.protocol": proto,
                  "first": first, "count": g["count"], "bytes": g["bytes"], "event.id": g["eid"]}
                 for first, s, d, p, proto, g in rows[:int(limit)]]
+
+    def _last_time(self, index: str, dsl: dict, field: str, top: list[dict]) -> datetime | None:
+        """The newest ``field`` (to the microsecond, as stored) of the documents ``dsl`` finds, from a
+        descending top_hits; the node sorts dates by the millisecond, so ties in the last one are read."""
+        from taishi.schema import parse_time
+
+        vals = [parse_time(h["_source"][field]) for h in top if h["_source"].get(field)]
+        if not vals:
+            return None
+        last = max(vals)
+        ms = last.replace(microsecond=last.microsecond // 1000 * 1000)
+        if len(vals) > 1 and all(v >= ms for v in vals):
+            rng = {"range": {field: {"gte": _iso(ms), "lt": _iso(ms + timedelta(milliseconds=1))}}}
+            hits = self._req("POST", f"/{index}/_search", {
+                "query": {"bool": {"filter": [dsl, rng]}}, "size": 10_000, "_source": [field]})["hits"]["hits"]
+            last = max([last] + [parse_time(h["_source"][field]) for h in hits if h["_source"].get(field)])
+        return last
+
+    def dataset_activity(self, since: datetime, until: datetime, lookback: datetime | None = None,
+                         limit: int = 50) -> list[tuple[str | None, int, datetime | None, datetime | None]]:
+        """:meth:`taishi.store.Store.dataset_activity` as a composite aggregation per ``event.dataset``
+        (events in the window counted by a filter, the newest times read as stored)."""
+        self._ensure()
+        index = self.index_name("events")
+        dsl = self.query_dsl("events", "", min(lookback or since, since), until)
+        aggs = {"n": {"filter": {"range": {TIME: {"gte": _iso(since)}}}}}
+        for name, field in (("last", TIME), ("ing", INGESTED)):
+            aggs[name] = {"top_hits": {"size": 3, "sort": [{field: {"order": "desc", "missing": "_last"}}],
+                                       "_source": [field]}}
+        rows = []
+        for b in self._composite(index, dsl, [("ds", "event.dataset")], aggs):
+            ds = b["key"]["ds"]
+            flt = {"bool": {"filter": [dsl, {"term": {"event.dataset": ds}}]}} if ds is not None else \
+                {"bool": {"filter": [dsl], "must_not": [{"exists": {"field": "event.dataset"}}]}}
+            rows.append((ds, int(b["n"]["doc_count"]),
+                         self._last_time(index, flt, TIME, b["last"]["hits"]["hits"]),
+                         self._last_time(index, flt, INGESTED, b["ing"]["hits"]["hits"])))
+        rows.sort(key=lambda r: (-r[1], r[0] is None, r[0] or ""))
+        return rows[:max(0, int(limit))]
+
+    def deadletter_summary(self, limit: int = 20) -> list[tuple[str | None, str | None, int]]:
+        """:meth:`taishi.store.Store.deadletter_summary`: dead letters per (source, stage), most first."""
+        self._ensure()
+        rows = [(b["key"]["s"], b["key"]["g"], int(b["doc_count"])) for b in self._composite(
+            self.index_name("deadletters"), {"match_all": {}},
+            [("s", RENAMED.get("taishi.source", "taishi.source")), ("g", "stage")])]
+        rows.sort(key=lambda r: (-r[2], r[0] is None, r[0] or "", r[1] is None, r[1] or ""))
+        return rows[:max(0, int(limit))]
 
     def host_addresses(self, hosts: Sequence[str], since: datetime, until: datetime) -> dict[str, str]:
         """Host names to addresses from the events, as :meth:`taishi.store.Store.host_addresses`:
