@@ -526,8 +526,12 @@ def _serve(cfg: config_mod.Config, host: str, port: int) -> None:
     from taishi.api.auth import UserDB
 
     token = UserDB(cfg.data_dir / "users.json").ensure_admin()
-    app = create_app(cfg.data_dir, cfg.rules)
+    app = create_app(cfg.data_dir, cfg.rules, cfg=cfg)  # mode: cluster serves the search node's store
     console.print(f"[bold green]Taishi console[/] at http://{host}:{port}/   (API docs: http://{host}:{port}/docs)")
+    if cfg.mode == "cluster":
+        search = (cfg.cluster or {}).get("search") or {}
+        console.print(f"mode [bold]cluster[/]: data from the search node {search.get('url', 'http://127.0.0.1:9200')} "
+                      f"(indices {search.get('index_prefix', 'taishi')}-*); users, triage and audit in {cfg.data_dir}")
     if token:
         console.print(f"admin token (shown once, keep it): [bold]{token}[/]")
     else:
@@ -540,7 +544,7 @@ def _serve(cfg: config_mod.Config, host: str, port: int) -> None:
 @click.option("--port", default=None, type=int, help="Port (default 8765).")
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """Serve the HTTP API and the console."""
+    """Serve the HTTP API and the console (with mode: cluster, over the search node)."""
     cfg = _cfg(ctx)
     _serve(cfg, host or cfg.api_host, port or cfg.api_port)
 

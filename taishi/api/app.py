@@ -1,6 +1,6 @@
 """Taishi's HTTP API and console.
 
-``create_app(data_dir, rules_dirs)`` builds the FastAPI application:
+``create_app(data_dir, rules_dirs, cfg=None)`` builds the FastAPI application:
 
 * ``/api/v1/...``  the JSON API (OpenAPI spec at ``/openapi.json``, UI at ``/docs``)
 * ``/``            the console: static files from ``taishi/api/console``
@@ -49,6 +49,15 @@ ALERT_SCHEMA column.
 Triage state lives beside the store in ``data_dir/triage.jsonl``: an
 append-only JSON-lines history (who, when, status, note, assignee); an
 alert's current state is the fold of its history.
+
+Modes: with a ``cfg`` whose ``mode`` is ``cluster`` the store is the search
+node's (:class:`taishi.cluster.search.SearchStore`, same methods, opened on
+first use and closed on shutdown); users, tokens, the audit log, triage and
+the CII inventory stay in ``data_dir`` in both modes. Routes that need the
+embedded store's SQL (``/views/flows``, ``/views/assets``,
+``/compliance/discovery``, ``/compliance/report``) answer 501 in cluster mode
+(:func:`embedded_only`); ``GET /health`` names the mode and, in cluster mode,
+whether the search node answers.
 """
 
 from __future__ import annotations
@@ -357,6 +366,8 @@ def load_ruleset(dirs: list[Path]) -> Any:
 class Health(BaseModel):
     status: str
     version: str
+    mode: str = "embedded"
+    search: str | None = Field(None, description="cluster mode: 'ok' when the search node answers, else 'unreachable'")
 
 
 class Me(BaseModel):
@@ -503,6 +514,18 @@ class RouteContext:
     inventory: Callable[[], Any]  # compliance.inventory.Inventory for data_dir
     search: Callable[..., tuple[list[dict[str, Any]], int]]  # (table, q, since, until, limit, order)
     window: Callable[[str | None, str | None], tuple[datetime | None, datetime | None]]
+    mode: str = "embedded"  # "cluster": store() is the search node's SearchStore
+    config: Any = None  # the taishi.config.Config the app was made with, if any
+
+
+CLUSTER_UNAVAILABLE = ("not available in cluster mode: {what} needs the embedded store's SQL; "
+                       "use mode: embedded (or --mode embedded) on a data directory for it")
+
+
+def embedded_only(mode: str, what: str) -> None:
+    """Refuse a route that has no search-node implementation: 501 with a message the console shows."""
+    if mode == "cluster":
+        raise HTTPException(501, CLUSTER_UNAVAILABLE.format(what=what))
 
 
 def _register_route_modules(app: FastAPI, ctx: RouteContext) -> None:
@@ -515,9 +538,25 @@ def _register_route_modules(app: FastAPI, ctx: RouteContext) -> None:
         importlib.import_module(f"{pkg.__name__}.{m.name}").register(app, ctx)
 
 
-def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
+def _store_factory(cfg: Any, data_dir: Path) -> tuple[str, Callable[[], Any]]:
+    """(mode, a function opening the store): the search node's in cluster mode, else the embedded one."""
+    mode = getattr(cfg, "mode", None) or "embedded"
+    if mode == "cluster":
+        def open_search() -> Any:
+            from taishi.cluster.search import SearchStore
+
+            return SearchStore.from_config(cfg)
+
+        return mode, open_search
+    return mode, lambda: Store(data_dir)
+
+
+def create_app(data_dir: Path, rules_dirs: list[Path] | None = None, cfg: Any = None) -> FastAPI:
+    """The API and console over ``data_dir``; ``cfg`` (a :class:`taishi.config.Config`) picks the mode:
+    ``cluster`` serves the search node named by ``cfg.cluster.search`` (module doc)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    mode, open_store = _store_factory(cfg, data_dir)
     if rules_dirs is None:
         from taishi.config import DEFAULT_RULES
 
@@ -547,6 +586,8 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
     st.audit = AuditLog(data_dir / "audit.log")
     st.triage = TriageLog(data_dir / "triage.jsonl")
     st.store = None
+    st.mode = mode
+    st.config = cfg
     st.ruleset = None
     st.ruleset_error = None
     st.lock = threading.RLock()
@@ -561,11 +602,25 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
     async def _query_error(request: Request, exc: QueryError) -> JSONResponse:
         return JSONResponse({"detail": f"bad query: {exc}"}, status_code=400)
 
+    if mode == "cluster":
+        from taishi.cluster.search import SearchStoreError
+
+        @app.exception_handler(SearchStoreError)
+        async def _search_error(request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": f"search node not available: {exc}"}, status_code=503,
+                                headers={"Retry-After": "5"})
+
     def store() -> Any:
         if st.store is None:
             with st.lock:
                 if st.store is None:
-                    st.store = Store(data_dir)
+                    try:
+                        st.store = open_store()
+                    except Exception as e:  # noqa: BLE001 - the search node is away: say so, retry next time
+                        if mode != "cluster":
+                            raise
+                        raise HTTPException(503, f"search node not available: {e}",
+                                            headers={"Retry-After": "5"}) from None
         return st.store
 
     def ruleset() -> Any:
@@ -601,14 +656,20 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
 
     # ---- health ---------------------------------------------------------
     @app.get(f"{API}/health", response_model=Health, tags=["health"], openapi_extra={"x-permission": "public"})
-    def health() -> dict[str, str]:
-        """Liveness; no authentication."""
-        return {"status": "ok", "version": __version__}
+    def health() -> dict[str, Any]:
+        """Liveness, the mode and (cluster mode) whether the search node answers; no authentication."""
+        if mode != "cluster":
+            return {"status": "ok", "version": __version__, "mode": mode}
+        try:
+            store().stats()
+            return {"status": "ok", "version": __version__, "mode": mode, "search": "ok"}
+        except Exception:  # noqa: BLE001 - reported, not raised; no details to anonymous callers
+            return {"status": "degraded", "version": __version__, "mode": mode, "search": "unreachable"}
 
     @app.get(f"{API}/health/detail", tags=["health"], **perm("health"))
     def health_detail() -> dict[str, Any]:
         """Store statistics and rule-set state."""
-        out: dict[str, Any] = {"status": "ok", "version": __version__}
+        out: dict[str, Any] = {"status": "ok", "version": __version__, "mode": mode}
         try:
             out["store"] = jsonable(store().stats())
         except Exception as e:  # noqa: BLE001 - a health page reports, it does not fail
@@ -830,6 +891,7 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
         """Hosts not in the inventory, undeclared services and silent assets, from stored events."""
         from compliance import discovery
 
+        embedded_only(mode, "discovery")
         inv = inventory()
         return jsonable({"unknown_hosts": discovery.as_rows(discovery.unknown_hosts(store(), inv, days=days)),
                          "undeclared_services": discovery.as_rows(discovery.undeclared_services(store(), inv, days=days)),
@@ -842,6 +904,7 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
         from compliance.report import build, to_csv, to_html
         from taishi.config import Config
 
+        embedded_only(mode, "the compliance report")
         cfg = Config(data_dir=data_dir)  # defaults, unless a taishi.yaml is found as the CLI finds it
         with contextlib.suppress(Exception):
             from taishi import config as config_mod
@@ -860,7 +923,7 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None) -> FastAPI:
 
     # ---- route groups in taishi.api.routes ---------------------------------
     ctx = RouteContext(data_dir=data_dir, store=store, ruleset=ruleset, inventory=inventory,
-                       search=search, window=window)
+                       search=search, window=window, mode=mode, config=cfg)
     _register_route_modules(app, ctx)
 
     # ---- console ------------------------------------------------------------

@@ -11,6 +11,10 @@ Routes (JSON; permission ``views:read``, which every role holds)::
     GET /api/v1/views/assets?since            each inventoried asset: status, last seen, alerts, risk
     GET /api/v1/views/geo?since&table&side    map points (taishi.geo) for alert or event addresses
 
+In cluster mode (the search node's store) overview, posture and geo answer
+from its public methods; flows and assets need the embedded store's SQL and
+answer 501 "not available in cluster mode".
+
 ``q`` is a Lucene filter compiled by the store (bound parameters; never
 spliced). Aggregations run in the store's DuckDB with fixed column names
 and the store's own WHERE compiler; alerts for the posture index are read
@@ -30,7 +34,7 @@ from fastapi import FastAPI, HTTPException, Query
 
 from taishi import geo as geo_mod
 from taishi import posture as posture_mod
-from taishi.api.app import API, iso, jsonable, parse_when, perm
+from taishi.api.app import API, embedded_only, iso, jsonable, parse_when, perm
 from taishi.schema import LEVELS
 
 MAX_ALERTS = 20_000
@@ -152,11 +156,11 @@ def _topic_stats(topic_dir: Path) -> dict[str, Any]:
     return {"end": end, "last_write": iso(datetime.fromtimestamp(last, timezone.utc)) if last else None}
 
 
-def _collectors(data_dir: Path, store: Any, since: datetime, now: datetime) -> dict[str, Any]:
+def _collectors(data_dir: Path, store: Any, since: datetime, now: datetime, mode: str = "embedded") -> dict[str, Any]:
     bus = data_dir / "bus"
     topics = []
     tdir = bus / "topics"
-    if tdir.is_dir():
+    if mode != "cluster" and tdir.is_dir():  # cluster mode: the bus is Kafka, not this directory
         for d in sorted(p for p in tdir.iterdir() if p.is_dir()):
             st = _topic_stats(d)
             lags = {}
@@ -177,18 +181,12 @@ def _collectors(data_dir: Path, store: Any, since: datetime, now: datetime) -> d
                            "lag": lags, "status": status})
     # per data source: events in the window, and the last event of the week (a source silent in the
     # window still shows, with 0); bounded to a week so the poll does not scan the whole store
-    t = store._table("events")
-    where, params = store._where(t, "", min(since, now - timedelta(days=7)), now)
-    sql = (f'SELECT "event.dataset", count(*) FILTER (WHERE "@timestamp" >= ?), max("@timestamp"), '
-           f'max("event.ingested") FROM {store._rel(t)} WHERE {where} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 50')
-    with store._connect() as con:
-        rows = con.execute(sql, [since, *params]).fetchall()
+    rows = store.dataset_activity(since, now, lookback=now - timedelta(days=7), limit=50)
     sources = [{"dataset": ds, "events": int(n), "last_event": jsonable(last), "last_ingested": jsonable(ing)}
                for ds, n, last, ing in rows]
-    dead = [{"source": s, "stage": stage, "count": int(n)}
-            for s, stage, n in _sql(store, "deadletters", '"taishi.source", "stage", count(*)', "", None, None,
-                                    "GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 20")]
-    return {"topics": topics, "sources": sources, "deadletters": dead}
+    dead = [{"source": s, "stage": stage, "count": int(n)} for s, stage, n in store.deadletter_summary(20)]
+    return {"bus": "kafka" if mode == "cluster" else "embedded", "topics": topics, "sources": sources,
+            "deadletters": dead}
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,7 +296,7 @@ def register(app: FastAPI, ctx: Any) -> None:
             "map": {**geo_mod.aggregate_points(top_src + [(ip, n) for ip, n in sorted(src.items(), key=lambda kv: (-kv[1], kv[0]))[TOP:200]], g),
                     "home": {"lat": _HOME.lat, "lon": _HOME.lon, "name": _HOME.name},
                     "source": g.source, "available": g.available},
-            "collectors": _collectors(ctx.data_dir, store, s, now),
+            "collectors": _collectors(ctx.data_dir, store, s, now, getattr(ctx, "mode", "embedded")),
         })
 
     @app.get(f"{API}/views/posture", tags=["views"], **perm("views:read"))
@@ -319,7 +317,9 @@ def register(app: FastAPI, ctx: Any) -> None:
 
     @app.get(f"{API}/views/flows", tags=["views"], **perm("views:read"))
     def flows(since: str = SINCE, q: str = Q) -> dict[str, Any]:
-        """Connections (``event.type:connection``: Zeek conn, Suricata flow, NetFlow, pcap flows)."""
+        """Connections (``event.type:connection``: Zeek conn, Suricata flow, NetFlow, pcap flows).
+        Embedded mode only (501 in cluster mode)."""
+        embedded_only(getattr(ctx, "mode", "embedded"), "the flows view")
         s, now = window(since)
         store, inv = ctx.store(), ctx.inventory()
         step = _interval((now - s).total_seconds(), 60)
@@ -377,7 +377,8 @@ def register(app: FastAPI, ctx: Any) -> None:
     @app.get(f"{API}/views/assets", tags=["views"], **perm("views:read"))
     def assets(since: str = SINCE, silent_days: float = Query(1.0, gt=0, le=3650)) -> dict[str, Any]:
         """Each inventoried asset with its system, status (at risk / silent / ok), last seen, alerts and
-        posture index over the window."""
+        posture index over the window. Embedded mode only (501 in cluster mode)."""
+        embedded_only(getattr(ctx, "mode", "embedded"), "the assets view")
         s, now = window(since)
         store, inv = ctx.store(), ctx.inventory()
         step = _interval((now - s).total_seconds(), 24)
