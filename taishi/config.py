@@ -21,9 +21,11 @@ With no file and no flags, everything works: data goes to ``./taishi-data``
                               # CAP_NET_RAW; optional decode_as: ["tcp.port==902,ssh"], max_flows)
       metrics: "127.0.0.1:9108"
     cluster:                  # mode: cluster (see taishi/cluster/ and docs/architecture.md)
-      kafka: {bootstrap: "127.0.0.1:9092", partitions: 3, replication: 1, retention_hours: 168}
+      kafka: {bootstrap: "127.0.0.1:9092", partitions: 3, replication: 1, retention_hours: 168,
+              delivery_timeout_s: 300}  # how long producers wait out a broker outage
       search: {url: "http://127.0.0.1:9200", flavor: auto, index_prefix: taishi}
-      spark: {master: "local[2]"}
+      spark: {master: "local[2]", max_restarts: 10}  # failed streaming queries restarted (in a row)
+                              # kafka_source: {option: value}: Spark's Kafka source options
       grafana: {url: "http://127.0.0.1:3000", user: admin, password: admin}
 """
 

@@ -18,7 +18,12 @@ events and alerts by the entity they are about (``source.ip``, else
 ``host.name``, else the source or rule), incidents by id.
 
 The producer is idempotent (``enable_idempotence``, ``acks=all``, retries,
-one request in flight), so a retried send is not written twice.
+one request in flight), so a retried send is not written twice. It rides out
+a broker outage: records wait in its buffer, and ``produce`` blocks, for up to
+``cluster.kafka.delivery_timeout_s`` (default 300 s) while it reconnects every
+second at most; creating a topic retries for as long once the bus has reached
+the broker (one never reached is an error at once: a wrong address, not an
+outage). ``tests/integration/test_broker_restart.py`` crashes the broker under it.
 
 :class:`KafkaBus` has the producing half of :class:`taishi.bus.Bus`'s
 interface (``produce``, ``last_meta``), so the file collector
@@ -52,7 +57,8 @@ from taishi.schema import ALERT_SCHEMA, DEADLETTER_SCHEMA, EVENT_SCHEMA, rows_ta
 TOPIC_CONTROL = "control"
 FIXED_TOPICS = (TOPIC_EVENTS, TOPIC_ALERTS, TOPIC_INCIDENTS, TOPIC_DEADLETTER, TOPIC_CONTROL)
 
-DEFAULT_KAFKA = {"bootstrap": "127.0.0.1:9092", "partitions": 3, "replication": 1, "retention_hours": 168}
+DEFAULT_KAFKA = {"bootstrap": "127.0.0.1:9092", "partitions": 3, "replication": 1, "retention_hours": 168,
+                 "delivery_timeout_s": 300}
 
 
 def kafka_settings(cfg: Config) -> dict[str, Any]:
@@ -66,6 +72,11 @@ def kafka_settings(cfg: Config) -> dict[str, Any]:
 
 def topic_prefix(cfg: Config) -> str:
     return str(kafka_settings(cfg).get("topic_prefix") or "")
+
+
+def delivery_timeout_ms(settings: dict[str, Any]) -> int:
+    """How long a record may wait for the broker (an outage longer than this fails the send)."""
+    return int(float(settings.get("delivery_timeout_s", DEFAULT_KAFKA["delivery_timeout_s"])) * 1000)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -165,6 +176,11 @@ class KafkaBus:
             enable_idempotence=True,
             retries=2**31 - 1,
             max_in_flight_requests_per_connection=1,
+            # a broker outage: records wait (and send() blocks on a full buffer or unknown metadata) this long,
+            # and the producer tries to reconnect every second at most (kafka-python backs off up to 30 s)
+            delivery_timeout_ms=delivery_timeout_ms(self.settings),
+            max_block_ms=delivery_timeout_ms(self.settings),
+            reconnect_backoff_max_ms=1000,
             linger_ms=int(self.settings.get("linger_ms", 20)),
             batch_size=int(self.settings.get("batch_bytes", 256 * 1024)),
             compression_type=self.settings.get("compression"),
@@ -181,8 +197,8 @@ class KafkaBus:
     def ensure_topics(self, topics: Iterable[str]) -> None:
         """Create missing topics with the configured partitions, replication and retention."""
         topics = [t for t in topics if t not in self._known]
-        if topics:
-            ensure_topics(self.cfg, topics)
+        if topics:  # a broker this bus reached before is waited for; one never reached is an error at once
+            ensure_topics(self.cfg, topics, wait=bool(self._known))
             self._known.update(topics)
 
     # -- producing --------------------------------------------------------------
@@ -223,7 +239,8 @@ class KafkaBus:
     def send_control(self, what: str, **fields: Any) -> None:
         """A control record (``{"control": what, ...}``) for the cluster jobs, acknowledged."""
         self.ensure_topics([TOPIC_CONTROL])
-        self.producer.send(self.prefix + TOPIC_CONTROL, key=b"control", value=_dumps({"control": what, **fields})).get(timeout=60)
+        self.producer.send(self.prefix + TOPIC_CONTROL, key=b"control", value=_dumps({"control": what, **fields})).get(
+            timeout=delivery_timeout_ms(self.settings) / 1000 + 30)
 
     def flush(self) -> None:
         self.producer.flush()
@@ -233,13 +250,32 @@ class KafkaBus:
         self.producer.close()
 
 
-def ensure_topics(cfg: Config, topics: Iterable[str]) -> list[str]:
-    """Create the topics that do not exist yet (names without the prefix); returns the ones created."""
+def ensure_topics(cfg: Config, topics: Iterable[str], *, wait: bool = False) -> list[str]:
+    """Create the topics that do not exist yet (names without the prefix); returns the ones created.
+
+    ``wait``: while the broker is unreachable, retry (every few seconds) for up to
+    the delivery timeout, as the producer waits for it."""
+    import time
+
+    from kafka.errors import RetriableError
+
+    s = kafka_settings(cfg)
+    deadline = time.monotonic() + (delivery_timeout_ms(s) / 1000 if wait else 0)
+    topics = list(topics)
+    while True:
+        try:
+            return _create_topics(s, topics)
+        except RetriableError:  # no broker answers (yet): a restart, an outage
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(2.0)
+
+
+def _create_topics(s: dict[str, Any], topics: list[str]) -> list[str]:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    s = kafka_settings(cfg)
     admin = KafkaAdminClient(bootstrap_servers=str(s["bootstrap"]).split(","), client_id="taishi-admin")
     prefix = str(s.get("topic_prefix") or "")
     try:

@@ -13,7 +13,11 @@ topic. The summary is the embedded one (``RunStats``).
 ``taishi run`` with ``mode: cluster`` (:func:`run_stream`): the syslog and
 NetFlow collectors produce to Kafka, and the detect and incidents jobs run
 continuously (processing-time trigger, event-time watermark with the
-configured allowed lateness) until stopped.
+configured allowed lateness) until stopped. Each runs under a
+:class:`SupervisedQuery`: a query that fails (a Kafka broker that crashed or
+restarts, a search node that is away) is started again from its checkpoint,
+with a backoff, which re-runs its unfinished micro-batch with the same offsets
+and state -- nothing lost, nothing written twice (documents are written by id).
 
 Nothing here is imported by embedded mode.
 """
@@ -68,6 +72,82 @@ class FileCollector:
         self.stats = stats
 
 
+def failure_summary(exc: BaseException) -> str:
+    """One line on why a query failed: the root cause of a JVM error (its last ``Caused by:``),
+    not the Python proxy's wrapping (a ``foreachBatch`` error goes JVM -> Python -> JVM)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    causes = [ln[len("Caused by: "):] for ln in lines if ln.startswith("Caused by: ") and "Python Proxy" not in ln]
+    return (causes[-1] if causes else lines[0] if lines else type(exc).__name__)[:500]
+
+
+class SupervisedQuery:
+    """A streaming query that is started again from its checkpoint when it fails.
+
+    A Kafka broker outage can fail a Spark query (the source cannot list offsets,
+    an executor cannot fetch, the sink cannot produce). For a deployment that must
+    outlive such an outage without a person, a watcher thread restarts the failed
+    query with ``start`` (which must use the same checkpoint), after a backoff of
+    1 s doubling up to ``backoff_max_s``; a restarted query re-runs the micro-batch
+    that did not commit, with the same offsets and keyed state, so the restart loses
+    and duplicates nothing. After ``max_restarts`` failures in a row (no micro-batch
+    completed in between) it gives up and keeps the error in :attr:`error`, which
+    the runner raises: an error that does not go away is not an outage.
+    """
+
+    def __init__(self, start: Callable[[], Any], *, max_restarts: int = 10, backoff_max_s: float = 30.0,
+                 report: Callable[[str], None] | None = None, poll_s: float = 0.5) -> None:
+        self._start = start
+        self.query = start()
+        self.name = self.query.name
+        self.max_restarts, self.backoff_max_s, self.poll_s = max_restarts, backoff_max_s, poll_s
+        self.report = report or (lambda _msg: None)
+        self.restarts = 0
+        self.failures: list[str] = []  # every failure's message, in order
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"supervise-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        in_a_row = 0
+        while not self._stop.wait(self.poll_s):
+            q = self.query
+            if q.isActive:
+                if in_a_row and q.lastProgress is not None:  # the restarted query completed a micro-batch
+                    in_a_row = 0
+                continue
+            exc = q.exception()
+            if exc is None:  # stopped, or an available-now query that finished
+                return
+            in_a_row += 1
+            self.failures.append(failure_summary(exc))
+            if in_a_row > self.max_restarts:
+                self.error = RuntimeError(f"Spark query {self.name} failed {in_a_row} times in a row; last: {exc}")
+                return
+            wait = min(self.backoff_max_s, 2.0 ** (in_a_row - 1))
+            self.report(f"Spark query {self.name} failed ({self.failures[-1][:200]}); "
+                        f"restarting it from its checkpoint in {wait:.0f} s")
+            if self._stop.wait(wait):
+                return
+            try:
+                self.query = self._start()
+            except Exception as start_exc:  # noqa: BLE001 - the runner raises it
+                self.error = RuntimeError(f"Spark query {self.name} could not be restarted: {start_exc}")
+                return
+            self.restarts += 1
+
+    def stop(self, *, drain: bool = False) -> None:
+        """Stop watching, then stop the query (``drain``: process what is available first)."""
+        self._stop.set()
+        self._thread.join()  # a restart under way finishes first; the query stopped below is the newest
+        if drain and self.query.isActive:
+            try:
+                self.query.processAllAvailable()
+            except Exception:  # noqa: BLE001 - stopping anyway
+                pass
+        self.query.stop()
+
+
 class ClusterRun:
     """One Spark session, the Kafka producer and the search store for a cluster-mode run."""
 
@@ -102,6 +182,12 @@ class ClusterRun:
         if available_now:
             jobs.run_until_idle(q, timeout_s)
         return q
+
+    def supervise(self, start: Callable[[], Any], report: Callable[[str], None] | None = None) -> SupervisedQuery:
+        """``start()`` (a streaming query) under a :class:`SupervisedQuery`; ``cluster.spark.max_restarts``
+        failures in a row (default 10) end it."""
+        return SupervisedQuery(start, max_restarts=int(jobs.spark_settings(self.cfg).get("max_restarts", 10)),
+                               report=report)
 
     def _on_incidents(self, n: int) -> None:
         self.incidents_written = getattr(self, "incidents_written", 0) + n
@@ -201,16 +287,17 @@ def run_stream(cfg: Config, listeners: list, nf_listeners: list, *, certfile=Non
             for proto, (host, port) in col.bound.items():
                 if report:
                     report(f"listening for {kind} on {proto}://{host}:{port} (cluster mode: Kafka {run.bus.bootstrap})")
-        queries.append(run.detect(bounded=False, available_now=False, trigger_s=trigger_s,
-                                  checkpoint=jobs.checkpoint_dir(cfg, "detect-stream")))
-        queries.append(run.incidents(bounded=False, available_now=False, trigger_s=trigger_s,
-                                     checkpoint=jobs.checkpoint_dir(cfg, "incidents-stream")))
+        queries.append(run.supervise(lambda: run.detect(bounded=False, available_now=False, trigger_s=trigger_s,
+                                                        checkpoint=jobs.checkpoint_dir(cfg, "detect-stream")), report))
+        queries.append(run.supervise(lambda: run.incidents(bounded=False, available_now=False, trigger_s=trigger_s,
+                                                           checkpoint=jobs.checkpoint_dir(cfg, "incidents-stream")),
+                                     report))
         deadline = time.monotonic() + duration if duration else None
         last = 0.0
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             for q in queries:
-                if q.exception() is not None:
-                    raise RuntimeError(f"Spark query {q.name} failed: {q.exception()}")
+                if q.error is not None:
+                    raise q.error
             if report and time.monotonic() - last > 10:
                 report(f"events {run.job.events:,}  alerts {len(run.job.alerts):,}  "
                        f"dead letters {run.job.deadletters:,}")
@@ -220,11 +307,7 @@ def run_stream(cfg: Config, listeners: list, nf_listeners: list, *, certfile=Non
         for col in collectors.values():
             col.stop()
         for q in queries:
-            try:
-                q.processAllAvailable()
-            except Exception:  # noqa: BLE001 - stopping anyway
-                pass
-            q.stop()
+            q.stop(drain=True)
         run.close()
     out = {k: c.metrics() for k, c in collectors.items()}
     return {**out, **run.run_stats().as_dict()}

@@ -639,15 +639,24 @@ def checkpoint_dir(cfg: Config, name: str = "detect") -> Path:
     return Path(base) / name if base else cfg.state_dir / "spark" / name
 
 
+def kafka_source(spark, cfg: Config):
+    """A Kafka ``readStream`` on the deployment's broker, with ``cluster.spark.kafka_source`` options
+    (Spark's Kafka source options, e.g. ``kafkaConsumer.pollTimeoutMs``, ``fetchOffset.numRetries``,
+    ``kafka.default.api.timeout.ms``: how long a broker outage stalls a query before it fails it and
+    the runner restarts it from its checkpoint, ``taishi.cluster.runner.SupervisedQuery``)."""
+    reader = spark.readStream.format("kafka").option("kafka.bootstrap.servers", str(kafka_settings(cfg)["bootstrap"]))
+    for k, v in (spark_settings(cfg).get("kafka_source") or {}).items():
+        reader = reader.option(str(k), str(v))
+    return reader
+
+
 def detect_query(spark, cfg: Config, conf: JobConf, *, on_batch: Callable[[dict], None] | None = None,
                  available_now: bool = True, checkpoint: Path | None = None, trigger_s: float = 2.0,
                  max_offsets: int | None = None):
     """Start the detect job (see module doc); returns the ``StreamingQuery``."""
     from pyspark.sql.streaming.state import GroupStateTimeout
 
-    k = kafka_settings(cfg)
-    reader = (spark.readStream.format("kafka")
-              .option("kafka.bootstrap.servers", str(k["bootstrap"]))
+    reader = (kafka_source(spark, cfg)
               .option("subscribePattern", source_pattern(cfg))
               .option("startingOffsets", "earliest")
               .option("failOnDataLoss", "true"))
@@ -753,10 +762,8 @@ def incidents_query(spark, cfg: Config, conf: JobConf, *, on_batch: Callable[[in
     from pyspark.sql import functions as F
     from pyspark.sql.streaming.state import GroupStateTimeout
 
-    k = kafka_settings(cfg)
     prefix = topic_prefix(cfg)
-    src = (spark.readStream.format("kafka")
-           .option("kafka.bootstrap.servers", str(k["bootstrap"]))
+    src = (kafka_source(spark, cfg)
            .option("subscribe", f"{prefix}{TOPIC_ALERTS},{prefix}{TOPIC_CONTROL}")
            .option("startingOffsets", "earliest")
            .load().select("topic", "value"))
