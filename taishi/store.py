@@ -926,6 +926,22 @@ class Store:
             rows = con.execute(sql, [since, *params, max(0, int(limit))]).fetchall()
         return [(ds, int(n), _utc(last) if last else None, _utc(ing) if ing else None) for ds, n, last, ing in rows]
 
+    def last_seen(self, field: str, since: datetime | str | None = None, until: datetime | str | None = None,
+                  limit: int = 10_000) -> dict[Any, datetime]:
+        """The newest event ``@timestamp`` per value of ``field`` (a scalar event field; nulls left
+        out), within the window if one is given: when an address or an asset was last seen."""
+        t = TABLES["events"]
+        col = resolve_field(field, t.query_schema)
+        if pa.types.is_list(t.query_schema.field(col).type):
+            raise ValueError(f"{col} is a list field")
+        where, params = self._where(t, "", since, until)
+        q = quote_ident(col)
+        sql = (f'SELECT {q}, max("@timestamp") FROM {self._rel(t)} WHERE {where} AND {q} IS NOT NULL '
+               f'GROUP BY 1 ORDER BY 1 LIMIT ?')
+        with self._connect() as con:
+            rows = con.execute(sql, [*params, max(0, int(limit))]).fetchall()
+        return {v: _utc(last) for v, last in rows if last is not None}
+
     def deadletter_summary(self, limit: int = 20) -> list[tuple[str | None, str | None, int]]:
         """Dead letters per (``taishi.source``, ``stage``), most first, ties by source and stage."""
         sql = (f'SELECT "taishi.source", "stage", count(*) FROM {self._rel(TABLES["deadletters"])} '

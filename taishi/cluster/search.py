@@ -1142,6 +1142,36 @@ class SearchStore:
         rows.sort(key=lambda r: (-r[1], r[0] is None, r[0] or ""))
         return rows[:max(0, int(limit))]
 
+    def last_seen(self, field: str, since: datetime | str | None = None, until: datetime | str | None = None,
+                  limit: int = 10_000) -> dict[Any, datetime]:
+        """:meth:`taishi.store.Store.last_seen`: the newest ``@timestamp`` per value of ``field``
+        (a composite aggregation, the times read as stored)."""
+        k = KINDS["events"]
+        col = resolve_field(field, k.query_schema)
+        typ = k.query_schema.field(col).type
+        if pa.types.is_list(typ):
+            raise ValueError(f"{col} is a list field")
+        if col in TEXT_FIELDS:
+            raise QueryError(f"{col} is a text field: it cannot be aggregated on the search node")
+        self._ensure()
+        index = self.index_name("events")
+        dsl = self.query_dsl("events", "", since, until)
+        name = f"{col}.text" if _is_ip(col) and pa.types.is_string(typ) else RENAMED.get(col, col)
+        aggs = {"last": {"top_hits": {"size": 3, "sort": [{TIME: {"order": "desc", "missing": "_last"}}],
+                                      "_source": [TIME]}}}
+        out: dict[Any, datetime] = {}
+        for b in self._composite(index, dsl, [("v", name)], aggs):
+            v = b["key"]["v"]
+            if v is None:
+                continue
+            last = self._last_time(index, {"bool": {"filter": [dsl, {"term": {name: v}}]}}, TIME,
+                                   b["last"]["hits"]["hits"])
+            if last is not None:
+                out[v] = last
+            if len(out) >= max(0, int(limit)):
+                break
+        return out
+
     def deadletter_summary(self, limit: int = 20) -> list[tuple[str | None, str | None, int]]:
         """:meth:`taishi.store.Store.deadletter_summary`: dead letters per (source, stage), most first."""
         self._ensure()

@@ -11,9 +11,9 @@ Routes (JSON; permission ``views:read``, which every role holds)::
     GET /api/v1/views/assets?since            each inventoried asset: status, last seen, alerts, risk
     GET /api/v1/views/geo?since&table&side    map points (taishi.geo) for alert or event addresses
 
-In cluster mode (the search node's store) overview, posture and geo answer
-from its public methods; flows and assets need the embedded store's SQL and
-answer 501 "not available in cluster mode".
+In cluster mode (the search node's store) overview, posture, assets and geo
+answer from the stores' public methods; flows needs the embedded store's SQL
+and answers 501 "not available in cluster mode".
 
 ``q`` is a Lucene filter compiled by the store (bound parameters; never
 spliced). Aggregations run in the store's DuckDB with fixed column names
@@ -377,8 +377,7 @@ def register(app: FastAPI, ctx: Any) -> None:
     @app.get(f"{API}/views/assets", tags=["views"], **perm("views:read"))
     def assets(since: str = SINCE, silent_days: float = Query(1.0, gt=0, le=3650)) -> dict[str, Any]:
         """Each inventoried asset with its system, status (at risk / silent / ok), last seen, alerts and
-        posture index over the window. Embedded mode only (501 in cluster mode)."""
-        embedded_only(getattr(ctx, "mode", "embedded"), "the assets view")
+        posture index over the window."""
         s, now = window(since)
         store, inv = ctx.store(), ctx.inventory()
         step = _interval((now - s).total_seconds(), 24)
@@ -387,15 +386,12 @@ def register(app: FastAPI, ctx: Any) -> None:
         risk = {r["key"]: r for r in post["asset"]}
         counts: dict[str, int] = {}  # events in the window that touch the asset (either end)
         for side in ("source", "destination"):
-            col = f'"taishi.{side}.asset.id"'
-            for aid, n in _sql(store, "events", f"{col}, count(*)", "", s, now, f"AND {col} IS NOT NULL GROUP BY 1"):
+            for aid, n in store.aggregate("events", f"taishi.{side}.asset.id", "", s, 10_000, until=now):
                 counts[aid] = counts.get(aid, 0) + int(n)
         ever: dict[str, datetime] = {}  # last event ever (silence is not bound to the window)
         for side in ("source", "destination"):
-            col = f'"taishi.{side}.asset.id"'
-            for aid, last in _sql(store, "events", f"{col}, max(\"@timestamp\")", "", None, None,
-                                  f"AND {col} IS NOT NULL GROUP BY 1"):
-                if last is not None and (ever.get(aid) is None or last > ever[aid]):
+            for aid, last in store.last_seen(f"taishi.{side}.asset.id").items():
+                if ever.get(aid) is None or last > ever[aid]:
                     ever[aid] = last
         states = _triage_states(app, alerts)
         rows = []
