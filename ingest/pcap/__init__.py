@@ -20,7 +20,8 @@ tshark) are decoded there too. The packets that can carry the other application 
 a temporary capture which one ``tshark -n -r SUB -T fields -E occurrence=a`` run dissects
 (Wireshark 4.x, ``/usr/bin/tshark`` or ``$TAISHI_TSHARK``); their frame and stream numbers
 are mapped back, so events and ids are those of the tshark-only path. A capture without such
-packets never starts tshark. What the decoder does not model (IPv4 fragments, MPLS/PPPoE,
+packets never starts tshark. What the decoder does not model (overlapping IPv4 fragments, IPv6
+fragments, MPLS/PPPoE,
 tunnels under IPv6, other link types, bogus or cut headers, a file cut short or not a
 capture, ``decode_as`` other than ``tcp/udp.port==N``) is read by tshark alone, and the
 summary says why (``summary.fallback``).

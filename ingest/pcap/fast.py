@@ -21,14 +21,19 @@ The fast path of :mod:`ingest.pcap` (see its module doc for which path is used w
    Initials and dissects the TLS hellos in them); ICMP errors (tshark dissects the quoted
    datagram). :func:`write_pcap` writes them, unchanged, to a temporary capture for tshark.
 
-Anything this decoder does not model exactly (a link type or encapsulation other than those
-above, IP fragments, tunnels, SCTP, truncated or bogus headers, a capture that is cut short or
-not a capture) makes :func:`decode` report a *reason*; the caller then reads that file with
-tshark alone, so results never depend on a guess.
+IPv4 fragments are reassembled as tshark does in the simple cases (the frame completing a
+datagram carries its transport header, the others are port-less). Anything this decoder does
+not model exactly (a link type or encapsulation other than those above, overlapping or
+duplicated IPv4 fragments, IPv6 fragments, tunnels under IPv6, truncated or bogus headers, a
+capture that is cut short or not a capture) makes :func:`scan` / :func:`decode` report a
+*reason*; the caller then reads that file with tshark alone, so results never depend on a
+guess. Modbus/TCP (:func:`modbus_native`) and TLS hellos (:func:`tls_native`) are decoded here
+for the streams that are clean; the others go to tshark.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,14 +84,16 @@ class Records:
         return len(self.off)
 
 
-def _read(path: Path) -> bytearray:
-    size = path.stat().st_size
-    buf = bytearray(size + PAD)
+def _read(path: Path) -> tuple[object, int]:
+    """The file mapped read-only (the page cache holds it, not the heap), and its size. Gathers
+    clamp their positions to the buffer, so nothing reads past its end."""
+    import mmap
+
     with open(path, "rb") as f:
-        got = f.readinto(memoryview(buf)[:size])
-    if got != size:
-        del buf[got:size]
-    return buf
+        size = os.fstat(f.fileno()).st_size
+        if size < 64:  # too small to map usefully (and mmap refuses empty files)
+            return bytes(f.read()) + bytes(PAD), size
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size
 
 
 def _empty(buf: np.ndarray, problem: str) -> Records:
@@ -97,8 +104,7 @@ def _empty(buf: np.ndarray, problem: str) -> Records:
 def scan(path: str | Path) -> Records:
     """The record headers of a pcap or pcapng capture (``problem`` set when it cannot be walked
     cleanly: not a capture, cut short, a block or link type this decoder does not handle)."""
-    raw = _read(Path(path))
-    size = len(raw) - PAD
+    raw, size = _read(Path(path))
     buf = np.frombuffer(raw, np.uint8)
     head = bytes(raw[:4])
     if size < 24 and head != b"\x0a\x0d\x0d\x0a":
@@ -247,11 +253,13 @@ class Packets:
 
 
 def _u8(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    return buf[pos].astype(np.int64)
+    """Bytes at ``pos``; positions outside the buffer are clamped into it (their values are
+    only ever used where a mask says the position is valid)."""
+    return buf[np.clip(pos, 0, len(buf) - 1)].astype(np.int64)
 
 
 def _be16(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    return (buf[pos].astype(np.int64) << 8) | buf[pos + 1]
+    return (_u8(buf, pos) << 8) | _u8(buf, pos + 1)
 
 
 def _be32(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -320,8 +328,7 @@ def decode(rec: Records) -> Packets:
     start, cap, lt = rec.off, rec.caplen, rec.linktype
     end = start + cap  # first byte past the captured data
     # positions beyond the captured data are clamped into the (padded) buffer; masks say what is valid
-    lim = len(buf) - 8
-    safe = lambda p: np.minimum(np.maximum(p, 0), lim)  # noqa: E731
+    safe = lambda p: np.maximum(p, 0)  # noqa: E731 - _u8 clamps to the buffer
     problems: list[str] = []
     l3 = np.full(n, -1, np.int64)
     et = np.zeros(n, np.int64)
@@ -365,8 +372,8 @@ def decode(rec: Records) -> Packets:
             problems.append("raw IP packet that is neither IPv4 nor IPv6")
     null = np.isin(lt, (LT_NULL, LT_LOOP))
     if null.any():
-        le = (buf[safe(start)].astype(np.int64) | (buf[safe(start + 1)].astype(np.int64) << 8)
-              | (buf[safe(start + 2)].astype(np.int64) << 16) | (buf[safe(start + 3)].astype(np.int64) << 24))
+        le = (_u8(buf, start) | (_u8(buf, start + 1) << 8) | (_u8(buf, start + 2) << 16)
+              | (_u8(buf, start + 3) << 24))
         be = _be32(buf, safe(start))
         fam = np.where(lt == LT_LOOP, be, np.where(le > 0xFFFF, be, le))
         et = np.where(null, np.where(fam == 2, 0x0800, np.where(np.isin(fam, (24, 28, 30)), 0x86DD, 0)), et)
@@ -414,8 +421,8 @@ def decode(rec: Records) -> Packets:
         idx6 = np.flatnonzero(is6)
         src6 = np.zeros((n, 16), np.uint8)
         dst6 = np.zeros((n, 16), np.uint8)
-        src6[idx6] = buf[safe(l3[idx6] + 8)[:, None] + np.arange(16)]
-        dst6[idx6] = buf[safe(l3[idx6] + 24)[:, None] + np.arange(16)]
+        src6[idx6] = buf[np.clip(l3[idx6] + 8, 0, len(buf) - 16)[:, None] + np.arange(16)]
+        dst6[idx6] = buf[np.clip(l3[idx6] + 24, 0, len(buf) - 16)[:, None] + np.arange(16)]
         # outer IPv6 carrying IPv4 (tunnels) would put the inner IPv4 address in Taishi's columns
     isip = is4 | is6
     tunnel = isip & np.isin(proto, tuple(TUNNEL_PROTOS))
@@ -591,7 +598,7 @@ def _ipv6_text(rows: np.ndarray) -> pa.Array:
 
 
 def _mac_text(buf: np.ndarray, pos: np.ndarray) -> pa.Array:
-    parts = [_HEX.take(pa.array(buf[pos + i].astype(np.int64))) for i in range(6)]
+    parts = [_HEX.take(pa.array(_u8(buf, pos + i))) for i in range(6)]
     return pc.binary_join_element_wise(*parts, ":")
 
 
@@ -620,12 +627,10 @@ def core_columns(p: Packets, buf: np.ndarray, stream: np.ndarray) -> dict[str, p
         del s6
     tcpudp = ((p.proto == 6) | (p.proto == 17)) & (p.sport >= 0)
     tcp = (p.proto == 6) & (p.sport >= 0)  # not a fragment without its transport header
-    lim = len(buf) - 8
     if p.eth.any():
-        mpos = np.minimum(p.mac_off, lim)
         noeth = pa.array(~p.eth)
-        dmac = pc.if_else(noeth, null_s, _mac_text(buf, mpos))
-        smac = pc.if_else(noeth, null_s, _mac_text(buf, np.minimum(mpos + 6, lim)))
+        dmac = pc.if_else(noeth, null_s, _mac_text(buf, p.mac_off))
+        smac = pc.if_else(noeth, null_s, _mac_text(buf, p.mac_off + 6))
     else:
         smac = dmac = null_s
     return {
@@ -650,7 +655,7 @@ _HTTP_FIRST = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def _payload_byte(buf: np.ndarray, p: Packets, i: int) -> np.ndarray:
-    return buf[np.minimum(np.maximum(p.payload_off, 0) + i, len(buf) - 8)].astype(np.int64)
+    return _u8(buf, np.maximum(p.payload_off, 0) + i)
 
 
 def app_packets(p: Packets, buf: np.ndarray, stream: np.ndarray, decode_as_ports: frozenset[int] = frozenset()) -> np.ndarray:
@@ -692,7 +697,7 @@ def app_packets(p: Packets, buf: np.ndarray, stream: np.ndarray, decode_as_ports
     icmp = (p.proto == 1) & ~part
     icmp6 = p.proto == 58
     if (icmp | icmp6).any():
-        t = buf[np.minimum(np.maximum(p.l4, 0), len(buf) - 8)].astype(np.int64)
+        t = _u8(buf, np.maximum(p.l4, 0))
         sel |= icmp & np.isin(t, (3, 4, 5, 11, 12))
         sel |= icmp6 & np.isin(t, (1, 2, 3, 4))
     return sel
@@ -794,8 +799,7 @@ def modbus_native(p: Packets, buf: np.ndarray, stream: np.ndarray, sep: str) -> 
     keep = ~retx
     idx, seq, ln, gk = idx[keep], seq[keep], ln[keep], g[keep]
     po = p.payload_off[idx]
-    lim = len(buf) - 8
-    at = lambda k: buf[np.minimum(po + k, lim)].astype(np.int64)  # noqa: E731
+    at = lambda k: _u8(buf, po + k)  # noqa: E731
     tid = (at(0) << 8) | at(1)
     pid = (at(2) << 8) | at(3)
     mlen = (at(4) << 8) | at(5)
@@ -817,13 +821,13 @@ def modbus_native(p: Packets, buf: np.ndarray, stream: np.ndarray, sep: str) -> 
     # than 8 bytes, protocol id not 0, length < 2) or a tail too short to hold a header: the
     # stream goes to tshark.
     walk = np.unique(gk[~single]).tolist()
-    raw = bytes(memoryview(buf)) if walk else b""
+    raw = memoryview(buf)
     for gg in walk:
         if gg // 2 in bad_streams:
             continue
         pending = b""
         for i in np.flatnonzero(gk == gg).tolist():
-            data = raw[int(po[i]):int(po[i] + ln[i])]
+            data = bytes(raw[int(po[i]):int(po[i] + ln[i])])
             t_, u_, f_, e_ = [], [], [], []
             try:
                 if pending:
