@@ -619,12 +619,10 @@ def core_columns(p: Packets, buf: np.ndarray, stream: np.ndarray) -> dict[str, p
         dst = pc.if_else(m, null_s, _ipv4_text(p.dst4))
     if is6.any():
         i6 = np.flatnonzero(is6)
-        s6 = np.full(n, None, object)
         sv, dv = _ipv6_text(p.src6[i6]), _ipv6_text(p.dst6[i6])
         pos = pa.array(np.where(is6, np.cumsum(is6) - 1, 0))
         src = pc.if_else(pa.array(is6), sv.take(pos), src)
         dst = pc.if_else(pa.array(is6), dv.take(pos), dst)
-        del s6
     tcpudp = ((p.proto == 6) | (p.proto == 17)) & (p.sport >= 0)
     tcp = (p.proto == 6) & (p.sport >= 0)  # not a fragment without its transport header
     if p.eth.any():
