@@ -536,8 +536,15 @@ def tcp_streams(p: Packets) -> np.ndarray:
     k = key[order]
     first = np.ones(len(k), bool)
     first[1:] = k[1:] != k[:-1]
-    # a key needs the sequential walk when a SYN without ACK is not its first packet
+    # A key needs the sequential walk when a SYN without ACK that is not its first packet may
+    # start a new stream. It cannot when the key's first packet is a SYN without ACK and every
+    # later one repeats it (same sender, same sequence number: a retransmission).
     later_syn = pure_syn[order] & ~first
+    if later_syn.any():
+        head = np.flatnonzero(first)[np.cumsum(first) - 1]  # row of each row's key's first packet
+        o_h = order[head]
+        repeat = pure_syn[o_h] & (low[order] == low[o_h]) & (p.seq[idx][order] == p.seq[idx][o_h])
+        later_syn &= ~repeat
     sub = np.zeros(len(k), np.int64)  # stream number within the key
     if later_syn.any():
         walk_keys = np.unique(k[later_syn])
