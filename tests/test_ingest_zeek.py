@@ -420,3 +420,5 @@ def test_vectorised_event_ids_equal_the_reference_on_sliced_and_odd_input():
     for lo, hi in ((0, 50), (3, 41), (49, 50), (10, 10)):
         got = event_ids(s.slice(lo, hi - lo), o.slice(lo, hi - lo), t.slice(lo, hi - lo)).to_pylist()
         assert got == [event_id(*r) for r in rows[lo:hi]]
+    chunked = [pa.chunked_array([a.slice(0, 20), a.slice(20)]) for a in (s, o, t)]
+    assert event_ids(*chunked).to_pylist() == [event_id(*r) for r in rows]

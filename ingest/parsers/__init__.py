@@ -447,6 +447,8 @@ def event_ids(sources: pa.Array, offsets: pa.Array, originals: pa.Array) -> pa.A
     msgs = fast_pc.binary_join_element_wise(
         lit("ev1"), sources, _pc.cast(offsets, pa.string()), originals, lit(""), sep
     )
+    if isinstance(msgs, pa.ChunkedArray):
+        msgs = msgs.combine_chunks()
     # raw 16-byte digests, hex-encoded in one go into a fixed-width string column
     n = len(msgs)
     if msgs.null_count:
