@@ -19,7 +19,7 @@ SCRIPTS = [
     ["bench_netflow.py", "--records", "300000"],
     ["bench_pcap.py", "--repeat", "2"],
     ["bench_anomaly.py", "--records", "200000"],
-    ["bench_cluster.py"],  # Kafka, the search node and Spark local[1]/local[2]: a few minutes
+    ["bench_cluster.py"],  # Kafka, the search node, Spark local[1] and local[2]: ~10 minutes on the shared machine
 ]
 
 if __name__ == "__main__":
