@@ -942,6 +942,44 @@ class Store:
             rows = con.execute(sql, [*params, max(0, int(limit))]).fetchall()
         return {v: _utc(last) for v, last in rows if last is not None}
 
+    def flow_summary(self, query: str | None, since: datetime | str | None, until: datetime | str | None,
+                     interval_s: int, top: int = 10, ports: int = 15, protocols: int = 15,
+                     transports: int = 10) -> dict[str, Any]:
+        """Figures of the events matching ``query`` in the window, for the flows view: ``totals``
+        (rows, bytes, distinct source and destination addresses), ``volume`` [(bucket start in epoch
+        seconds, rows, bytes)] per ``interval_s``, ``talkers`` [(source.ip, rows, bytes)] by bytes,
+        ``ports`` [(destination.port, network.transport, rows, bytes)], ``protocols`` and
+        ``transports`` [(value or "(unknown)", rows)]. Bytes: ``network.bytes``, else
+        ``source.bytes + destination.bytes``. Ties by value; nulls last."""
+        t = TABLES["events"]
+        where, params = self._where(t, query, since, until)
+        rel = self._rel(t)
+        b = 'coalesce("network.bytes", coalesce("source.bytes", 0) + coalesce("destination.bytes", 0))'
+        us = max(1, int(interval_s)) * 1_000_000
+        with self._connect() as con:
+            def q(select: str, tail: str, extra: list) -> list[tuple]:
+                return con.execute(f"SELECT {select} FROM {rel} WHERE {where} {tail}", [*params, *extra]).fetchall()
+
+            n, nb, ns, nd = q(f'count(*), coalesce(sum({b}), 0), count(DISTINCT "source.ip"), '
+                              f'count(DISTINCT "destination.ip")', "", [])[0]
+            vol = con.execute(f'SELECT (epoch_us("@timestamp") // ?) * ? // 1000000 AS b, count(*), '
+                              f'coalesce(sum({b}), 0) FROM {rel} WHERE {where} AND "@timestamp" IS NOT NULL '
+                              f'GROUP BY 1 ORDER BY 1', [us, us, *params]).fetchall()
+            talk = q(f'"source.ip", count(*), coalesce(sum({b}), 0)',
+                     'AND "source.ip" IS NOT NULL GROUP BY 1 ORDER BY 3 DESC, 2 DESC, 1 LIMIT ?', [int(top)])
+            prt = q(f'"destination.port", "network.transport", count(*), coalesce(sum({b}), 0)',
+                    'AND "destination.port" IS NOT NULL GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 NULLS LAST LIMIT ?',
+                    [int(ports)])
+            pro = q('coalesce("network.protocol", \'(unknown)\'), count(*)', "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
+                    [int(protocols)])
+            tra = q('coalesce("network.transport", \'(unknown)\'), count(*)', "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
+                    [int(transports)])
+        return {"totals": (int(n), int(nb), int(ns), int(nd)),
+                "volume": [(int(x), int(c), int(y)) for x, c, y in vol],
+                "talkers": [(ip, int(c), int(y)) for ip, c, y in talk],
+                "ports": [(int(p), tr, int(c), int(y)) for p, tr, c, y in prt],
+                "protocols": [(p, int(c)) for p, c in pro], "transports": [(p, int(c)) for p, c in tra]}
+
     def deadletter_summary(self, limit: int = 20) -> list[tuple[str | None, str | None, int]]:
         """Dead letters per (``taishi.source``, ``stage``), most first, ties by source and stage."""
         sql = (f'SELECT "taishi.source", "stage", count(*) FROM {self._rel(TABLES["deadletters"])} '

@@ -54,8 +54,8 @@ Modes: with a ``cfg`` whose ``mode`` is ``cluster`` the store is the search
 node's (:class:`taishi.cluster.search.SearchStore`, same methods, opened on
 first use and closed on shutdown); users, tokens, the audit log, triage and
 the CII inventory stay in ``data_dir`` in both modes. Routes that need the
-embedded store's SQL (``/views/flows``, ``/compliance/discovery``,
-``/compliance/report``) answer 501 in cluster mode
+embedded store's SQL (``/compliance/discovery``, ``/compliance/report``)
+answer 501 in cluster mode
 (:func:`embedded_only`); ``GET /health`` names the mode and, in cluster mode,
 whether the search node answers.
 """

@@ -199,7 +199,7 @@ def _without_now(view: dict) -> dict:
     return out
 
 
-def test_overview_summary_posture_geo_and_assets_are_the_same(apps):
+def test_overview_summary_posture_geo_flows_and_assets_are_the_same(apps):
     emb, clu = _both(apps, "/views/overview", since=SINCE)
     assert clu["collectors"]["bus"] == "kafka" and clu["collectors"]["topics"] == []
     assert emb["collectors"]["bus"] == "embedded"
@@ -215,6 +215,10 @@ def test_overview_summary_posture_geo_and_assets_are_the_same(apps):
     for table in ("alerts", "events"):
         emb, clu = _both(apps, "/views/geo", since=SINCE, table=table)
         assert _without_now(clu) == _without_now(emb), table
+    for q in ("", "destination.port:22", "source.ip:10.0.0.0/8"):
+        emb, clu = _both(apps, "/views/flows", since=SINCE, q=q)
+        assert _without_now(clu) == _without_now(emb), q
+    assert emb["totals"]["flows"] > 0 and emb["top_talkers"] and emb["ports"]
     emb, clu = _both(apps, "/views/assets", since=SINCE)
     assert _without_now(clu) == _without_now(emb)
     assert emb["count"] > 0 and any(a["events"] for a in emb["items"]) and any(a["last_seen"] for a in emb["items"])
@@ -222,8 +226,7 @@ def test_overview_summary_posture_geo_and_assets_are_the_same(apps):
 
 def test_embedded_only_routes_say_so(apps):
     e, c, tokens, _, _ = apps
-    for path, role in (("/views/flows", "analyst"), ("/compliance/discovery", "auditor"),
-                       ("/compliance/report", "auditor")):
+    for path, role in (("/compliance/discovery", "auditor"), ("/compliance/report", "auditor")):
         d = _get(c, path, tokens[role], code=501)
         assert "not available in cluster mode" in d["detail"], path
         _get(e, path, tokens[role])  # the embedded app answers them

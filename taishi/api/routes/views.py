@@ -11,14 +11,14 @@ Routes (JSON; permission ``views:read``, which every role holds)::
     GET /api/v1/views/assets?since            each inventoried asset: status, last seen, alerts, risk
     GET /api/v1/views/geo?since&table&side    map points (taishi.geo) for alert or event addresses
 
-In cluster mode (the search node's store) overview, posture, assets and geo
-answer from the stores' public methods; flows needs the embedded store's SQL
-and answers 501 "not available in cluster mode".
+Every view reads the store through public methods both stores have
+(``search_alerts``, ``count``, ``aggregate``, ``flow_summary``,
+``dataset_activity``, ``last_seen`` ...), so the same views answer in cluster
+mode from the search node.
 
 ``q`` is a Lucene filter compiled by the store (bound parameters; never
-spliced). Aggregations run in the store's DuckDB with fixed column names
-and the store's own WHERE compiler; alerts for the posture index are read
-once per request (at most :data:`MAX_ALERTS`, newest kept).
+spliced); alerts for the posture index are read once per request (at most
+:data:`MAX_ALERTS`, newest kept).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from fastapi import FastAPI, HTTPException, Query
 
 from taishi import geo as geo_mod
 from taishi import posture as posture_mod
-from taishi.api.app import API, embedded_only, iso, jsonable, parse_when, perm
+from taishi.api.app import API, iso, jsonable, parse_when, perm
 from taishi.schema import LEVELS
 
 MAX_ALERTS = 20_000
@@ -59,19 +59,8 @@ def _tactic(name: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# store access: fixed SQL around the store's own (parameterised) WHERE compiler
+# store access: public methods both stores have (taishi.store.Store, taishi.cluster.search.SearchStore)
 # --------------------------------------------------------------------------------------------
-def _sql(store: Any, table: str, select: str, q: str, since: datetime | None, until: datetime | None,
-         tail: str = "", extra: list[Any] | None = None, where_extra: str = "") -> list[tuple]:
-    """``SELECT {select} FROM table WHERE <q and window> {where_extra} {tail}``; ``select``,
-    ``where_extra`` and ``tail`` are constant text of this module (no user input)."""
-    t = store._table(table)
-    where, params = store._where(t, q, since, until)
-    sql = f"SELECT {select} FROM {store._rel(t)} WHERE {where} {where_extra} {tail}"
-    with store._connect() as con:
-        return con.execute(sql, [*params, *(extra or [])]).fetchall()
-
-
 def _alert_rows(store: Any, q: str, since: datetime | None, until: datetime | None) -> list[dict[str, Any]]:
     cols = ["id", "@timestamp", "rule.id", "rule.name", "rule.level", "rule.type", "source.ip", "destination.ip",
             "threat.technique.id", "threat.tactic.name", "message"]
@@ -317,32 +306,20 @@ def register(app: FastAPI, ctx: Any) -> None:
 
     @app.get(f"{API}/views/flows", tags=["views"], **perm("views:read"))
     def flows(since: str = SINCE, q: str = Q) -> dict[str, Any]:
-        """Connections (``event.type:connection``: Zeek conn, Suricata flow, NetFlow, pcap flows).
-        Embedded mode only (501 in cluster mode)."""
-        embedded_only(getattr(ctx, "mode", "embedded"), "the flows view")
+        """Connections (``event.type:connection``: Zeek conn, Suricata flow, NetFlow, pcap flows)."""
         s, now = window(since)
         store, inv = ctx.store(), ctx.inventory()
         step = _interval((now - s).total_seconds(), 60)
         fq = f"event.type:connection AND ({q})" if q.strip() else "event.type:connection"
-        vol = _sql_bucketed(store, fq, s, now, step)
-        bucket_map = {int(b): (int(n), int(by_)) for b, n, by_ in vol}
+        fs = store.flow_summary(fq, s, now, step, top=TOP, ports=15, protocols=15, transports=10)
+        bucket_map = {int(b): (int(n), int(by_)) for b, n, by_ in fs["volume"]}
         first = int(s.timestamp()) // step * step
         volume = [{"time": iso(datetime.fromtimestamp(b, timezone.utc)), "flows": bucket_map.get(b, (0, 0))[0],
                    "bytes": bucket_map.get(b, (0, 0))[1]} for b in range(first, int(now.timestamp()) + 1, step)]
-        bytes_expr = 'coalesce("network.bytes", coalesce("source.bytes", 0) + coalesce("destination.bytes", 0))'
-        talkers = _sql(store, "events", f'"source.ip", count(*), coalesce(sum({bytes_expr}), 0)', fq, s, now,
-                       'AND "source.ip" IS NOT NULL GROUP BY 1 ORDER BY 3 DESC, 2 DESC, 1 LIMIT ?', [TOP])
+        talkers, ports, protos, transports, totals = (fs["talkers"], fs["ports"], fs["protocols"], fs["transports"],
+                                                      fs["totals"])
         g = geoip(inv)
         assets = asset_of(inv, [r[0] for r in talkers])
-        ports = _sql(store, "events", '"destination.port", "network.transport", count(*), '
-                     f'coalesce(sum({bytes_expr}), 0)', fq, s, now,
-                     'AND "destination.port" IS NOT NULL GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT ?', [15])
-        protos = _sql(store, "events", 'coalesce("network.protocol", \'(unknown)\'), count(*)', fq, s, now,
-                      "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 15")
-        transports = _sql(store, "events", 'coalesce("network.transport", \'(unknown)\'), count(*)', fq, s, now,
-                          "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10")
-        totals = _sql(store, "events", f'count(*), coalesce(sum({bytes_expr}), 0), count(DISTINCT "source.ip"), '
-                      'count(DISTINCT "destination.ip")', fq, s, now)[0]
         anomalies = []
         for a in _alert_rows(store, "rule.type:anomaly", s, now):
             m = _SCORE_RE.search(a.get("message") or "")
@@ -363,16 +340,6 @@ def register(app: FastAPI, ctx: Any) -> None:
             "transports": [{"transport": p, "flows": int(n)} for p, n in transports],
             "anomalies": {"count": len(anomalies), "items": anomalies[:50], "models": models},
         })
-
-    def _sql_bucketed(store: Any, fq: str, s: datetime, now: datetime, step: int) -> list[tuple]:
-        t = store._table("events")
-        where, params = store._where(t, fq, s, now)
-        us = step * 1_000_000
-        bytes_expr = 'coalesce("network.bytes", coalesce("source.bytes", 0) + coalesce("destination.bytes", 0))'
-        sql = (f'SELECT (epoch_us("@timestamp") // ?) * ? // 1000000 AS b, count(*), coalesce(sum({bytes_expr}), 0) '
-               f'FROM {store._rel(t)} WHERE {where} AND "@timestamp" IS NOT NULL GROUP BY 1 ORDER BY 1')
-        with store._connect() as con:
-            return con.execute(sql, [us, us, *params]).fetchall()
 
     @app.get(f"{API}/views/assets", tags=["views"], **perm("views:read"))
     def assets(since: str = SINCE, silent_days: float = Query(1.0, gt=0, le=3650)) -> dict[str, Any]:
