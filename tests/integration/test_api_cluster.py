@@ -176,6 +176,9 @@ def test_incidents_list_and_show_are_the_same(apps):
         assert _without_times(dc) == _without_times(de), item["id"]
         paths += bool(de["graph"]["path"])
     assert paths >= 1
+    e, c, tokens, _, _ = apps
+    r = c.get(f"{API}/incidents/{emb['items'][0]['id']}/graph", headers={"Authorization": f"Bearer {tokens['analyst']}"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg+xml") and b"<svg" in r.content
 
 
 def _before_now(x):
