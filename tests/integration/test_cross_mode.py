@@ -13,11 +13,11 @@ topic prefix and index prefix, so runs never see each other's data.
 from __future__ import annotations
 
 import shutil
-import uuid
 from pathlib import Path
 
 import pytest
 
+from cluster_support import cluster_config, drop_namespace  # noqa: F401 - other modules import them from here too
 from taishi import config as config_mod
 from taishi.demo import generate_campaign
 from taishi.pipeline import Pipeline
@@ -87,39 +87,6 @@ def embedded(inputs, models, tmp_path_factory):
     finally:
         store.close()
     return stats, alerts, dls, incidents, enriched
-
-
-def cluster_config(tmp: Path, kafka_bootstrap: str, search_node: dict) -> config_mod.Config:
-    tag = uuid.uuid4().hex[:10]
-    cfg = config_mod.load(data_dir=tmp, mode="cluster")
-    cfg.cluster = {
-        "kafka": {"bootstrap": kafka_bootstrap, "partitions": 3, "replication": 1, "retention_hours": 2,
-                  "topic_prefix": f"t{tag}."},
-        "search": {"url": search_node["url"], "flavor": search_node["flavor"], "index_prefix": f"taishi-t{tag}"},
-    }
-    return cfg
-
-
-def drop_namespace(cfg: config_mod.Config) -> None:
-    """Delete a run's Kafka topics and search indices (its prefixes are its own)."""
-    from kafka import KafkaAdminClient
-
-    from taishi.cluster.kafka_bus import kafka_settings
-    from taishi.cluster.search import SearchStore
-
-    k = kafka_settings(cfg)
-    admin = KafkaAdminClient(bootstrap_servers=k["bootstrap"])
-    try:
-        mine = [t for t in admin.list_topics() if t.startswith(k["topic_prefix"])]
-        if mine:
-            admin.delete_topics(mine)
-    finally:
-        admin.close()
-    store = SearchStore.from_config(cfg)
-    try:
-        store.drop_all()
-    finally:
-        store.close()
 
 
 @pytest.fixture(scope="module")
