@@ -513,25 +513,13 @@ def _round(x: float | None):
     return None if x is None else round(x)
 
 
-def _drop_topics(cfg) -> None:
-    from kafka import KafkaAdminClient
-
-    k = cfg.cluster["kafka"]
-    admin = KafkaAdminClient(bootstrap_servers=k["bootstrap"])
-    try:
-        mine = [t for t in admin.list_topics() if t.startswith(k["topic_prefix"])]
-        if mine:
-            admin.delete_topics(mine)
-    finally:
-        admin.close()
-
-
 # --------------------------------------------------------------------------- one master (child process)
 def child(args) -> None:
     from rich.console import Console
 
     from taishi import config as config_mod
     from taishi.cluster import spark_jobs as jobs
+    from taishi.cluster.kafka_bus import drop_topics
 
     console = Console(stderr=True)
     manifest = json.loads(Path(args.inputs, "manifest.json").read_text())
@@ -567,7 +555,7 @@ def child(args) -> None:
                     report(f"cluster.{phase}", fig)
         finally:
             for topics in (warm, full, paced):
-                _drop_topics(phase_config(work / "drop", services, topics, "unused"))
+                drop_topics(phase_config(work / "drop", services, topics, "unused"))
     finally:
         spark.stop()
         if gateway is not None:  # the JVM this process started: let it go and wait for it

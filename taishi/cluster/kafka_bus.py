@@ -299,6 +299,25 @@ def _create_topics(s: dict[str, Any], topics: list[str]) -> list[str]:
         admin.close()
 
 
+def drop_topics(cfg: Config) -> list[str]:
+    """Delete every topic under the deployment's topic prefix (a test's or benchmark's own namespace);
+    returns the names deleted. Refuses an empty prefix: that would be every topic on the broker."""
+    from kafka import KafkaAdminClient
+
+    s = kafka_settings(cfg)
+    prefix = str(s.get("topic_prefix") or "")
+    if not prefix:
+        raise ValueError("drop_topics needs a topic_prefix (it would delete every topic on the broker)")
+    admin = KafkaAdminClient(bootstrap_servers=str(s["bootstrap"]).split(","), client_id="taishi-admin")
+    try:
+        mine = [t for t in admin.list_topics() if t.startswith(prefix)]
+        if mine:
+            admin.delete_topics(mine)
+        return mine
+    finally:
+        admin.close()
+
+
 def consume(cfg: Config, topic: str, *, group: str | None = None, timeout_s: float = 5.0,
             max_records: int | None = None) -> Iterator[dict]:
     """Decoded records of ``topic`` from the earliest offset (or the group's), until ``timeout_s`` of quiet.

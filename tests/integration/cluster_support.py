@@ -28,18 +28,9 @@ def drop_namespace(cfg: config_mod.Config) -> None:
 
 def drop_topics(cfg: config_mod.Config) -> None:
     """Delete the Kafka topics under the run's topic prefix."""
-    from kafka import KafkaAdminClient
+    from taishi.cluster.kafka_bus import drop_topics as drop
 
-    from taishi.cluster.kafka_bus import kafka_settings
-
-    k = kafka_settings(cfg)
-    admin = KafkaAdminClient(bootstrap_servers=k["bootstrap"])
-    try:
-        mine = [t for t in admin.list_topics() if t.startswith(k["topic_prefix"])]
-        if mine:
-            admin.delete_topics(mine)
-    finally:
-        admin.close()
+    drop(cfg)
 
 
 def drop_indices(cfg: config_mod.Config) -> None:

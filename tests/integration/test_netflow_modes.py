@@ -33,18 +33,9 @@ def cfg(kafka_bootstrap, tmp_path):
     c.cluster = {"kafka": {"bootstrap": kafka_bootstrap, "partitions": 3, "replication": 1, "retention_hours": 2,
                            "topic_prefix": f"nf{uuid.uuid4().hex[:10]}."}}
     yield c
-    from kafka import KafkaAdminClient
+    from taishi.cluster.kafka_bus import drop_topics
 
-    from taishi.cluster.kafka_bus import kafka_settings
-
-    k = kafka_settings(c)
-    admin = KafkaAdminClient(bootstrap_servers=k["bootstrap"])
-    try:
-        mine = [t for t in admin.list_topics() if t.startswith(k["topic_prefix"])]
-        if mine:
-            admin.delete_topics(mine)
-    finally:
-        admin.close()
+    drop_topics(c)
 
 
 def _datagrams() -> list[bytes]:
