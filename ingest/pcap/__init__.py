@@ -82,7 +82,7 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -219,61 +219,25 @@ class PcapReader:
                 s.seconds = time.perf_counter() - t0
                 return
         s.decoder = "tshark"
-        try:
-            kw = {"block_size": self.block_size} if self.block_size else {}
-            run = TsharkRun(self.path, self.decode_as, extra_args=self.tshark_args, **kw)
-        except OSError as exc:
-            self._dead(-1, str(self.path), f"cannot run tshark: {exc}")
+        run = self._open_tshark(self.path)
+        if run is None:
             return
         acc = FlowAccumulator()
         hellos: list[dict[str, Any]] = []
-        last_frame = 0
-        failed = False
-        try:
-            for b in run.batches():
-                core = packet_core(b)
-                n = b.num_rows
-                s.packets += n
-                s.bytes += int(pc.sum(core["len"]).as_py() or 0)
-                last_frame = int(pc.max(core["frame"]).as_py())
-                tmin, tmax = int(core["ts_ns"].to_numpy().min()), int(core["ts_ns"].to_numpy().max())
-                s.first_frame_time_ns = tmin if s.first_frame_time_ns is None else min(s.first_frame_time_ns, tmin)
-                s.last_frame_time_ns = tmax if s.last_frame_time_ns is None else max(s.last_frame_time_ns, tmax)
-                acc.add(core)
-                for frame, text, reason in apps.malformed(b, core):
-                    self._dead(frame, text, reason)
-                table, hello = apps.frame_events(b, core, self._ctx)
-                hellos.extend(hello)
-                if table is not None:
-                    yield self._count(table)
-        except GeneratorExit:
-            run.kill()
-            run.close()
-            raise
-        except Exception:  # noqa: BLE001 - a capture never crashes the reader
-            failed = True
-            run.kill()
-            err = traceback.format_exc(limit=2).strip().splitlines()[-1]
-            self._dead(last_frame, str(self.path), f"pcap reader error: {err} (after frame {last_frame})"[:500])
-        rc, err = run.close()
-        s.tshark_status, s.tshark_stderr = rc, err
-        for line in run.bad_lines:
-            self._dead(last_frame, line, "unparseable tshark output line")
-        if (rc != 0 or err) and not failed:
-            msg = err.splitlines()[0] if err else "(no message)"
-            self._dead(last_frame + 1 if last_frame else -1, f"{self.path}\n{err}"[:4000],
-                       f"tshark exit status {rc}: {msg} (after {s.packets} frames)"[:500])
+
+        def whole(b: Any) -> dict[str, Any]:  # every packet: counts, times, flows
+            core = packet_core(b)
+            s.packets += b.num_rows
+            s.bytes += int(pc.sum(core["len"]).as_py() or 0)
+            tmin, tmax = int(core["ts_ns"].to_numpy().min()), int(core["ts_ns"].to_numpy().max())
+            s.first_frame_time_ns = tmin if s.first_frame_time_ns is None else min(s.first_frame_time_ns, tmin)
+            s.last_frame_time_ns = tmax if s.last_frame_time_ns is None else max(s.last_frame_time_ns, tmax)
+            acc.add(core)
+            return core
+
+        last_frame = yield from self._tshark_tables(run, whole, hellos, lambda: f"after {s.packets} frames")
         s.ip_packets = acc.packets
-        try:
-            if hellos:
-                yield self._count(apps.events_from_rows(apps.tls_rows(hellos, self._ctx)))
-            f = acc.flows(self.idle_timeout, self.active_timeout)
-            if f is not None:
-                for t in self._flow_tables(f):
-                    yield self._count(t)
-        except Exception:  # noqa: BLE001
-            err = traceback.format_exc(limit=2).strip().splitlines()[-1]
-            self._dead(last_frame, str(self.path), f"pcap flow aggregation error: {err}"[:500])
+        yield from self._finish(acc, hellos, last_frame)
         s.seconds = time.perf_counter() - t0
 
     # --- the fast path: Taishi decodes the headers, tshark dissects only the application packets
@@ -357,6 +321,78 @@ class PcapReader:
             yield from self._apps_of(rec, stream, idx, hellos)
         s.ip_packets = acc.packets
         del rec
+        yield from self._finish(acc, hellos, p.n)
+
+    def _apps_of(self, rec: Any, stream: np.ndarray, idx: np.ndarray, hellos: list) -> Iterator[pa.Table]:
+        """tshark over the application packets only (a temporary capture); frame numbers and TCP
+        stream numbers mapped back to the whole capture's."""
+        s = self.summary
+        with tempfile.TemporaryDirectory(prefix="taishi-pcap-") as tmp:
+            sub = Path(tmp) / "apps.pcap"
+            fast.write_pcap(sub, rec, idx)
+            run = self._open_tshark(sub)
+            if run is None:
+                return
+
+            def mapped(b: Any) -> dict[str, Any]:  # the sub-capture's frames and streams -> the capture's
+                core = packet_core(b)
+                orig = idx[core["frame"].to_numpy() - 1]
+                core["frame"] = pa.array(orig + 1, pa.int64())
+                tcp = pc.equal(core["proto"], 6)
+                core["stream"] = pc.if_else(tcp, pa.array(stream[orig], pa.int64()), pa.scalar(None, pa.int64()))
+                return core
+
+            yield from self._tshark_tables(run, mapped, hellos, lambda: f"on the {len(idx)} application frames")
+
+    # --- shared by both paths
+
+    def _open_tshark(self, path: Path) -> TsharkRun | None:
+        try:
+            kw = {"block_size": self.block_size} if self.block_size else {}
+            return TsharkRun(path, self.decode_as, extra_args=self.tshark_args, **kw)
+        except OSError as exc:
+            self._dead(-1, str(self.path), f"cannot run tshark: {exc}")
+            return None
+
+    def _tshark_tables(self, run: TsharkRun, core_of: Callable[[Any], dict[str, Any]], hellos: list,
+                       where: Callable[[], str]) -> Generator[pa.Table, None, int]:
+        """Application events of tshark's batches (``core_of`` gives a batch's packet core, frame
+        numbers of the whole capture); TLS hellos collected into ``hellos``. Malformed packets, bad
+        output lines, a reader error and a failed tshark are dead letters. Returns the last frame."""
+        s = self.summary
+        last_frame = 0
+        failed = False
+        try:
+            for b in run.batches():
+                core = core_of(b)
+                last_frame = int(pc.max(core["frame"]).as_py())
+                for frame, text, reason in apps.malformed(b, core):
+                    self._dead(frame, text, reason)
+                table, hello = apps.frame_events(b, core, self._ctx)
+                hellos.extend(hello)
+                if table is not None:
+                    yield self._count(table)
+        except GeneratorExit:
+            run.kill()
+            run.close()
+            raise
+        except Exception:  # noqa: BLE001 - a capture never crashes the reader
+            failed = True
+            run.kill()
+            err = traceback.format_exc(limit=2).strip().splitlines()[-1]
+            self._dead(last_frame, str(self.path), f"pcap reader error: {err} (after frame {last_frame})"[:500])
+        rc, err = run.close()
+        s.tshark_status, s.tshark_stderr = rc, err
+        for line in run.bad_lines:
+            self._dead(last_frame, line, "unparseable tshark output line")
+        if (rc != 0 or err) and not failed:
+            msg = err.splitlines()[0] if err else "(no message)"
+            self._dead(last_frame + 1 if last_frame else -1, f"{self.path}\n{err}"[:4000],
+                       f"tshark exit status {rc}: {msg} ({where()})"[:500])
+        return last_frame
+
+    def _finish(self, acc: FlowAccumulator, hellos: list, frame: int) -> Iterator[pa.Table]:
+        """TLS events of the collected hellos, then the flows."""
         try:
             if hellos:
                 yield self._count(apps.events_from_rows(apps.tls_rows(hellos, self._ctx)))
@@ -366,54 +402,7 @@ class PcapReader:
                     yield self._count(t)
         except Exception:  # noqa: BLE001
             err = traceback.format_exc(limit=2).strip().splitlines()[-1]
-            self._dead(p.n, str(self.path), f"pcap flow aggregation error: {err}"[:500])
-
-    def _apps_of(self, rec: Any, stream: np.ndarray, idx: np.ndarray, hellos: list) -> Iterator[pa.Table]:
-        """tshark over the application packets only (a temporary capture); frame numbers and TCP
-        stream numbers mapped back to the whole capture's."""
-        s = self.summary
-        with tempfile.TemporaryDirectory(prefix="taishi-pcap-") as tmp:
-            sub = Path(tmp) / "apps.pcap"
-            fast.write_pcap(sub, rec, idx)
-            try:
-                kw = {"block_size": self.block_size} if self.block_size else {}
-                run = TsharkRun(sub, self.decode_as, extra_args=self.tshark_args, **kw)
-            except OSError as exc:
-                self._dead(-1, str(self.path), f"cannot run tshark: {exc}")
-                return
-            last_frame = 0
-            failed = False
-            try:
-                for b in run.batches():
-                    core = packet_core(b)
-                    orig = idx[core["frame"].to_numpy() - 1]
-                    core["frame"] = pa.array(orig + 1, pa.int64())
-                    tcp = pc.equal(core["proto"], 6)
-                    core["stream"] = pc.if_else(tcp, pa.array(stream[orig], pa.int64()), pa.scalar(None, pa.int64()))
-                    last_frame = int(orig.max()) + 1
-                    for frame, text, reason in apps.malformed(b, core):
-                        self._dead(frame, text, reason)
-                    table, hello = apps.frame_events(b, core, self._ctx)
-                    hellos.extend(hello)
-                    if table is not None:
-                        yield self._count(table)
-            except GeneratorExit:
-                run.kill()
-                run.close()
-                raise
-            except Exception:  # noqa: BLE001 - a capture never crashes the reader
-                failed = True
-                run.kill()
-                err = traceback.format_exc(limit=2).strip().splitlines()[-1]
-                self._dead(last_frame, str(self.path), f"pcap reader error: {err} (after frame {last_frame})"[:500])
-            rc, err = run.close()
-        s.tshark_status, s.tshark_stderr = rc, err
-        for line in run.bad_lines:
-            self._dead(last_frame, line, "unparseable tshark output line")
-        if (rc != 0 or err) and not failed:
-            msg = err.splitlines()[0] if err else "(no message)"
-            self._dead(last_frame + 1 if last_frame else -1, f"{self.path}\n{err}"[:4000],
-                       f"tshark exit status {rc}: {msg} (on the {len(idx)} application frames)"[:500])
+            self._dead(frame, str(self.path), f"pcap flow aggregation error: {err}"[:500])
 
     def _flow_tables(self, f: dict[str, Any]) -> Iterator[pa.Table]:
         s = self.summary
