@@ -17,6 +17,7 @@ SCRIPTS = [
     ["bench_correlate.py"],
     ["bench_pipeline.py", "--records", "300000"],
     ["bench_netflow.py", "--records", "300000"],
+    ["bench_syslog.py", "--messages", "200000"],
     ["bench_pcap.py", "--repeat", "2"],
     ["bench_anomaly.py", "--records", "200000"],
     ["bench_cluster.py"],  # Kafka, the search node, Spark local[1] and local[2]: ~10 minutes on the shared machine
