@@ -70,6 +70,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence
 
@@ -289,6 +290,7 @@ class SearchStore:
         self.prefix = index_prefix
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.refresh = refresh
+        self._touched: set[str] | None = None  # indices written inside one_refresh()
         self.replicas = int(replicas)
         days = dict(retention_days or {})
         self.retention_days = {
@@ -503,6 +505,20 @@ class SearchStore:
             found.update(h["_id"] for h in r["hits"]["hits"])
         return found
 
+    @contextmanager
+    def one_refresh(self):
+        """Writes inside do not wait for a refresh each (``refresh=wait_for`` costs up to the 1 s
+        refresh interval per bulk request); leaving without an error refreshes the indices written, once,
+        so everything written inside is searchable when the block returns, as with ``wait_for``.
+        (A sink writing a micro-batch's events, alerts and dead letters: one refresh, not one wait per request.)"""
+        prev, self.refresh, self._touched = self.refresh, False, set()
+        try:
+            yield self
+        finally:
+            self.refresh, touched, self._touched = prev, self._touched, None
+        if prev and touched:
+            self._req("POST", "/" + ",".join(sorted(touched)) + "/_refresh")
+
     def _bulk_create(self, index: str, docs: Iterable[tuple[str, dict]], op: str = "create") -> int:
         """Bulk ``op`` (create: existing ids are skipped, 409) in ~4 MB requests; returns how many were written."""
         created = 0
@@ -514,6 +530,8 @@ class SearchStore:
             if not lines:
                 return
             params = {"refresh": self.refresh} if self.refresh else None
+            if self._touched is not None:
+                self._touched.add(index)
             r = self._req("POST", f"/{index}/_bulk", b"\n".join(lines) + b"\n", params=params, ndjson=True)
             for item in r["items"]:
                 res = item.get(op) or next(iter(item.values()))

@@ -506,36 +506,37 @@ def write_rows(conf: JobConf, rows: Iterable[dict], *, to_kafka: bool = True) ->
     kb = _kafka(conf) if to_kafka else None
     st: dict[str, Any] = {"events": 0, "events_stored": 0, "alerts": [], "alerts_stored": 0, "deadletters": 0,
                           "late_events": 0, "by_dataset": Counter(), "deadletter_reasons": Counter()}
-    for r in rows:
-        kind, payload = r["kind"], r["payload"]
-        if payload is None or kind not in _SCHEMA:
-            continue
-        t = from_ipc(payload)
-        if kind == EVENTS:
-            st["events"] += t.num_rows
-            st["events_stored"] += _written(store.write_events(t), t)
-            from taishi.pipeline import _value_counts
+    with store.one_refresh():  # one refresh for the whole write, not a refresh wait per bulk request
+        for r in rows:
+            kind, payload = r["kind"], r["payload"]
+            if payload is None or kind not in _SCHEMA:
+                continue
+            t = from_ipc(payload)
+            if kind == EVENTS:
+                st["events"] += t.num_rows
+                st["events_stored"] += _written(store.write_events(t), t)
+                from taishi.pipeline import _value_counts
 
-            for k, v in _value_counts(t, "event.dataset"):
-                st["by_dataset"][k] += v
-        elif kind == ALERTS:  # stored and sent on with their assets, source geo and risk (as embedded)
-            from taishi.enrich import enrich_alerts
+                for k, v in _value_counts(t, "event.dataset"):
+                    st["by_dataset"][k] += v
+            elif kind == ALERTS:  # stored and sent on with their assets, source geo and risk (as embedded)
+                from taishi.enrich import enrich_alerts
 
-            t = enrich_alerts(t, conf.inventory.value if conf.inventory is not None else None)
-            st["alerts_stored"] += _written(store.write_alerts(t), t)
-            if kb is not None:
-                kb.produce(TOPIC_ALERTS, t)
-            st["alerts"].extend(t.select(["id", "rule.level", "rule.name", "threat.technique.id"]).to_pylist())
-        elif kind == DEADLETTERS:
-            store.write_deadletters(t)
-            if kb is not None:
-                kb.produce(TOPIC_DEADLETTER, t)
-            st["deadletters"] += t.num_rows
-            from taishi.pipeline import _reason_kind
+                t = enrich_alerts(t, conf.inventory.value if conf.inventory is not None else None)
+                st["alerts_stored"] += _written(store.write_alerts(t), t)
+                if kb is not None:
+                    kb.produce(TOPIC_ALERTS, t)
+                st["alerts"].extend(t.select(["id", "rule.level", "rule.name", "threat.technique.id"]).to_pylist())
+            elif kind == DEADLETTERS:
+                store.write_deadletters(t)
+                if kb is not None:
+                    kb.produce(TOPIC_DEADLETTER, t)
+                st["deadletters"] += t.num_rows
+                from taishi.pipeline import _reason_kind
 
-            for reason, stage in zip(t.column("reason").to_pylist(), t.column("stage").to_pylist()):
-                st["deadletter_reasons"][_reason_kind(reason)] += 1
-                st["late_events"] += stage == "correlate"
+                for reason, stage in zip(t.column("reason").to_pylist(), t.column("stage").to_pylist()):
+                    st["deadletter_reasons"][_reason_kind(reason)] += 1
+                    st["late_events"] += stage == "correlate"
     return st
 
 
