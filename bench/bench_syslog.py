@@ -125,8 +125,8 @@ def receive(proto: str, feed: list[bytes], rate: int, tmp: Path) -> tuple[dict, 
             break
         last = now
         time.sleep(0.3)
+    wall, cpu = time.perf_counter() - w0, _thread_cpu(tid) - c0  # before stop(): the thread's stat goes with it
     col.stop()
-    wall, cpu = time.perf_counter() - w0, _thread_cpu(tid) - c0
     m = col.metrics()
     return {
         "sent": len(feed), "received": m["received"], "lost": len(feed) - m["received"],

@@ -14,6 +14,7 @@ the previous year. Times without a zone are taken as UTC (:data:`DEFAULT_TZ`).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
@@ -55,6 +56,17 @@ def infer_year(month: int, day: int, hms: str, now: datetime | None = None, year
     return dt.astimezone(timezone.utc)
 
 
+@lru_cache(maxsize=8192)
+def _bsd_time(mon: str, day: str, hms: str, frac: str | None, year: str | None, now: datetime,
+              default_year: int | None, default_tz: tzinfo) -> datetime:
+    """:func:`infer_year` of one BSD header's fields, memoised: a stream repeats each second
+    many times. The module defaults are part of the key (tests change them)."""
+    dt = infer_year(_MONTHS[mon], int(day), hms, now, int(year) if year else None)
+    if frac:
+        dt = dt.replace(microsecond=int(frac[:6].ljust(6, "0")))
+    return dt
+
+
 def _sd_and_msg(rest: str | None) -> tuple[str | None, str | None]:
     """Split RFC 5424 STRUCTURED-DATA from MSG (escapes \\] \\" \\\\ inside values)."""
     if not rest:
@@ -87,7 +99,7 @@ def _sd_and_msg(rest: str | None) -> tuple[str | None, str | None]:
 # --- auth messages -----------------------------------------------------------
 IPISH = re.compile(r"^(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:.]+)$")
 
-_AUTH_RULES: list[tuple[re.Pattern[str], dict[str, Any]]] = [
+_AUTH_RULES: list[tuple[re.Pattern[str], dict[str, Any]]] = [  # literals in _AUTH_LITERALS, same order
     (re.compile(r"Failed (?P<method>password|publickey|none|keyboard-interactive(?:/pam)?|hostbased|gssapi-with-mic) for (?P<invalid>invalid user )?(?P<user>.*?) from (?P<ip>\S+)(?: port (?P<port>\d+))?"),
      {"event.action": "ssh_login", "event.outcome": "failure", "event.type": "start"}),
     (re.compile(r"Accepted (?P<method>\S+) for (?P<user>\S+) from (?P<ip>\S+)(?: port (?P<port>\d+))?"),
@@ -128,6 +140,17 @@ _AUTH_RULES: list[tuple[re.Pattern[str], dict[str, Any]]] = [
      {"event.action": "login", "event.outcome": "success", "event.type": "start"}),
 ]
 
+# A literal each rule above needs (its regex cannot match a message without it):
+# auth_fields skips the regex when the literal is absent, same result, fewer searches.
+_AUTH_LITERALS = ["Failed ", "Accepted ", "Invalid user ", "input_userauth_request: invalid user ",
+                  "error: maximum authentication attempts exceeded for ", "Disconnecting: Too many authentication failures for ",
+                  "reverse mapping checking getaddrinfo for ", "Did not receive identification string from ",
+                  "Connection closed by ", "Received disconnect from ", "PAM ", "authentication failure; logname=",
+                  "Authentication failed from ", "check pass; user unknown", "session opened for user ",
+                  "session closed for user ", "FAILED LOGIN ", "ROOT LOGIN ON ", "LOGIN ON "]
+_AUTH_RULES_LIT = [(lit, rx, fields) for lit, (rx, fields) in zip(_AUTH_LITERALS, _AUTH_RULES, strict=True)]
+PAM_UNIX = re.compile(r"^pam_unix\((?P<svc>[\w-]+):(?P<kind>\w+)\): ")
+
 SUDO = re.compile(
     r"^\s*(?P<user>\S+) : (?:(?P<err>.*?) ; )?TTY=(?P<tty>\S+) ; PWD=(?P<pwd>.*?) ; USER=(?P<target>\S+) ;"
     r"(?: GROUP=\S+ ;)?(?: TSID=\S+ ;)?(?: ENV=.*? ;)? COMMAND=(?P<cmd>.*)$"
@@ -155,7 +178,7 @@ def auth_fields(program: str | None, msg: str, ev: dict[str, Any]) -> bool:
     """Fill auth fields of ``ev`` from a message of ``program``; True when it is an auth event."""
     prog = (program or "").split("(")[0].lower()
     pam_service = None
-    m_pam = re.match(r"^pam_unix\((?P<svc>[\w-]+):(?P<kind>\w+)\): ", msg)
+    m_pam = PAM_UNIX.match(msg) if msg.startswith("pam_unix(") else None
     if m_pam:
         pam_service = m_pam.group("svc")
     if prog == "sudo" or pam_service == "sudo" and not m_pam:
@@ -193,7 +216,9 @@ def auth_fields(program: str | None, msg: str, ev: dict[str, Any]) -> bool:
                 }
             )
             return True
-    for rx, fields in _AUTH_RULES:
+    for lit, rx, fields in _AUTH_RULES_LIT:
+        if lit not in msg:
+            continue
         m = rx.search(msg)
         if not m:
             continue
@@ -272,10 +297,7 @@ def _parse_line(source: str, offset: int, path: str | None, line: str, now: date
             if m3.group("pri"):
                 pri = int(m3.group("pri"))
             try:
-                yr = int(m3.group("year")) if m3.group("year") else None
-                dt = infer_year(_MONTHS[m3.group("mon")], int(m3.group("day")), m3.group("time"), now, yr)
-                if m3.group("frac"):
-                    dt = dt.replace(microsecond=int(m3.group("frac")[:6].ljust(6, "0")))
+                dt = _bsd_time(*m3.group("mon", "day", "time", "frac", "year"), now, DEFAULT_YEAR, DEFAULT_TZ)
             except ValueError as exc:
                 return f"BSD syslog timestamp not valid: {exc}"
             ev["@timestamp"] = dt
