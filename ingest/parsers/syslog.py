@@ -23,6 +23,7 @@ import pyarrow as pa
 from . import (
     ParseResult,
     _register,
+    events_from_raw,
     parse_lines,
     now_utc,
     related,
@@ -282,7 +283,7 @@ def _parse_line(source: str, offset: int, path: str | None, line: str, now: date
             ev["log.syslog.appname"] = ev["process.name"] = program = app
         if procid != "-":
             ev["log.syslog.procid"] = procid
-            if procid.isdigit():
+            if procid.isdigit() and len(procid) <= 18:  # beyond int64: kept as log.syslog.procid only
                 ev["process.pid"] = int(procid)
         if msgid != "-":
             ev["log.syslog.msgid"] = msgid
@@ -327,7 +328,8 @@ def _parse_line(source: str, offset: int, path: str | None, line: str, now: date
             ev["log.syslog.appname"] = program
             ev["process.name"] = program.split("(")[0]
             if mt.group("pid"):
-                ev["process.pid"] = int(mt.group("pid"))
+                if len(mt.group("pid")) <= 18:  # beyond int64: kept as log.syslog.procid only
+                    ev["process.pid"] = int(mt.group("pid"))
                 ev["log.syslog.procid"] = mt.group("pid")
             msg = mt.group("msg").lstrip()
         else:
@@ -351,9 +353,146 @@ def _parse_line(source: str, offset: int, path: str | None, line: str, now: date
     return ev
 
 
+def parse_per_record(raw: pa.Table) -> ParseResult:
+    """Every line through :func:`_parse_line` (the reference the fast path is tested against)."""
+    return parse_lines(raw, _parse_line)
+
+
+# --- column-wise fast path ----------------------------------------------------
+# Rows that are printable ASCII (RE2's \s, \d and \S agree with Python's there), short,
+# RFC 3164 with "host tag[pid]: msg", a valid timestamp and PRI <= 191 are parsed over the
+# whole batch with Arrow kernels; auth rules run per record only on rows that can match
+# one (program sudo/su, or a rule's literal in the message). Every other row takes
+# :func:`_parse_line`. Same events, ids and dead letters (tests/test_syslog_equivalence.py).
+FAST_PATH = True  # False: every row per record
+_FAST_MAX_CHARS = 8192
+_PRINTABLE = r"^[\x20-\x7e]*$"
+_RFC3164_RE2 = (
+    r"^(?:<(?P<pri>\d{1,3})>)?(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) {1,2}(?P<day>\d{1,2}) "
+    r"(?P<time>\d\d:\d\d:\d\d)(?:\.(?P<frac>\d+))?(?: (?P<year>\d{4}))? (?P<rest>.*)$"
+)
+_HOST_TAG_RE2 = r"^(?P<host>[^ ]*[^ :]) (?P<tag>[^\s:\[\]]+?(?:\([^)\s]*\))?)(?:\[(?P<pid>\d{1,18})\])?: ?(?P<msg>.*)$"
+_AUTH_LIT_RE2 = "|".join(re.escape(lit) for lit in _AUTH_LITERALS)
+_AUTH_KEYS = ("event.action", "event.category", "event.type", "event.outcome", "event.reason", "event.code",
+              "user.name", "user.effective.name", "source.ip", "source.domain", "source.port",
+              "process.command_line", "process.working_directory")
+
+
+def _fast_3164(raw: pa.Table, now: datetime) -> tuple[pa.Table, pa.Array] | None:
+    """(events, their raw row numbers) of the rows the fast path covers, or None."""
+    import pyarrow.compute as pc
+
+    from . import EVENT_SCHEMA, INVALID_UTF8_HINT, event_ids, one_chunk
+
+    n = raw.num_rows
+    lines = pc.fill_null(one_chunk(raw.column("event.original")), "")
+    ok = pc.and_(pc.match_substring_regex(lines, _PRINTABLE), pc.less_equal(pc.utf8_length(lines), _FAST_MAX_CHARS))
+    ok = pc.and_kleene(ok, pc.invert(pc.fill_null(pc.equal(one_chunk(raw.column("hint")), INVALID_UTF8_HINT), False)))
+    ok = pc.and_(ok, pc.match_substring_regex(lines, _RFC3164_RE2))
+    idx = pc.indices_nonzero(ok)
+    if len(idx) == 0:
+        return None
+    h = pc.extract_regex(lines.take(idx), _RFC3164_RE2)
+    ht = pc.extract_regex(h.field("rest"), _HOST_TAG_RE2)  # null where it does not match
+    pri_s = h.field("pri")
+    pri = pc.cast(pc.if_else(pc.equal(pri_s, ""), None, pri_s), pa.int64())
+    keys = pc.binary_join_element_wise(h.field("mon"), h.field("day"), h.field("time"), h.field("frac"),
+                                       h.field("year"), "|")
+    uniq = pc.unique(keys)
+    times: list[datetime | None] = []
+    for k in uniq.to_pylist():
+        mon, day, hms, frac, year = k.split("|")
+        try:
+            times.append(_bsd_time(mon, day, hms, frac or None, year or None, now, DEFAULT_YEAR, DEFAULT_TZ))
+        except ValueError:  # e.g. Feb 30: the per-record path dead-letters it
+            times.append(None)
+    ts = pa.array(times, EVENT_SCHEMA.field("@timestamp").type).take(pc.index_in(keys, value_set=uniq))
+    good = pc.and_(pc.is_valid(ht), pc.is_valid(ts))
+    good = pc.and_(good, pc.fill_null(pc.less_equal(pri, 191), True))
+    sel = pc.indices_nonzero(good)
+    if len(sel) == 0:
+        return None
+    idx, ht, pri, ts = idx.take(sel), ht.filter(good), pri.filter(good), ts.filter(good)
+    m = len(idx)
+    host, tag, pid = ht.field("host"), ht.field("tag"), ht.field("pid")
+    msg = pc.utf8_ltrim(ht.field("msg"), " ")
+    pname = pc.extract_regex(tag, r"^(?P<p>[^(]*)").field("p")
+    base = pc.utf8_lower(pname)
+    pid_s = pc.if_else(pc.equal(pid, ""), None, pid)
+    cols: dict[str, Any] = {
+        "@timestamp": ts, "event.module": pa.repeat("system", m), "event.kind": pa.repeat("event", m),
+        "log.syslog.hostname": host, "host.hostname": host, "host.name": host,
+        "log.syslog.appname": tag, "process.name": pname,
+        "process.pid": pc.cast(pid_s, pa.int64()), "log.syslog.procid": pid_s,
+        "log.syslog.priority": pri, "log.syslog.facility.code": pc.divide(pri, 8),
+        "log.syslog.severity.code": pc.subtract(pri, pc.multiply(pc.divide(pri, 8), 8)),
+        "message": msg,
+    }
+    # auth rules per record, only where one can match
+    cand = pc.or_(pc.is_in(base, value_set=pa.array(["sudo", "su"])), pc.match_substring_regex(msg, _AUTH_LIT_RE2))
+    auth_at = pc.indices_nonzero(cand).to_pylist()
+    is_auth = [False] * m
+    auth_vals: dict[str, list[Any]] = {}
+    rel_ip: list[Any] = [None] * m
+    rel_user: list[Any] = [None] * m
+    hosts_py = host.to_pylist()
+    rel_hosts = [[x] for x in hosts_py]
+    if auth_at:
+        tags_c, msgs_c = tag.take(auth_at).to_pylist(), msg.take(auth_at).to_pylist()
+        for i, program, text in zip(auth_at, tags_c, msgs_c):
+            ev: dict[str, Any] = {}
+            if not auth_fields(program, text, ev):
+                continue
+            is_auth[i] = True
+            for k, v in ev.items():
+                col = auth_vals.get(k)
+                if col is None:
+                    col = auth_vals[k] = [None] * m
+                col[i] = v
+            rel_ip[i] = related(ev.get("source.ip"))
+            rel_user[i] = related(ev.get("user.name"), ev.get("user.effective.name"))
+            rel_hosts[i] = related(hosts_py[i], ev.get("source.domain"))
+    for k, vals in auth_vals.items():
+        cols[k] = pa.array(vals, EVENT_SCHEMA.field(k).type)
+    pam = pc.match_substring(pc.binary_join_element_wise(tag, pc.utf8_slice_codeunits(msg, 0, 20), ""), "pam_")
+    auth_ds = pc.or_(pc.or_(pa.array(is_auth, pa.bool_()), pc.is_in(base, value_set=pa.array(sorted(_AUTH_PROGRAMS)))), pam)
+    cols["event.dataset"] = pc.if_else(auth_ds, "system.auth", "system.syslog")
+    cols["related.ip"] = pa.array(rel_ip, pa.list_(pa.string()))
+    cols["related.user"] = pa.array(rel_user, pa.list_(pa.string()))
+    cols["related.hosts"] = pa.array(rel_hosts, pa.list_(pa.string()))
+    take = raw.take(idx)
+    for name in ("taishi.source", "log.offset", "log.file.path", "event.original"):
+        cols[name] = one_chunk(take.column(name))
+    cols["event.id"] = event_ids(cols["taishi.source"], cols["log.offset"], cols["event.original"])
+    arrays = [pc.cast(cols[f.name], f.type) if f.name in cols else pa.nulls(m, f.type) for f in EVENT_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA), idx
+
+
 def parse(raw: pa.Table) -> ParseResult:
     """Syslog lines -> ECS; a line without a syslog header is dead-lettered."""
-    return parse_lines(raw, _parse_line)
+    if not FAST_PATH or raw.num_rows == 0:
+        return parse_per_record(raw)
+    import pyarrow.compute as pc
+
+    fast = _fast_3164(raw, now_utc())
+    if fast is None:
+        return parse_per_record(raw)
+    events, idx = fast
+    if len(idx) == raw.num_rows:
+        return ParseResult(events, parse_per_record(raw.slice(0, 0)).deadletters)
+    rest_mask = pc.invert(pc.is_in(pa.array(range(raw.num_rows), pa.uint64()), value_set=idx))
+    rest_idx = pc.indices_nonzero(rest_mask)
+    kept: list[int] = []
+
+    def build(sub: pa.Table, at: list[int], rows: list[Any]) -> pa.Table:
+        kept.extend(at)
+        return events_from_raw(sub, at, rows)
+
+    slow = parse_lines(raw.take(rest_idx), _parse_line, build)
+    slow_pos = rest_idx.take(pa.array(kept, pa.int64()))  # raw rows of the per-record events
+    order = pc.sort_indices(pa.concat_arrays([pc.cast(idx, pa.uint64()), pc.cast(slow_pos, pa.uint64())]))
+    both = pa.concat_tables([events, slow.events.cast(events.schema)])
+    return ParseResult(both.take(order), slow.deadletters)
 
 
 _register("syslog")(safe_parser(parse))
