@@ -380,6 +380,7 @@ _AUTH_KEYS = ("event.action", "event.category", "event.type", "event.outcome", "
 
 def _fast_3164(raw: pa.Table, now: datetime) -> tuple[pa.Table, pa.Array] | None:
     """(events, their raw row numbers) of the rows the fast path covers, or None."""
+    import numpy as np
     import pyarrow.compute as pc
 
     from . import EVENT_SCHEMA, INVALID_UTF8_HINT, event_ids, one_chunk
@@ -430,36 +431,45 @@ def _fast_3164(raw: pa.Table, now: datetime) -> tuple[pa.Table, pa.Array] | None
     }
     # auth rules per record, only where one can match
     cand = pc.or_(pc.is_in(base, value_set=pa.array(["sudo", "su"])), pc.match_substring_regex(msg, _AUTH_LIT_RE2))
-    auth_at = pc.indices_nonzero(cand).to_pylist()
-    is_auth = [False] * m
-    auth_vals: dict[str, list[Any]] = {}
-    rel_ip: list[Any] = [None] * m
-    rel_user: list[Any] = [None] * m
-    hosts_py = host.to_pylist()
-    rel_hosts = [[x] for x in hosts_py]
-    if auth_at:
-        tags_c, msgs_c = tag.take(auth_at).to_pylist(), msg.take(auth_at).to_pylist()
-        for i, program, text in zip(auth_at, tags_c, msgs_c):
-            ev: dict[str, Any] = {}
-            if not auth_fields(program, text, ev):
-                continue
-            is_auth[i] = True
-            for k, v in ev.items():
-                col = auth_vals.get(k)
-                if col is None:
-                    col = auth_vals[k] = [None] * m
-                col[i] = v
-            rel_ip[i] = related(ev.get("source.ip"))
-            rel_user[i] = related(ev.get("user.name"), ev.get("user.effective.name"))
-            rel_hosts[i] = related(hosts_py[i], ev.get("source.domain"))
-    for k, vals in auth_vals.items():
-        cols[k] = pa.array(vals, EVENT_SCHEMA.field(k).type)
+    cand_at = pc.indices_nonzero(cand)
+    at: list[int] = []  # rows that are auth events, and their fields
+    evs: list[dict[str, Any]] = []
+    for i, program, text in zip(cand_at.to_pylist(), tag.take(cand_at).to_pylist(), msg.take(cand_at).to_pylist()):
+        ev: dict[str, Any] = {}
+        if auth_fields(program, text, ev):
+            at.append(i)
+            evs.append(ev)
+    k = len(at)
+    # row -> its auth event (k: none); the auth columns are built for the k events, then spread
+    pos = np.full(m, k, dtype=np.int64)
+    pos[at] = np.arange(k)
+    spread = pa.array(pos)
+    is_auth = pa.array(pos < k)
+    present: set[str] = set()
+    for ev in evs:
+        present.update(ev)
+    for name in present:
+        sub = pa.array([ev.get(name) for ev in evs] + [None], EVENT_SCHEMA.field(name).type)
+        cols[name] = sub.take(spread)
+    single = pa.ListArray.from_arrays(pa.array(np.arange(m + 1, dtype=np.int32)), host)
+    ips, users, rhosts = [], [], []
+    hosts_at = host.take(pa.array(at, pa.int64())).to_pylist()
+    for h_, ev in zip(hosts_at, evs):
+        ip = ev.get("source.ip")
+        ips.append([ip] if ip else None)
+        u, e = ev.get("user.name"), ev.get("user.effective.name")
+        users.append(([u] if u else []) + ([e] if e and e != u else []) or None)
+        d = ev.get("source.domain")
+        rhosts.append([h_, d] if d and d != h_ else [h_])
+    lists = pa.list_(pa.string())
+    cols["related.ip"] = pa.array(ips + [None], lists).take(spread)
+    cols["related.user"] = pa.array(users + [None], lists).take(spread)
+    cols["related.hosts"] = pa.concat_arrays([single, pa.array(rhosts, lists)]).take(
+        pa.array(np.where(pos < k, m + pos, np.arange(m)))
+    )
     pam = pc.match_substring(pc.binary_join_element_wise(tag, pc.utf8_slice_codeunits(msg, 0, 20), ""), "pam_")
-    auth_ds = pc.or_(pc.or_(pa.array(is_auth, pa.bool_()), pc.is_in(base, value_set=pa.array(sorted(_AUTH_PROGRAMS)))), pam)
+    auth_ds = pc.or_(pc.or_(is_auth, pc.is_in(base, value_set=pa.array(sorted(_AUTH_PROGRAMS)))), pam)
     cols["event.dataset"] = pc.if_else(auth_ds, "system.auth", "system.syslog")
-    cols["related.ip"] = pa.array(rel_ip, pa.list_(pa.string()))
-    cols["related.user"] = pa.array(rel_user, pa.list_(pa.string()))
-    cols["related.hosts"] = pa.array(rel_hosts, pa.list_(pa.string()))
     take = raw.take(idx)
     for name in ("taishi.source", "log.offset", "log.file.path", "event.original"):
         cols[name] = one_chunk(take.column(name))
