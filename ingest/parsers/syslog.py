@@ -372,23 +372,40 @@ _RFC3164_RE2 = (
     r"(?P<time>\d\d:\d\d:\d\d)(?:\.(?P<frac>\d+))?(?: (?P<year>\d{4}))? (?P<rest>.*)$"
 )
 _HOST_TAG_RE2 = r"^(?P<host>[^ ]*[^ :]) (?P<tag>[^\s:\[\]]+?(?:\([^)\s]*\))?)(?:\[(?P<pid>\d{1,18})\])?: ?(?P<msg>.*)$"
+# RFC 5424 with a host, an app and no STRUCTURED-DATA; others (and unreadable timestamps) per record
+_RFC5424_RE2 = (
+    r"^<(?P<pri>\d{1,3})>(?P<ver>\d{1,2}) (?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)) "
+    r"(?P<host>[^ -][^ ]*|-[^ ]+) (?P<app>[^ -][^ ]*|-[^ ]+) (?P<procid>[^ ]+) (?P<msgid>[^ ]+) - (?P<msg>.*)$"
+)
 _AUTH_LIT_RE2 = "|".join(re.escape(lit) for lit in _AUTH_LITERALS)
 _AUTH_KEYS = ("event.action", "event.category", "event.type", "event.outcome", "event.reason", "event.code",
               "user.name", "user.effective.name", "source.ip", "source.domain", "source.port",
               "process.command_line", "process.working_directory")
 
 
-def _fast_3164(raw: pa.Table, now: datetime) -> tuple[pa.Table, pa.Array] | None:
+def _fast_rows(raw: pa.Table, now: datetime) -> tuple[pa.Table, pa.Array] | None:
     """(events, their raw row numbers) of the rows the fast path covers, or None."""
-    import numpy as np
     import pyarrow.compute as pc
 
-    from . import EVENT_SCHEMA, INVALID_UTF8_HINT, event_ids, one_chunk
+    from . import INVALID_UTF8_HINT, one_chunk
 
-    n = raw.num_rows
     lines = pc.fill_null(one_chunk(raw.column("event.original")), "")
     ok = pc.and_(pc.match_substring_regex(lines, _PRINTABLE), pc.less_equal(pc.utf8_length(lines), _FAST_MAX_CHARS))
     ok = pc.and_kleene(ok, pc.invert(pc.fill_null(pc.equal(one_chunk(raw.column("hint")), INVALID_UTF8_HINT), False)))
+    parts = [p for p in (_head_3164(lines, ok, now), _head_5424(lines, ok)) if p is not None]
+    if not parts:
+        return None
+    done = [_finish(raw, *p) for p in parts]
+    if len(done) == 1:
+        return done[0]
+    return pa.concat_tables([t for t, _ in done]), pa.concat_arrays([i for _, i in done])
+
+
+def _head_3164(lines: pa.Array, ok: pa.Array, now: datetime) -> tuple[Any, ...] | None:
+    import pyarrow.compute as pc
+
+    from . import EVENT_SCHEMA
+
     ok = pc.and_(ok, pc.match_substring_regex(lines, _RFC3164_RE2))
     idx = pc.indices_nonzero(ok)
     if len(idx) == 0:
@@ -429,6 +446,58 @@ def _fast_3164(raw: pa.Table, now: datetime) -> tuple[pa.Table, pa.Array] | None
         "log.syslog.severity.code": pc.subtract(pri, pc.multiply(pc.divide(pri, 8), 8)),
         "message": msg,
     }
+    return idx, cols, host, tag, base, msg
+
+
+def _head_5424(lines: pa.Array, ok: pa.Array) -> tuple[Any, ...] | None:
+    """RFC 5424 rows with host, app, a plain timestamp and no STRUCTURED-DATA ("- msg")."""
+    import pyarrow.compute as pc
+
+    from . import EVENT_SCHEMA
+
+    ok = pc.and_(ok, pc.match_substring_regex(lines, _RFC5424_RE2))
+    idx = pc.indices_nonzero(ok)
+    if len(idx) == 0:
+        return None
+    h = pc.extract_regex(lines.take(idx), _RFC5424_RE2)
+    pri = pc.cast(h.field("pri"), pa.int64())
+    uniq = pc.unique(h.field("ts"))
+    times = [to_utc(t) for t in uniq.to_pylist()]
+    ts = pa.array(times, EVENT_SCHEMA.field("@timestamp").type).take(pc.index_in(h.field("ts"), value_set=uniq))
+    good = pc.and_(pc.is_valid(ts), pc.less_equal(pri, 191))
+    sel = pc.indices_nonzero(good)
+    if len(sel) == 0:
+        return None
+    idx, h, pri, ts = idx.take(sel), h.filter(good), pri.filter(good), ts.filter(good)
+    m = len(idx)
+    host, app, msg = h.field("host"), h.field("app"), h.field("msg")
+    procid = pc.if_else(pc.equal(h.field("procid"), "-"), None, h.field("procid"))
+    msgid = pc.if_else(pc.equal(h.field("msgid"), "-"), None, h.field("msgid"))
+    is_pid = pc.and_(pc.match_substring_regex(procid, r"^[0-9]+$"), pc.less_equal(pc.utf8_length(procid), 18))
+    base = pc.utf8_lower(pc.extract_regex(app, r"^(?P<p>[^(]*)").field("p"))
+    cols: dict[str, Any] = {
+        "@timestamp": ts, "event.module": pa.repeat("system", m), "event.kind": pa.repeat("event", m),
+        "log.syslog.version": h.field("ver"),
+        "log.syslog.hostname": host, "host.hostname": host, "host.name": host,
+        "log.syslog.appname": app, "process.name": app,
+        "log.syslog.procid": procid, "process.pid": pc.cast(pc.if_else(is_pid, procid, None), pa.int64()),
+        "log.syslog.msgid": msgid,
+        "log.syslog.priority": pri, "log.syslog.facility.code": pc.divide(pri, 8),
+        "log.syslog.severity.code": pc.subtract(pri, pc.multiply(pc.divide(pri, 8), 8)),
+        "message": msg,
+    }
+    return idx, cols, host, app, base, msg
+
+
+def _finish(raw: pa.Table, idx: pa.Array, cols: dict[str, Any], host: pa.Array, tag: pa.Array, base: pa.Array,
+            msg: pa.Array) -> tuple[pa.Table, pa.Array]:
+    """Auth fields, dataset, related.* and the raw columns of the fast rows' events."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from . import EVENT_SCHEMA, event_ids, one_chunk
+
+    m = len(idx)
     # auth rules per record, only where one can match
     cand = pc.or_(pc.is_in(base, value_set=pa.array(["sudo", "su"])), pc.match_substring_regex(msg, _AUTH_LIT_RE2))
     cand_at = pc.indices_nonzero(cand)
@@ -484,7 +553,7 @@ def parse(raw: pa.Table) -> ParseResult:
         return parse_per_record(raw)
     import pyarrow.compute as pc
 
-    fast = _fast_3164(raw, now_utc())
+    fast = _fast_rows(raw, now_utc())
     if fast is None:
         return parse_per_record(raw)
     events, idx = fast
