@@ -140,6 +140,16 @@ EDGE = [
     "<200>1 2026-01-01T00:00:00Z host app 1 - - PRI out of range",
     "<13>1 2026-01-01T00:00:00Z  host app 1 - - two spaces",
     "<13>12 2026-01-01T00:00:00-08:00 host SUDO 1 - -   bob : TTY=pts/1 ; PWD=/ ; USER=root ; COMMAND=/bin/ls",
+    "Feb  5 17:32:18 host sshd[1]: reverse mapping checking getaddrinfo for 10.0.0.1 [h.example] failed - POSSIBLE BREAK-IN ATTEMPT!",
+    "Feb  5 17:32:18 host sshd[1]: reverse mapping checking getaddrinfo for a.example [b.example] failed - POSSIBLE BREAK-IN ATTEMPT!",
+    "Feb  5 17:32:18 host cron[1]: session opened for user root by alice(uid=1000)",
+    "Feb  5 17:32:18 host cron[1]: session opened for user root by root(uid=0)",
+    "Feb  5 17:32:18 host sshd[1]: Connection closed by invalid user admin host.example port 22 [preauth]",
+    "Feb  5 17:32:18 host sshd[1]: Received disconnect from fe80::1: 11: bye",
+    "Feb  5 17:32:18 host sshd[1]: Accepted publickey for host from host port 1",
+    "Feb  5 17:32:18 host sshd[1]: PAM 1 more authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=10.1.1.1",
+    "Feb  5 17:32:18 host sshd[1]: Invalid user  from 10.0.0.1",
+    "Feb  5 17:32:18 host sshd[1]: input_userauth_request: invalid user ",
 ]
 
 

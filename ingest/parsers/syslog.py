@@ -489,6 +489,84 @@ def _head_5424(lines: pa.Array, ok: pa.Array) -> tuple[Any, ...] | None:
     return idx, cols, host, app, base, msg
 
 
+def _pair_lists(a: pa.Array, b: pa.Array) -> pa.Array:
+    """Per row :func:`related` of two string values: [a, b] without nulls, empties or a repeat; null if none."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    n = len(a)
+    va = pc.fill_null(pc.not_equal(a, ""), False).to_numpy(zero_copy_only=False)
+    vb = pc.fill_null(pc.and_(pc.not_equal(b, ""), pc.fill_null(pc.not_equal(a, b), True)), False).to_numpy(zero_copy_only=False)
+    pick = np.stack([np.arange(n), n + np.arange(n)], axis=1).ravel()[np.stack([va, vb], axis=1).ravel()]
+    values = pa.concat_arrays([pc.cast(a, pa.string()), pc.cast(b, pa.string())]).take(pa.array(pick, pa.int64()))
+    counts = va.astype(np.int32) + vb.astype(np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, values, mask=pa.array(counts == 0))
+
+
+def _rule_columns(text: pa.Array, rx: re.Pattern[str], fields: dict[str, Any]) -> dict[str, pa.Array]:
+    """Column-wise auth_fields' generic rule part for messages ``text`` the rule matches (no PAM service)."""
+    import pyarrow.compute as pc
+
+    h = len(text)
+    ext = pc.extract_regex(text, rx.pattern) if rx.groupindex else None
+
+    def grp(name: str) -> pa.Array | None:  # a group's values, empty -> null
+        if ext is None or name not in rx.groupindex:
+            return None
+        v = ext.field(name)
+        return pc.if_else(pc.equal(v, ""), None, v)
+
+    def const(v: Any) -> pa.Array:
+        return pa.array([v] * h, pa.string())
+
+    out: dict[str, pa.Array] = {
+        "event.category": const(fields.get("event.category", "authentication")),
+        "event.type": const(fields.get("event.type")),
+        "event.action": const(fields["event.action"]),
+    }
+    if "event.outcome" in fields:
+        out["event.outcome"] = const(fields["event.outcome"])
+    user = grp("user")
+    if fields.get("user"):
+        user = const(fields["user"]) if user is None else pc.fill_null(user, fields["user"])
+    src_ip = src_dom = None
+    for v in (grp("ip"), grp("rhost")):
+        if v is None:
+            continue
+        ipish = pc.match_substring_regex(v, IPISH.pattern)
+        src_ip = pc.if_else(pc.fill_null(ipish, False), v, src_ip if src_ip is not None else pa.nulls(h, pa.string()))
+        dom_sel = pc.fill_null(pc.and_(pc.is_valid(v), pc.invert(ipish)), False)
+        src_dom = pc.if_else(dom_sel, v, src_dom if src_dom is not None else pa.nulls(h, pa.string()))
+    dom = grp("domain")
+    if dom is not None:
+        sel = pc.fill_null(pc.invert(pc.match_substring_regex(dom, IPISH.pattern)), False)
+        src_dom = pc.if_else(sel, dom, src_dom if src_dom is not None else pa.nulls(h, pa.string()))
+    if src_ip is not None:
+        out["source.ip"] = src_ip
+    if src_dom is not None:
+        out["source.domain"] = src_dom
+    port = grp("port")
+    if port is not None:
+        out["source.port"] = pc.cast(port, pa.int64())
+    reason = grp("reason")
+    inv = grp("invalid")
+    if inv is not None:
+        reason = pc.if_else(pc.is_valid(inv), "invalid user", reason if reason is not None else pa.nulls(h, pa.string()))
+    if reason is not None:
+        out["event.reason"] = reason
+    method = grp("method")
+    if method is not None:
+        out["event.code"] = method
+    by = grp("by")
+    if by is not None and fields["event.action"] == "session_opened" and user is not None:
+        out["user.effective.name"] = pc.if_else(pc.is_valid(by), user, None)
+        user = pc.if_else(pc.is_valid(by), by, user)
+    if user is not None:
+        out["user.name"] = user
+    return out
+
+
 def _finish(raw: pa.Table, idx: pa.Array, cols: dict[str, Any], host: pa.Array, tag: pa.Array, base: pa.Array,
             msg: pa.Array) -> tuple[pa.Table, pa.Array]:
     """Auth fields, dataset, related.* and the raw columns of the fast rows' events."""
@@ -501,41 +579,48 @@ def _finish(raw: pa.Table, idx: pa.Array, cols: dict[str, Any], host: pa.Array, 
     # auth rules per record, only where one can match
     cand = pc.or_(pc.is_in(base, value_set=pa.array(["sudo", "su"])), pc.match_substring_regex(msg, _AUTH_LIT_RE2))
     cand_at = pc.indices_nonzero(cand)
-    at: list[int] = []  # rows that are auth events, and their fields
+    # sudo, su and pam_unix(...) messages per record; the other candidates' rule and fields column-wise
+    special = pc.or_(pc.is_in(base.take(cand_at), value_set=pa.array(["sudo", "su"])),
+                     pc.starts_with(msg.take(cand_at), "pam_unix("))
+    sp_at = cand_at.filter(special)
+    at: list[int] = []
     evs: list[dict[str, Any]] = []
-    for i, program, text in zip(cand_at.to_pylist(), tag.take(cand_at).to_pylist(), msg.take(cand_at).to_pylist()):
+    for i, program, text in zip(sp_at.to_pylist(), tag.take(sp_at).to_pylist(), msg.take(sp_at).to_pylist()):
         ev: dict[str, Any] = {}
         if auth_fields(program, text, ev):
             at.append(i)
             evs.append(ev)
-    k = len(at)
+    parts: list[tuple[pa.Array, dict[str, pa.Array]]] = []  # (rows, columns of their auth fields)
+    if at:
+        names = set().union(*evs)
+        parts.append((pa.array(at, pa.int64()),
+                      {k: pa.array([ev.get(k) for ev in evs], EVENT_SCHEMA.field(k).type) for k in names}))
+    left = cand_at.filter(pc.invert(special))
+    for lit, rx, fields in _AUTH_RULES_LIT:
+        if len(left) == 0:
+            break
+        text = msg.take(left)
+        hit = pc.and_(pc.match_substring(text, lit), pc.match_substring_regex(text, rx.pattern))
+        if not pc.any(hit).as_py():
+            continue
+        parts.append((left.filter(hit), _rule_columns(text.filter(hit), rx, fields)))
+        left = left.filter(pc.invert(hit))
+    k = sum(len(r) for r, _ in parts)
     # row -> its auth event (k: none); the auth columns are built for the k events, then spread
     pos = np.full(m, k, dtype=np.int64)
-    pos[at] = np.arange(k)
+    if k:
+        pos[np.concatenate([r.to_numpy().astype(np.int64) for r, _ in parts])] = np.arange(k)
     spread = pa.array(pos)
     is_auth = pa.array(pos < k)
-    present: set[str] = set()
-    for ev in evs:
-        present.update(ev)
-    for name in present:
-        sub = pa.array([ev.get(name) for ev in evs] + [None], EVENT_SCHEMA.field(name).type)
+    for name in set().union(*[c for _, c in parts]) if parts else ():
+        typ = EVENT_SCHEMA.field(name).type
+        sub = pa.concat_arrays([pc.cast(c[name], typ) if name in c else pa.nulls(len(r), typ) for r, c in parts]
+                               + [pa.nulls(1, typ)])
         cols[name] = sub.take(spread)
-    single = pa.ListArray.from_arrays(pa.array(np.arange(m + 1, dtype=np.int32)), host)
-    ips, users, rhosts = [], [], []
-    hosts_at = host.take(pa.array(at, pa.int64())).to_pylist()
-    for h_, ev in zip(hosts_at, evs):
-        ip = ev.get("source.ip")
-        ips.append([ip] if ip else None)
-        u, e = ev.get("user.name"), ev.get("user.effective.name")
-        users.append(([u] if u else []) + ([e] if e and e != u else []) or None)
-        d = ev.get("source.domain")
-        rhosts.append([h_, d] if d and d != h_ else [h_])
-    lists = pa.list_(pa.string())
-    cols["related.ip"] = pa.array(ips + [None], lists).take(spread)
-    cols["related.user"] = pa.array(users + [None], lists).take(spread)
-    cols["related.hosts"] = pa.concat_arrays([single, pa.array(rhosts, lists)]).take(
-        pa.array(np.where(pos < k, m + pos, np.arange(m)))
-    )
+    nulls = pa.nulls(m, pa.string())
+    cols["related.ip"] = _pair_lists(cols.get("source.ip", nulls), nulls)
+    cols["related.user"] = _pair_lists(cols.get("user.name", nulls), cols.get("user.effective.name", nulls))
+    cols["related.hosts"] = _pair_lists(host, cols.get("source.domain", nulls))
     pam = pc.match_substring(pc.binary_join_element_wise(tag, pc.utf8_slice_codeunits(msg, 0, 20), ""), "pam_")
     auth_ds = pc.or_(pc.or_(is_auth, pc.is_in(base, value_set=pa.array(sorted(_AUTH_PROGRAMS)))), pam)
     cols["event.dataset"] = pc.if_else(auth_ds, "system.auth", "system.syslog")
