@@ -150,6 +150,37 @@ def test_malformed_frames_are_dead_lettered_and_the_receiver_keeps_going(pipe: P
     assert all(d["stage"] == "read" and "127.0.0.1" in d["reason"] for d in dl)
 
 
+def test_stream_frames_cut_anywhere_mixed_framing_and_a_last_line_without_newline(pipe: Pipeline) -> None:
+    """One connection carries octet-counted and newline frames (RFC 6587 lets a sender mix them), sent
+    in pieces that cut frames, counts and newlines at every place; then a line longer than a record may
+    be closes a second connection with a dead letter, and a third ends on a line without a newline."""
+    from ingest.parsers import MAX_RECORD_BYTES
+
+    msgs = [f"<13>Nov 29 10:00:{i:02d} h app: message {i} \u6001\u52bf" for i in range(30)]
+    wire = b""
+    for i, m in enumerate(msgs):
+        b = m.encode()
+        wire += (str(len(b)).encode() + b" " + b) if i % 3 == 0 else (b + (b"\r\n" if i % 3 == 1 else b"\n"))
+    col = _collect(pipe, "tcp")
+    port = col.bound["tcp"][1]
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for k in range(0, len(wire), 7):
+            s.sendall(wire[k:k + 7])
+            if k % 70 == 0:
+                time.sleep(0.002)  # let the receiver see a cut frame
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"<13>" + b"x" * (MAX_RECORD_BYTES + 4096) + b"\n")
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"<13>Nov 29 10:01:00 h app: the last one, no newline")
+    _wait(lambda: col.metrics()["received"] == len(msgs) + 1 and col.metrics()["deadlettered"] == 1)
+    col.stop()
+    got = [e["message"] for e in _events(pipe)]
+    assert sorted(got) == sorted([f"message {i} \u6001\u52bf" for i in range(30)] + ["the last one, no newline"])
+    dl = pipe.store.search_deadletters(limit=None).to_pylist()
+    assert len(dl) == 1 and dl[0]["reason"].startswith(f"frame exceeds {MAX_RECORD_BYTES} bytes")
+
+
 def test_udp_flood_drops_are_counted_never_silent(pipe: Pipeline) -> None:
     col = _collect(pipe, "udp", max_pending=50, batch_size=10_000)
     col.flush_interval = 3600  # nothing leaves the buffer during the flood

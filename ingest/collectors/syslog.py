@@ -43,6 +43,7 @@ from taishi.schema import deadletters_table
 import pyarrow as pa
 
 TOPIC = raw_topic("syslog")
+STREAM_LIMIT = MAX_RECORD_BYTES + 1024  # bytes a TCP frame may take before its separator
 
 
 @dataclass
@@ -100,7 +101,7 @@ class SyslogCollector(Collector):
                     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
                     ctx.load_cert_chain(str(self.certfile), str(self.keyfile))
                 srv = await asyncio.start_server(
-                    lambda r, w, p=ls.proto: self._stream(r, w, p), ls.host, ls.port, ssl=ctx, limit=MAX_RECORD_BYTES + 1024
+                    lambda r, w, p=ls.proto: self._stream(r, w, p), ls.host, ls.port, ssl=ctx, limit=STREAM_LIMIT
                 )
                 servers.append(srv)
                 self.bound[ls.proto] = srv.sockets[0].getsockname()[:2]
@@ -156,34 +157,71 @@ class SyslogCollector(Collector):
             self.m.dropped += 1
 
     async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proto: str) -> None:
+        """One TCP/TLS connection: RFC 6587 frames, each either octet-counted (``LEN SP MSG``) or
+        newline-terminated (a last line without a newline counts at the end of the stream). The
+        connection's bytes are read in chunks and cut into frames in place (no await per frame)."""
         peer = writer.get_extra_info("peername")
         sender = peer[0] if peer else "?"
         self.m.connections += 1
+        limit = STREAM_LIMIT
+        buf, pos, eof = b"", 0, False
+
+        async def more() -> bool:
+            """Append the next chunk to ``buf``; False at the end of the stream."""
+            nonlocal buf, eof
+            if eof:
+                return False
+            chunk = await reader.read(1 << 16)
+            if not chunk:
+                eof = True
+                return False
+            buf += chunk
+            return True
+
         try:
             while True:
-                first = await reader.read(1)
-                if not first:
-                    return
-                if first in b" \r\n":
+                if pos >= 1 << 16:  # keep the buffer to what is not framed yet
+                    buf, pos = buf[pos:], 0
+                while pos < len(buf) and buf[pos] in b" \r\n":
+                    pos += 1
+                if pos >= len(buf):
+                    if not await more():
+                        return
                     continue
-                if first.isdigit():
-                    head = first + await reader.readuntil(b" ")
+                if 48 <= buf[pos] <= 57:  # octet counting
+                    sp = buf.find(b" ", pos)
+                    if sp < 0:
+                        if len(buf) - pos > limit:
+                            self._reject(proto, sender, b"", "octet count without a terminating space; connection closed")
+                            return
+                        if not await more():
+                            return
+                        continue
+                    head = buf[pos:sp + 1]
                     count = head[:-1]
                     if not count.isdigit() or int(count) > MAX_RECORD_BYTES:
                         self._reject(proto, sender, head, f"bad octet count {count[:20]!r}; connection closed")
                         return
-                    data = await reader.readexactly(int(count))
-                    self.m.bytes += len(head) + len(data)
-                else:
-                    try:
-                        line = first + await reader.readuntil(b"\n")
-                    except asyncio.IncompleteReadError as exc:  # last line without newline
-                        line = first + exc.partial
-                    except asyncio.LimitOverrunError:
-                        self._reject(proto, sender, first, f"frame exceeds {MAX_RECORD_BYTES} bytes; connection closed")
-                        return
-                    self.m.bytes += len(line)
-                    data = line
+                    end = sp + 1 + int(count)
+                    while len(buf) < end:
+                        if not await more():
+                            return  # the stream ended inside a frame
+                    data = buf[sp + 1:end]
+                    self.m.bytes += end - pos
+                    pos = end
+                else:  # newline framing
+                    nl = buf.find(b"\n", pos, pos + limit + 1)
+                    if nl < 0:
+                        if len(buf) - pos > limit:
+                            self._reject(proto, sender, buf[pos:pos + 1],
+                                         f"frame exceeds {MAX_RECORD_BYTES} bytes; connection closed")
+                            return
+                        if await more():
+                            continue
+                        nl = len(buf) - 1  # last line without newline
+                    data = buf[pos:nl + 1]
+                    self.m.bytes += len(data)
+                    pos = nl + 1
                 text = data.decode("utf-8", "replace").rstrip("\r\n")
                 if "\ufffd" in text and b"\xef\xbf\xbd" not in data:
                     self._reject(proto, sender, data, "invalid UTF-8 in message")
@@ -193,10 +231,8 @@ class SyslogCollector(Collector):
                 while not self._accept(proto, sender, text):  # backpressure: wait for room
                     async with self._room:
                         await self._room.wait()
-        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+        except (ConnectionError, ssl.SSLError):
             return
-        except asyncio.LimitOverrunError:
-            self._reject(proto, sender, b"", "octet count without a terminating space; connection closed")
         finally:
             writer.close()
 
@@ -215,6 +251,7 @@ class SyslogCollector(Collector):
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        hints: dict[str, str] = {}  # one hint per sender
         seq0 = self._seq
         n = len(batch)
         table = pa.table(
@@ -222,7 +259,7 @@ class SyslogCollector(Collector):
                 "taishi.source": [s for s, _, _ in batch],
                 "log.offset": list(range(seq0, seq0 + n)),
                 "log.file.path": [None] * n,
-                "hint": [set_hint({"observer.ip": ip}) for _, ip, _ in batch],
+                "hint": [hints.get(ip) or hints.setdefault(ip, set_hint({"observer.ip": ip})) for _, ip, _ in batch],
                 "event.original": [t for _, _, t in batch],
             },
             schema=RAW_SCHEMA,
