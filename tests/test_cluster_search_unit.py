@@ -120,6 +120,9 @@ def test_kafka_cluster_id_is_a_kafka_uuid():
     assert len(cid) == 22 and "=" not in cid
     assert len(base64.urlsafe_b64decode(cid + "==")) == 16
     assert cid != _kafka_cluster_id()
+    # 1 in 64 random ids starts with '-', which kafka-storage's argument parser takes for an option
+    ids = [_kafka_cluster_id() for _ in range(2000)]
+    assert not any(i.startswith("-") for i in ids)
 
 
 def test_cache_is_reachable_by_others(monkeypatch):

@@ -536,8 +536,13 @@ def release(name: str, lease: str, report: Report = _quiet, keep: bool = False) 
 
 # --------------------------------------------------------------------------- Kafka
 def _kafka_cluster_id() -> str:
-    """A Kafka ``Uuid`` string: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka ``Uuid`` string: 16 random bytes, URL-safe base64 without padding. Like Kafka's own
+    ``Uuid.randomUuid``, never one that starts with ``-`` (1 in 64 would, and ``kafka-storage format
+    -t -x...`` reads it as an option)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _kafka_command(svc: Service, report: Report) -> list[str]:
