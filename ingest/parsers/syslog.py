@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 
@@ -401,10 +401,19 @@ def _fast_rows(raw: pa.Table, now: datetime) -> tuple[pa.Table, pa.Array] | None
     return pa.concat_tables([t for t, _ in done]), pa.concat_arrays([i for _, i in done])
 
 
-def _head_3164(lines: pa.Array, ok: pa.Array, now: datetime) -> tuple[Any, ...] | None:
+def _times_per_distinct(keys: pa.Array, to_time: Callable[[str], datetime | None]) -> pa.Array:
+    """``@timestamp`` of each row: ``to_time`` called once per distinct key (a batch repeats its seconds)."""
     import pyarrow.compute as pc
 
     from . import EVENT_SCHEMA
+
+    uniq = pc.unique(keys)
+    times = pa.array([to_time(k) for k in uniq.to_pylist()], EVENT_SCHEMA.field("@timestamp").type)
+    return times.take(pc.index_in(keys, value_set=uniq))
+
+
+def _head_3164(lines: pa.Array, ok: pa.Array, now: datetime) -> tuple[Any, ...] | None:
+    import pyarrow.compute as pc
 
     ok = pc.and_(ok, pc.match_substring_regex(lines, _RFC3164_RE2))
     idx = pc.indices_nonzero(ok)
@@ -416,15 +425,15 @@ def _head_3164(lines: pa.Array, ok: pa.Array, now: datetime) -> tuple[Any, ...] 
     pri = pc.cast(pc.if_else(pc.equal(pri_s, ""), None, pri_s), pa.int64())
     keys = pc.binary_join_element_wise(h.field("mon"), h.field("day"), h.field("time"), h.field("frac"),
                                        h.field("year"), "|")
-    uniq = pc.unique(keys)
-    times: list[datetime | None] = []
-    for k in uniq.to_pylist():
+
+    def bsd(k: str) -> datetime | None:
         mon, day, hms, frac, year = k.split("|")
         try:
-            times.append(_bsd_time(mon, day, hms, frac or None, year or None, now, DEFAULT_YEAR, DEFAULT_TZ))
+            return _bsd_time(mon, day, hms, frac or None, year or None, now, DEFAULT_YEAR, DEFAULT_TZ)
         except ValueError:  # e.g. Feb 30: the per-record path dead-letters it
-            times.append(None)
-    ts = pa.array(times, EVENT_SCHEMA.field("@timestamp").type).take(pc.index_in(keys, value_set=uniq))
+            return None
+
+    ts = _times_per_distinct(keys, bsd)
     good = pc.and_(pc.is_valid(ht), pc.is_valid(ts))
     good = pc.and_(good, pc.fill_null(pc.less_equal(pri, 191), True))
     sel = pc.indices_nonzero(good)
@@ -453,17 +462,13 @@ def _head_5424(lines: pa.Array, ok: pa.Array) -> tuple[Any, ...] | None:
     """RFC 5424 rows with host, app, a plain timestamp and no STRUCTURED-DATA ("- msg")."""
     import pyarrow.compute as pc
 
-    from . import EVENT_SCHEMA
-
     ok = pc.and_(ok, pc.match_substring_regex(lines, _RFC5424_RE2))
     idx = pc.indices_nonzero(ok)
     if len(idx) == 0:
         return None
     h = pc.extract_regex(lines.take(idx), _RFC5424_RE2)
     pri = pc.cast(h.field("pri"), pa.int64())
-    uniq = pc.unique(h.field("ts"))
-    times = [to_utc(t) for t in uniq.to_pylist()]
-    ts = pa.array(times, EVENT_SCHEMA.field("@timestamp").type).take(pc.index_in(h.field("ts"), value_set=uniq))
+    ts = _times_per_distinct(h.field("ts"), to_utc)
     good = pc.and_(pc.is_valid(ts), pc.less_equal(pri, 191))
     sel = pc.indices_nonzero(good)
     if len(sel) == 0:
