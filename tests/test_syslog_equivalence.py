@@ -150,6 +150,21 @@ EDGE = [
     "Feb  5 17:32:18 host sshd[1]: PAM 1 more authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=10.1.1.1",
     "Feb  5 17:32:18 host sshd[1]: Invalid user  from 10.0.0.1",
     "Feb  5 17:32:18 host sshd[1]: input_userauth_request: invalid user ",
+    # no "tag:" after the host: the rest is the message (one RE2 pass with the header)
+    "Jun 19 04:09:11 combo syslogd 1.4.1: restart.",
+    "Jul  7 08:06:15 combo  -- root[2421]: ROOT LOGIN ON tty2",
+    "Feb  5 17:32:18 host -- pam_unix(sshd:auth): check pass; user unknown",
+    "Feb  5 17:32:18 host trailing space ",
+    "Feb  5 17:32:18 host ",
+    "Feb  5 17:32:18 2024 syslogd 1.4.1: year, then a tagless message",
+    "Feb  5 17:32:18 2024 host",
+    "Feb  5 17:32:18 2024 host ",
+    "Feb  5 17:32:18 2024 2025 sshd[1]: two years",
+    "Feb  5 17:32:18 20245 sshd[1]: five digits are a host",
+    "Feb  5 17:32:18.5 2024: app[1]: year followed by a colon",
+    "Feb  5 17:32:18 host app[12x]: m",
+    "Feb  5 17:32:18 host app[]: empty pid",
+    "Feb  5 17:32:18 host sudo  bob : TTY=pts/1 ; PWD=/ ; USER=root ; COMMAND=/bin/ls",
 ]
 
 
@@ -170,7 +185,8 @@ def syslog_lines(draw):
     msg = " ".join(draw(st.lists(_words, max_size=14))) + draw(st.text(max_size=6))
     pri = draw(st.sampled_from(["", "<0>", "<86>", "<191>", "<192>", "<x>", "<13>"]))
     host = draw(st.sampled_from(["host", "10.0.0.5", "", "a.b"]))
-    tag = draw(st.sampled_from(["sshd[12]", "sudo", "su", "login", "sshd(pam_unix)[3]", "kernel", "cron", "app(x)"]))
+    tag = draw(st.sampled_from(["sshd[12]", "sudo", "su", "login", "sshd(pam_unix)[3]", "kernel", "cron", "app(x)",
+                                "syslogd 1.4", "--", "2024", "a[1]x"]))
     if draw(st.booleans()):
         mon = draw(st.sampled_from(MONTHS + ["Foo"]))
         day = draw(st.integers(0, 32))

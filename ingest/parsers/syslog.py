@@ -367,11 +367,11 @@ def parse_per_record(raw: pa.Table) -> ParseResult:
 FAST_PATH = True  # False: every row per record
 _FAST_MAX_CHARS = 8192
 _PRINTABLE = r"^[\x20-\x7e]*$"
-_RFC3164_RE2 = (
+_RFC3164_RE2 = (  # header, host, then "tag[pid]: msg" or (no tag) the rest as the message, in one pass
     r"^(?:<(?P<pri>\d{1,3})>)?(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) {1,2}(?P<day>\d{1,2}) "
-    r"(?P<time>\d\d:\d\d:\d\d)(?:\.(?P<frac>\d+))?(?: (?P<year>\d{4}))? (?P<rest>.*)$"
+    r"(?P<time>\d\d:\d\d:\d\d)(?:\.(?P<frac>\d+))?(?: (?P<year>\d{4}))? (?P<host>[^ ]*[^ :]) "
+    r"(?:(?P<tag>[^\s:\[\]]+?(?:\([^)\s]*\))?)(?:\[(?P<pid>\d+)\])?: ?(?P<msg>.*)|(?P<bare>.+))$"
 )
-_HOST_TAG_RE2 = r"^(?P<host>[^ ]*[^ :]) (?P<tag>[^\s:\[\]]+?(?:\([^)\s]*\))?)(?:\[(?P<pid>\d{1,18})\])?: ?(?P<msg>.*)$"
 # RFC 5424 with a host, an app and no STRUCTURED-DATA; others (and unreadable timestamps) per record
 _RFC5424_RE2 = (
     r"^<(?P<pri>\d{1,3})>(?P<ver>\d{1,2}) (?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)) "
@@ -415,12 +415,18 @@ def _times_per_distinct(keys: pa.Array, to_time: Callable[[str], datetime | None
 def _head_3164(lines: pa.Array, ok: pa.Array, now: datetime) -> tuple[Any, ...] | None:
     import pyarrow.compute as pc
 
-    ok = pc.and_(ok, pc.match_substring_regex(lines, _RFC3164_RE2))
     idx = pc.indices_nonzero(ok)
     if len(idx) == 0:
         return None
-    h = pc.extract_regex(lines.take(idx), _RFC3164_RE2)
-    ht = pc.extract_regex(h.field("rest"), _HOST_TAG_RE2)  # null where it does not match
+    h = pc.extract_regex(lines if len(idx) == len(lines) else lines.take(idx), _RFC3164_RE2)  # null: no match
+    if h.null_count:
+        matched = pc.indices_nonzero(pc.is_valid(h))
+        if len(matched) == 0:
+            return None
+        idx, h = idx.take(matched), h.take(matched)
+    # the one case where RE2's backtracking splits the line unlike _parse_line: a year it gave up
+    # for the host ("... 17:32:18 2024 sshd[1]: m": per record a year and no host) goes per record
+    year_as_host = pc.and_(pc.equal(h.field("year"), ""), pc.match_substring_regex(h.field("host"), r"^\d{4}$"))
     pri_s = h.field("pri")
     pri = pc.cast(pc.if_else(pc.equal(pri_s, ""), None, pri_s), pa.int64())
     keys = pc.binary_join_element_wise(h.field("mon"), h.field("day"), h.field("time"), h.field("frac"),
@@ -434,23 +440,27 @@ def _head_3164(lines: pa.Array, ok: pa.Array, now: datetime) -> tuple[Any, ...] 
             return None
 
     ts = _times_per_distinct(keys, bsd)
-    good = pc.and_(pc.is_valid(ht), pc.is_valid(ts))
+    good = pc.and_(pc.is_valid(ts), pc.invert(year_as_host))
     good = pc.and_(good, pc.fill_null(pc.less_equal(pri, 191), True))
     sel = pc.indices_nonzero(good)
     if len(sel) == 0:
         return None
-    idx, ht, pri, ts = idx.take(sel), ht.filter(good), pri.filter(good), ts.filter(good)
+    if len(sel) < len(idx):
+        idx, h, pri, ts = idx.take(sel), h.take(sel), pri.take(sel), ts.take(sel)
     m = len(idx)
-    host, tag, pid = ht.field("host"), ht.field("tag"), ht.field("pid")
-    msg = pc.utf8_ltrim(ht.field("msg"), " ")
-    pname = pc.extract_regex(tag, r"^(?P<p>[^(]*)").field("p")
-    base = pc.utf8_lower(pname)
+    host, pid = h.field("host"), h.field("pid")
+    tagless = pc.equal(h.field("tag"), "")  # no "tag[pid]:" after the host: the rest is the message
+    tag = pc.if_else(tagless, None, h.field("tag"))
+    msg = pc.if_else(tagless, h.field("bare"), pc.utf8_ltrim(h.field("msg"), " "))
+    pname = pc.struct_field(pc.extract_regex(tag, r"^(?P<p>[^(]*)"), "p")  # null where tagless
+    base = pc.fill_null(pc.utf8_lower(pname), "")
     pid_s = pc.if_else(pc.equal(pid, ""), None, pid)
     cols: dict[str, Any] = {
         "@timestamp": ts, "event.module": pa.repeat("system", m), "event.kind": pa.repeat("event", m),
         "log.syslog.hostname": host, "host.hostname": host, "host.name": host,
         "log.syslog.appname": tag, "process.name": pname,
-        "process.pid": pc.cast(pid_s, pa.int64()), "log.syslog.procid": pid_s,
+        "process.pid": pc.cast(pc.if_else(pc.less_equal(pc.utf8_length(pid_s), 18), pid_s, None), pa.int64()),
+        "log.syslog.procid": pid_s,
         "log.syslog.priority": pri, "log.syslog.facility.code": pc.divide(pri, 8),
         "log.syslog.severity.code": pc.subtract(pri, pc.multiply(pc.divide(pri, 8), 8)),
         "message": msg,
@@ -626,7 +636,8 @@ def _finish(raw: pa.Table, idx: pa.Array, cols: dict[str, Any], host: pa.Array, 
     cols["related.ip"] = _pair_lists(cols.get("source.ip", nulls), nulls)
     cols["related.user"] = _pair_lists(cols.get("user.name", nulls), cols.get("user.effective.name", nulls))
     cols["related.hosts"] = _pair_lists(host, cols.get("source.domain", nulls))
-    pam = pc.match_substring(pc.binary_join_element_wise(tag, pc.utf8_slice_codeunits(msg, 0, 20), ""), "pam_")
+    pam = pc.match_substring(pc.binary_join_element_wise(pc.fill_null(tag, ""), pc.utf8_slice_codeunits(msg, 0, 20), ""),
+                             "pam_")
     auth_ds = pc.or_(pc.or_(is_auth, pc.is_in(base, value_set=pa.array(sorted(_AUTH_PROGRAMS)))), pam)
     cols["event.dataset"] = pc.if_else(auth_ds, "system.auth", "system.syslog")
     take = raw.take(idx)
