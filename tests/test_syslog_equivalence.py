@@ -165,6 +165,16 @@ EDGE = [
     "Feb  5 17:32:18 host app[12x]: m",
     "Feb  5 17:32:18 host app[]: empty pid",
     "Feb  5 17:32:18 host sudo  bob : TTY=pts/1 ; PWD=/ ; USER=root ; COMMAND=/bin/ls",
+    # PAM services and the sudo/su programs (their own rules per record, the generic ones column-wise)
+    "Feb  5 17:32:18 host su(pam_unix)[7]: pam_unix(su:auth): authentication failure; logname=a uid=1 euid=0 tty=pts/0 ruser=a rhost=  user=root",
+    "Feb  5 17:32:18 host kernel: pam_unix(sudo:auth): authentication failure; logname=a uid=1 euid=0 tty= ruser=a rhost=h.example",
+    "Feb  5 17:32:18 host sudo: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=10.0.0.1",
+    "Feb  5 17:32:18 host cron: pam_unix(su-l:auth): authentication failure; logname= uid=0 euid=0 tty= ruser= rhost=",
+    "Feb  5 17:32:18 host su: pam_unix(x y): FAILED SU (to root) bob on pts/1",
+    "Feb  5 17:32:18 host su: session opened for user root by bob(uid=1000)",
+    "Feb  5 17:32:18 host su[3]: Successful su for root by bob",
+    "Feb  5 17:32:18 host sudo[4]: Failed password for bob from 10.0.0.1 port 22 ssh2",
+    "Feb  5 17:32:18 host Su: (to root) bob on pts/3",
 ]
 
 

@@ -519,15 +519,28 @@ def _pair_lists(a: pa.Array, b: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, values, mask=pa.array(counts == 0))
 
 
+_RULE_GROUPS = frozenset({"user", "ip", "rhost", "domain", "port", "reason", "invalid", "method", "by"})  # read below
+
+
+@lru_cache(maxsize=64)
+def _extraction_pattern(pattern: str) -> str:
+    """An auth rule's regex for RE2 extraction: only the groups :func:`_rule_columns` reads capture, and
+    it is anchored with a lazy ``^.*?`` (the same leftmost match; RE2 extracts both ways about twice as fast)."""
+    slim = re.sub(r"\(\?P<(\w+)>", lambda m: m.group(0) if m.group(1) in _RULE_GROUPS else "(?:", pattern)
+    return slim if slim.startswith("^") else "^.*?" + slim
+
+
 def _rule_columns(text: pa.Array, rx: re.Pattern[str], fields: dict[str, Any]) -> dict[str, pa.Array]:
-    """Column-wise auth_fields' generic rule part for messages ``text`` the rule matches (no PAM service)."""
+    """Column-wise auth_fields' generic rule part for messages ``text`` the rule matches."""
     import pyarrow.compute as pc
 
     h = len(text)
-    ext = pc.extract_regex(text, rx.pattern) if rx.groupindex else None
+    pattern = _extraction_pattern(rx.pattern)
+    names = re.compile(pattern).groupindex
+    ext = pc.extract_regex(text, pattern) if names else None
 
     def grp(name: str) -> pa.Array | None:  # a group's values, empty -> null
-        if ext is None or name not in rx.groupindex:
+        if ext is None or name not in names:
             return None
         v = ext.field(name)
         return pc.if_else(pc.equal(v, ""), None, v)
@@ -579,6 +592,11 @@ def _rule_columns(text: pa.Array, rx: re.Pattern[str], fields: dict[str, Any]) -
         user = pc.if_else(pc.is_valid(by), by, user)
     if user is not None:
         out["user.name"] = user
+    if fields["event.action"] == "authentication_failure":  # "pam_unix(sudo:auth): ..." -> sudo_authentication_failure
+        svc = pc.struct_field(pc.extract_regex(text, PAM_UNIX.pattern), "svc")
+        out["event.action"] = pc.if_else(pc.fill_null(pc.is_in(svc, value_set=pa.array(["sudo", "su"])), False),
+                                         pc.binary_join_element_wise(svc, "_authentication_failure", ""),
+                                         out["event.action"])
     return out
 
 
@@ -591,12 +609,17 @@ def _finish(raw: pa.Table, idx: pa.Array, cols: dict[str, Any], host: pa.Array, 
     from . import EVENT_SCHEMA, event_ids, one_chunk
 
     m = len(idx)
-    # auth rules per record, only where one can match
+    # auth rules only where one can match: program sudo or su, or a rule's literal in the message
     cand = pc.or_(pc.is_in(base, value_set=pa.array(["sudo", "su"])), pc.match_substring_regex(msg, _AUTH_LIT_RE2))
     cand_at = pc.indices_nonzero(cand)
-    # sudo, su and pam_unix(...) messages per record; the other candidates' rule and fields column-wise
-    special = pc.or_(pc.is_in(base.take(cand_at), value_set=pa.array(["sudo", "su"])),
-                     pc.starts_with(msg.take(cand_at), "pam_unix("))
+    c_base, c_msg = base.take(cand_at), msg.take(cand_at)
+    # per record: what auth_fields' sudo and su branches take (SUDO after program sudo; SU after program su
+    # unless the message is "pam_unix(svc:kind): ..."); every other candidate's rule and fields column-wise
+    special = pc.or_(
+        pc.and_(pc.equal(c_base, "sudo"), pc.match_substring_regex(c_msg, SUDO.pattern)),
+        pc.and_(pc.and_(pc.equal(c_base, "su"), pc.invert(pc.match_substring_regex(c_msg, PAM_UNIX.pattern))),
+                pc.match_substring_regex(c_msg, SU.pattern)),
+    )
     sp_at = cand_at.filter(special)
     at: list[int] = []
     evs: list[dict[str, Any]] = []
@@ -610,16 +633,17 @@ def _finish(raw: pa.Table, idx: pa.Array, cols: dict[str, Any], host: pa.Array, 
         names = set().union(*evs)
         parts.append((pa.array(at, pa.int64()),
                       {k: pa.array([ev.get(k) for ev in evs], EVENT_SCHEMA.field(k).type) for k in names}))
-    left = cand_at.filter(pc.invert(special))
-    for lit, rx, fields in _AUTH_RULES_LIT:
+    rest = pc.invert(special)
+    left, text = cand_at.filter(rest), c_msg.filter(rest)
+    for rx, fields in _AUTH_RULES:  # in rule order: a row takes the first rule that matches
         if len(left) == 0:
             break
-        text = msg.take(left)
-        hit = pc.and_(pc.match_substring(text, lit), pc.match_substring_regex(text, rx.pattern))
+        hit = pc.match_substring_regex(text, rx.pattern)  # (RE2 finds a rule's literal as fast as a substring search)
         if not pc.any(hit).as_py():
             continue
         parts.append((left.filter(hit), _rule_columns(text.filter(hit), rx, fields)))
-        left = left.filter(pc.invert(hit))
+        miss = pc.invert(hit)
+        left, text = left.filter(miss), text.filter(miss)
     k = sum(len(r) for r, _ in parts)
     # row -> its auth event (k: none); the auth columns are built for the k events, then spread
     pos = np.full(m, k, dtype=np.int64)
