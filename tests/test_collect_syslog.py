@@ -196,6 +196,25 @@ def test_udp_flood_drops_are_counted_never_silent(pipe: Pipeline) -> None:
     assert len(_events(pipe)) == 50
 
 
+def test_a_burst_queued_while_the_loop_is_busy_arrives_whole_and_in_order(pipe: Pipeline) -> None:
+    from ingest.collectors import UDP_BURST
+
+    col = _collect(pipe, "udp", "tcp")
+    sent = 3 * UDP_BURST + 7  # more than one wake-up drains
+    col._loop.call_soon_threadsafe(time.sleep, 1.0)  # the loop is busy while the burst is queued in the kernel
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        for i in range(sent):
+            u.sendto(f"<13>Nov 29 10:00:00 h app: burst {i}".encode(), ("127.0.0.1", col.bound["udp"][1]))
+    with socket.create_connection(tuple(col.bound["tcp"])) as t:  # TCP is still served between the bursts
+        t.sendall(b"<13>Nov 29 10:00:01 h app: over tcp\n")
+    _wait(lambda: col.metrics()["received"] == sent + 1)
+    col.stop()
+    assert col.metrics()["dropped"] == 0
+    udp = sorted((e["log.offset"], e["message"]) for e in _events(pipe) if e["taishi.source"] == "syslog-udp")
+    texts = [m for _, m in udp]  # in the order received
+    assert texts == [f"burst {i}" for i in range(sent)]
+
+
 def test_restart_continues_the_sequence_so_ids_never_repeat(pipe: Pipeline) -> None:
     ids = []
     for round_ in range(2):

@@ -13,6 +13,7 @@ import asyncio
 import socket
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 from taishi.bus import Bus
 
@@ -42,6 +43,40 @@ def udp_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     return sock
+
+
+UDP_BURST = 512  # datagrams read per wake-up before the loop turns to its other work (timers, TCP)
+
+
+def read_udp(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+             on_datagram: Callable[[bytes, tuple], None]) -> Callable[[], None]:
+    """Hand every datagram arriving on ``sock`` to ``on_datagram(data, addr)`` on ``loop``; returns
+    the function that stops reading and closes the socket.
+
+    A wake-up drains up to :data:`UDP_BURST` datagrams: asyncio's datagram transport reads one per
+    wake-up (a poll, a read and the callbacks each time), which cost a syslog receiver ~8 us a
+    datagram.
+    """
+    sock.setblocking(False)
+    fd, recv = sock.fileno(), sock.recvfrom
+
+    def ready() -> None:
+        for _ in range(UDP_BURST):
+            try:
+                data, addr = recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # an error queued on the socket (ICMP): it is consumed; read on next time
+                return
+            on_datagram(data, addr)
+
+    loop.add_reader(fd, ready)
+
+    def close() -> None:
+        loop.remove_reader(fd)
+        sock.close()
+
+    return close
 
 
 class Collector:

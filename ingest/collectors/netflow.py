@@ -91,7 +91,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ingest.collectors import Collector, Listener, udp_socket
+from ingest.collectors import Collector, Listener, read_udp, udp_socket
 from ingest.parsers import RAW_SCHEMA
 from ingest.parsers.netflow import DECODED, U64_TIMES
 from taishi import ids
@@ -962,21 +962,20 @@ class NetflowCollector(Collector):
         self._kernel_drops = 0
 
     async def _serve(self) -> None:
-        transports = []
+        closers = []
         for ls in self.listeners:
             if ls.proto != "udp":
                 raise ValueError(f"NetFlow listens on UDP only, not {ls.proto!r}")
             sock = udp_socket(ls.host, ls.port)
             self._inodes.append((os.fstat(sock.fileno()).st_ino, sock.family == socket.AF_INET6))
-            tr, _ = await self._loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
-            transports.append(tr)
             self.bound["udp"] = sock.getsockname()[:2]
+            closers.append(read_udp(self._loop, sock, self.datagram))
         self._ready.set()
         flusher = asyncio.create_task(self._flush_loop())
         await self._stopping.wait()
         self.kernel_drops()  # remember the count before the sockets go
-        for tr in transports:
-            tr.close()
+        for close in closers:
+            close()
         flusher.cancel()
         self.decoder.expire_pending()  # data still waiting for a template: dead letters
         self._flush()
@@ -1101,11 +1100,3 @@ class NetflowCollector(Collector):
             r = reason.replace("\\", "\\\\").replace('"', '\\"')
             out.append(f'taishi_netflow_deadletter_reasons_total{{collector="{self.name}",reason="{r}"}} {n}')
         return "\n".join(out) + "\n"
-
-
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, owner: NetflowCollector) -> None:
-        self.owner = owner
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self.owner.datagram(data, addr)

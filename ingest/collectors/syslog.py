@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ingest.collectors import Collector, Listener, udp_socket
+from ingest.collectors import Collector, Listener, read_udp, udp_socket
 from ingest.parsers import MAX_RECORD_BYTES, RAW_SCHEMA, set_hint
 from taishi import ids
 from taishi.bus import TOPIC_DEADLETTER, Bus, raw_topic
@@ -85,13 +85,12 @@ class SyslogCollector(Collector):
     async def _serve(self) -> None:
         self._room = asyncio.Condition()
         servers: list = []
-        transports: list = []
+        closers: list = []
         for ls in self.listeners:
             if ls.proto == "udp":
                 sock = udp_socket(ls.host, ls.port)
-                tr, _ = await self._loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
-                transports.append(tr)
                 self.bound["udp"] = sock.getsockname()[:2]
+                closers.append(read_udp(self._loop, sock, self.datagram))
             elif ls.proto in ("tcp", "tls"):
                 ctx = None
                 if ls.proto == "tls":
@@ -113,8 +112,8 @@ class SyslogCollector(Collector):
         for srv in servers:
             srv.close()
             await srv.wait_closed()
-        for tr in transports:
-            tr.close()
+        for close in closers:
+            close()
         flusher.cancel()
         self._flush()
 
@@ -289,11 +288,3 @@ class SyslogCollector(Collector):
             out.append(f"# TYPE {name} {kind}")
             out.append(f'{name}{{collector="{self.name}"}} {value}')
         return "\n".join(out) + "\n"
-
-
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, owner: SyslogCollector) -> None:
-        self.owner = owner
-
-    def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self.owner.datagram(data, addr)
