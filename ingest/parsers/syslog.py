@@ -359,11 +359,13 @@ def parse_per_record(raw: pa.Table) -> ParseResult:
 
 
 # --- column-wise fast path ----------------------------------------------------
-# Rows that are printable ASCII (RE2's \s, \d and \S agree with Python's there), short,
-# RFC 3164 with "host tag[pid]: msg", a valid timestamp and PRI <= 191 are parsed over the
-# whole batch with Arrow kernels; auth rules run per record only on rows that can match
-# one (program sudo/su, or a rule's literal in the message). Every other row takes
-# :func:`_parse_line`. Same events, ids and dead letters (tests/test_syslog_equivalence.py).
+# Rows that are printable ASCII (RE2's \s, \d, \w and \S agree with Python's there), short,
+# RFC 3164 with a host ("host tag[pid]: msg" or "host msg") or RFC 5424 without
+# STRUCTURED-DATA, with a valid timestamp and PRI <= 191 are parsed over the whole batch
+# with Arrow kernels. The auth rules run column-wise too, each one RE2 search over the rows
+# no earlier rule took; only messages the sudo and su rules match go through auth_fields.
+# Every other row takes :func:`_parse_line`. Same events, ids and dead letters
+# (tests/test_syslog_equivalence.py).
 FAST_PATH = True  # False: every row per record
 _FAST_MAX_CHARS = 8192
 _PRINTABLE = r"^[\x20-\x7e]*$"
