@@ -1,5 +1,6 @@
-"""The NetFlow v5/v9/IPFIX collector against a real exporter (softflowd reading
-shared captures) with nfcapd/nfdump as the independent reference decoder; plus
+"""The NetFlow v5/v9/IPFIX collector against real exporters (softflowd reading
+shared captures; nfdump's nfpcapd + nfreplay) with nfcapd/nfdump as the
+independent reference decoder; plus
 pure decoding of hand-built datagrams (templates, options, enterprise and
 variable-length fields, sequence gaps, biflows, malformed input) and a fuzz test."""
 
@@ -178,6 +179,60 @@ def test_softflowd_export_matches_nfdump(pipe: Pipeline, shared_data: Path, tmp_
         assert e["@timestamp"] == e["event.end"]
         assert e["observer.ip"] == "127.0.0.1" and e["event.dataset"] == "netflow.flow"
         assert e["network.transport"] in ("tcp", "udp", "icmp")
+    assert len({e["event.id"] for e in evs}) == len(evs)
+
+
+NFDUMP_CASES = [
+    ("scan/evilfingers_nmap/TCP_SYN_SCAN.pcap", "5"),
+    ("scan/evilfingers_nmap/TCP_SYN_SCAN.pcap", "9"),
+    ("dns_tunnel/iodine_elastic.pcap", "9"),
+    ("bruteforce/ssh/slips_test19_ssh_bruteforce.pcap", "5"),
+    ("bruteforce/ssh/slips_test19_ssh_bruteforce.pcap", "9"),
+]
+
+
+@pytest.mark.parametrize("rel, version", NFDUMP_CASES, ids=[f"{Path(c[0]).stem}-v{c[1]}" for c in NFDUMP_CASES])
+def test_nfdump_exporter_nfreplay_matches_nfdump(pipe: Pipeline, shared_data: Path, tmp_path: Path,
+                                                  rel: str, version: str) -> None:
+    """A second real exporter, nfdump's own: nfpcapd turns the capture into flows (its flow
+    cache, not softflowd's), nfreplay exports them as NetFlow v5 / v9 (its own templates) and
+    nfdump reads the same flow file as the reference: flows, counters and times agree."""
+    from support import require_tool
+
+    nfpcapd, nfreplay, nfdump = (require_tool(t) for t in ("nfpcapd", "nfreplay", "nfdump"))
+    flowdir = tmp_path / "nfpcapd"
+    flowdir.mkdir()
+    subprocess.run([nfpcapd, "-r", str(shared_data / "pcap" / rel), "-w", str(flowdir)],
+                   capture_output=True, text=True, check=True, timeout=120)
+    (flowfile,) = flowdir.iterdir()
+    out = subprocess.run([nfdump, "-r", str(flowfile), "-q", "-N", "-o", "fmt:%sa,%da,%sp,%dp,%pr,%pkt,%byt,%ts,%te"],
+                         capture_output=True, text=True, check=True, env={"TZ": "UTC"}).stdout
+    ref = Counter()
+    for line in out.splitlines():
+        sa, da, sp, dp, pr, pkt, byt, ts, te = (x.strip() for x in line.split(","))
+        ref[(sa, da, int(sp), int(dp), int(pr), int(pkt), int(byt), ts, te)] += 1
+    assert sum(ref.values()) > 50
+
+    col = NetflowCollector(pipe.bus, [Listener("udp", "127.0.0.1", 0)], flush_interval=0.1).start()
+    subprocess.run([nfreplay, "-r", str(flowfile), "-v", version, "-H", "127.0.0.1", "-p", str(col.bound["udp"][1]),
+                    "-d", "100"], capture_output=True, text=True, check=True, timeout=120)
+    _wait(lambda: col.metrics()["received"] >= sum(ref.values()))
+    col.stop()
+    m = col.metrics()
+    assert m["received"] == sum(ref.values())
+    assert m["deadlettered"] == m["dropped"] == m["sequence_gaps"] == m["lost_records"] == 0
+    assert m["templates"] == (1 if version == "9" else 0)
+    pipe.drain()
+    evs = pipe.store.search_events("event.module:netflow", limit=None, order="asc").to_pylist()
+    when = lambda t: t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}"  # noqa: E731 - nfdump's %ts
+    ours = Counter(
+        (e["source.ip"], e["destination.ip"], e["source.port"] or 0, e["destination.port"] or 0,
+         orjson.loads(e["taishi.extra"])["netflow"]["iana_number"], e["source.packets"], e["source.bytes"],
+         when(e["event.start"]), when(e["event.end"]))
+        for e in evs
+    )
+    assert ours == ref
+    assert {e["observer.ip"] for e in evs} == {"127.0.0.1"}
     assert len({e["event.id"] for e in evs}) == len(evs)
 
 
