@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.stamp-test
 .PHONY: demo test bench install clean lint system-deps
 
 # Real exporters, packet tools, PDF rendering and a CJK font the tests use (Debian packages).
-SYSTEM_PKGS := tshark softflowd nfdump tcpreplay nmap iproute2 bsdutils poppler-utils fonts-wqy-microhei \
+SYSTEM_PKGS := tshark softflowd nfdump pmacct tcpreplay nmap iproute2 bsdutils poppler-utils fonts-wqy-microhei \
                libpango-1.0-0 libpangoft2-1.0-0 chromium \
                maven openjdk-17-jre-headless
 

@@ -99,18 +99,61 @@ def _softflowd_export(pcap: Path, port: int, version: str, extra: list[str], tmp
             proc.wait()
 
 
-def _nfdump_flows(flowdir: Path) -> list[tuple]:
-    out = subprocess.run([NFDUMP, "-R", str(flowdir), "-q", "-N", "-o",
-                          "fmt:%sa,%da,%sp,%dp,%pr,%pkt,%byt,%opkt,%obyt"],
-                         capture_output=True, text=True, check=True).stdout
-    rows = []
+def _nfdump_flows(path: Path, times: bool = False) -> Counter:
+    """nfdump's flows in the file or directory ``path``, as :func:`_key` gives ours."""
+    fmt = "%sa,%da,%sp,%dp,%pr,%pkt,%byt,%opkt,%obyt" + (",%ts,%te" if times else "")
+    out = subprocess.run([NFDUMP, "-R" if path.is_dir() else "-r", str(path), "-q", "-N", "-o", f"fmt:{fmt}"],
+                         capture_output=True, text=True, check=True, env={"TZ": "UTC"}).stdout
+    rows = Counter()
     for line in out.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 9 or not parts[0]:
+        sa, da, *nums = [p.strip() for p in line.split(",")]
+        if not sa:
             continue
-        sa, da, sp, dp, pr, pkt, byt, opkt, obyt = parts
-        rows.append((sa, da, int(sp), int(dp), int(pr), int(pkt), int(byt), int(opkt), int(obyt)))
+        rows[(sa, da, *map(int, nums[:7]), *nums[7:])] += 1
     return rows
+
+
+def _key(ev: dict, times: bool = False) -> tuple:
+    """A flow event as nfdump prints it (addresses, ports, protocol, counters each way[, start, end in ms])."""
+    key = (ev["source.ip"], ev["destination.ip"], ev["source.port"] or 0, ev["destination.port"] or 0,
+           orjson.loads(ev["taishi.extra"])["netflow"]["iana_number"], ev["source.packets"], ev["source.bytes"],
+           ev["destination.packets"] or 0, ev["destination.bytes"] or 0)
+    if not times:
+        return key
+    ms = lambda t: t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}"  # noqa: E731 - nfdump's %ts
+    return (*key, ms(ev["event.start"]), ms(ev["event.end"]))
+
+
+def _relay_export(col: NetflowCollector, tmp: Path, export) -> Path:
+    """Run ``export(port)`` against nfcapd, which writes the flows it receives to a directory
+    (returned, for nfdump) and repeats every datagram, unchanged, to the collector ``col``."""
+    flowdir = tmp / "nfcapd"
+    flowdir.mkdir()
+    nf_port = _free_udp_port()
+    nfcapd = subprocess.Popen([NFCAPD, "-b", "127.0.0.1", "-p", str(nf_port), "-w", str(flowdir), "-B", str(8 << 20),
+                               "-R", f"127.0.0.1/{col.bound['udp'][1]}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(0.5)
+        export(nf_port)
+        time.sleep(0.3)
+    finally:
+        nfcapd.terminate()
+        nf_log = nfcapd.communicate(timeout=30)[0]
+    assert "Flows:" in nf_log, nf_log
+    return flowdir
+
+
+def _settle_and_stop(col: NetflowCollector) -> dict:
+    """Stop ``col`` once datagrams have stopped arriving; its metrics."""
+    def settled() -> bool:
+        a = col.metrics()["datagrams"]
+        time.sleep(0.3)
+        return a > 0 and col.metrics()["datagrams"] == a
+
+    _wait(settled)
+    col.stop()
+    return col.metrics()
 
 
 CASES = [
@@ -131,48 +174,22 @@ def test_softflowd_export_matches_nfdump(pipe: Pipeline, shared_data: Path, tmp_
                                          rel: str, version: str, extra: list[str]) -> None:
     pcap = shared_data / "pcap" / rel
     col = NetflowCollector(pipe.bus, [Listener("udp", "127.0.0.1", 0)], flush_interval=0.1).start()
-    flowdir = tmp_path / "nfcapd"
-    flowdir.mkdir()
-    nf_port = _free_udp_port()
-    # nfcapd receives softflowd's export and repeats every datagram, unchanged, to our collector
-    nfcapd = subprocess.Popen([NFCAPD, "-b", "127.0.0.1", "-p", str(nf_port), "-w", str(flowdir),
-                               "-R", f"127.0.0.1/{col.bound['udp'][1]}"],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        time.sleep(0.5)
-        _softflowd_export(pcap, nf_port, version, extra, tmp_path)
-        time.sleep(0.3)
-    finally:
-        nfcapd.terminate()
-        nf_log = nfcapd.communicate(timeout=30)[0]
-    assert "Flows:" in nf_log, nf_log
+    flowdir = _relay_export(col, tmp_path, lambda port: _softflowd_export(pcap, port, version, extra, tmp_path))
     ref = _nfdump_flows(flowdir)
-    assert ref, nf_log
-
-    def settled() -> bool:
-        a = col.metrics()["datagrams"]
-        time.sleep(0.3)
-        return a > 0 and col.metrics()["datagrams"] == a
-
-    _wait(settled)
-    col.stop()
-    m = col.metrics()
+    assert ref
+    m = _settle_and_stop(col)
     assert m["deadlettered"] == 0 and m["dropped"] == 0
     assert m["sequence_gaps"] == 0 and m["lost_records"] == 0 and m["lost_packets"] == 0
     pipe.drain()
     evs = pipe.store.search_events("event.module:netflow", limit=None, order="asc").to_pylist()
-    assert len(evs) == len(ref) == m["received"]
-    ours = Counter(
-        (e["source.ip"], e["destination.ip"], e["source.port"] or 0, e["destination.port"] or 0,
-         orjson.loads(e["taishi.extra"])["netflow"]["iana_number"], e["source.packets"], e["source.bytes"],
-         e["destination.packets"] or 0, e["destination.bytes"] or 0)
-        for e in evs
-    )
-    assert ours == Counter(ref)
+    assert len(evs) == sum(ref.values()) == m["received"]
+    assert Counter(_key(e) for e in evs) == ref
     if "-b" in extra:
         assert any(e["destination.bytes"] for e in evs), "biflow reverse counters -> destination.*"
         assert all(e["network.bytes"] == e["source.bytes"] + (e["destination.bytes"] or 0) for e in evs)
-    # times: -a makes softflowd use capture time; every flow lies within the capture
+    # times: -a makes softflowd use capture time; every flow lies within the capture. (Not compared
+    # with nfdump's here: 1.7 prints 1970 for a softflowd IPFIX flow whose start uptime is 0, i.e. one
+    # starting with the capture's first packet; the nfreplay test below compares times.)
     first, last = _pcap_span(pcap)
     for e in evs:
         assert first - 1 <= e["event.start"].timestamp() <= e["event.end"].timestamp() <= last + 1
@@ -199,18 +216,13 @@ def test_nfdump_exporter_nfreplay_matches_nfdump(pipe: Pipeline, shared_data: Pa
     nfdump reads the same flow file as the reference: flows, counters and times agree."""
     from support import require_tool
 
-    nfpcapd, nfreplay, nfdump = (require_tool(t) for t in ("nfpcapd", "nfreplay", "nfdump"))
+    nfpcapd, nfreplay, _ = (require_tool(t) for t in ("nfpcapd", "nfreplay", "nfdump"))
     flowdir = tmp_path / "nfpcapd"
     flowdir.mkdir()
     subprocess.run([nfpcapd, "-r", str(shared_data / "pcap" / rel), "-w", str(flowdir)],
                    capture_output=True, text=True, check=True, timeout=120)
     (flowfile,) = flowdir.iterdir()
-    out = subprocess.run([nfdump, "-r", str(flowfile), "-q", "-N", "-o", "fmt:%sa,%da,%sp,%dp,%pr,%pkt,%byt,%ts,%te"],
-                         capture_output=True, text=True, check=True, env={"TZ": "UTC"}).stdout
-    ref = Counter()
-    for line in out.splitlines():
-        sa, da, sp, dp, pr, pkt, byt, ts, te = (x.strip() for x in line.split(","))
-        ref[(sa, da, int(sp), int(dp), int(pr), int(pkt), int(byt), ts, te)] += 1
+    ref = _nfdump_flows(flowfile, times=True)
     assert sum(ref.values()) > 50
 
     col = NetflowCollector(pipe.bus, [Listener("udp", "127.0.0.1", 0)], flush_interval=0.1).start()
@@ -224,15 +236,50 @@ def test_nfdump_exporter_nfreplay_matches_nfdump(pipe: Pipeline, shared_data: Pa
     assert m["templates"] == (1 if version == "9" else 0)
     pipe.drain()
     evs = pipe.store.search_events("event.module:netflow", limit=None, order="asc").to_pylist()
-    when = lambda t: t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}"  # noqa: E731 - nfdump's %ts
-    ours = Counter(
-        (e["source.ip"], e["destination.ip"], e["source.port"] or 0, e["destination.port"] or 0,
-         orjson.loads(e["taishi.extra"])["netflow"]["iana_number"], e["source.packets"], e["source.bytes"],
-         when(e["event.start"]), when(e["event.end"]))
-        for e in evs
-    )
-    assert ours == ref
+    assert Counter(_key(e, times=True) for e in evs) == ref
     assert {e["observer.ip"] for e in evs} == {"127.0.0.1"}
+    assert len({e["event.id"] for e in evs}) == len(evs)
+
+
+PMACCT_CASES = [
+    ("scan/evilfingers_nmap/TCP_SYN_SCAN.pcap", "9"),
+    ("scan/evilfingers_nmap/TCP_SYN_SCAN.pcap", "10"),
+    ("bruteforce/ftp/zeek_ftp_bruteforce.pcap", "10"),
+    ("bruteforce/ssh/slips_test19_ssh_bruteforce.pcap", "9"),
+]
+
+
+@pytest.mark.parametrize("rel, version", PMACCT_CASES, ids=[f"{Path(c[0]).stem}-v{c[1]}" for c in PMACCT_CASES])
+def test_pmacct_export_matches_nfdump(pipe: Pipeline, shared_data: Path, tmp_path: Path, rel: str, version: str) -> None:
+    """A third real exporter: pmacctd's nfprobe plugin reads the capture and exports NetFlow v9 /
+    IPFIX (its own templates, options data and flow cache) through nfcapd to the collector; the
+    flows, counters and millisecond times equal nfdump's reading of the same export."""
+    from support import require_tool
+
+    pmacctd = require_tool("pmacctd")
+    require_tool("nfcapd"), require_tool("nfdump")
+    pcap = shared_data / "pcap" / rel
+
+    def export(port: int) -> None:
+        conf = tmp_path / "pmacctd.conf"
+        conf.write_text(f"daemonize: false\npcap_savefile: {pcap}\nplugins: nfprobe\n"
+                        f"nfprobe_receiver: 127.0.0.1:{port}\nnfprobe_version: {version}\n"
+                        "aggregate: src_host, dst_host, src_port, dst_port, proto, tos\n")
+        run = subprocess.run([pmacctd, "-f", str(conf)], capture_output=True, text=True, timeout=120)
+        log.append(f"exit {run.returncode}: " + (run.stdout + run.stderr)[-1500:])
+
+    # (pmacctd's exit status is not asserted: a rare exit 1 at shutdown, not reproduced by hand;
+    # what was exported is what nfdump and the collector are compared on)
+    log: list[str] = []
+    col = NetflowCollector(pipe.bus, [Listener("udp", "127.0.0.1", 0)], flush_interval=0.1).start()
+    ref = _nfdump_flows(_relay_export(col, tmp_path, export), times=True)
+    assert sum(ref.values()) > 50, log
+    m = _settle_and_stop(col)
+    assert m["received"] == sum(ref.values())
+    assert m["deadlettered"] == m["dropped"] == m["sequence_gaps"] == m["lost_records"] == 0
+    pipe.drain()
+    evs = pipe.store.search_events("event.module:netflow", limit=None, order="asc").to_pylist()
+    assert Counter(_key(e, times=True) for e in evs) == ref
     assert len({e["event.id"] for e in evs}) == len(evs)
 
 
@@ -586,12 +633,6 @@ def _recorded(name: str) -> tuple[list[bytes], Counter]:
         sa, da, *nums = line.split(",")
         ref[(sa, da, *map(int, nums))] += 1
     return dgrams, ref
-
-
-def _key(ev: dict) -> tuple:
-    return (ev["source.ip"], ev["destination.ip"], ev["source.port"] or 0, ev["destination.port"] or 0,
-            orjson.loads(ev["taishi.extra"])["netflow"]["iana_number"], ev["source.packets"], ev["source.bytes"],
-            ev["destination.packets"] or 0, ev["destination.bytes"] or 0)
 
 
 @pytest.mark.parametrize("name", ["ssh_bruteforce_v5", "ssh_bruteforce_v9", "ftp_bruteforce_ipfix",

@@ -54,7 +54,7 @@ def record(name: str, pcap: Path, version: str, extra: list[str]) -> None:
     except socket.timeout:
         pass
     (HERE / f"{name}.dgrams").write_bytes(bytes(out))
-    rows = _nfdump_flows(tmp)
+    rows = list(_nfdump_flows(tmp).elements())  # one line per flow, repeats kept
     (HERE / f"{name}.nfdump.csv").write_text("".join(",".join(map(str, row)) + "\n" for row in rows))
     print(name, len(out), "bytes,", len(rows), "flows")
 
