@@ -326,7 +326,6 @@ class PcapReader:
     def _apps_of(self, rec: Any, stream: np.ndarray, idx: np.ndarray, hellos: list) -> Iterator[pa.Table]:
         """tshark over the application packets only (a temporary capture); frame numbers and TCP
         stream numbers mapped back to the whole capture's."""
-        s = self.summary
         with tempfile.TemporaryDirectory(prefix="taishi-pcap-") as tmp:
             sub = Path(tmp) / "apps.pcap"
             fast.write_pcap(sub, rec, idx)

@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-PAD = 64  # zero bytes after the file so fixed-offset gathers never run past the buffer
+PAD = 64  # zero bytes after a file too small to map (gathers clamp their positions to the buffer)
 MAX_CAPLEN = 262144  # wiretap's limit for a pcap record
 
 # link types (LINKTYPE_*) decoded here
@@ -63,7 +63,6 @@ UDP_APP_PORTS = frozenset({53, 5353, 5355, 1900, 502, 20000, 44818, 2222})
 # IP protocols and UDP ports of tunnels: tshark dissects what is inside (inner IP headers,
 # inner application data), which this decoder does not follow -> tshark alone.
 TUNNEL_PROTOS = frozenset({4, 41, 47, 97, 115, 132, 137})
-TUNNEL_UDP_PORTS = frozenset({1701, 2152, 3544, 4789, 6081, 8472})
 IPV6_EXT_WALK = (0, 43, 60, 51)
 
 
@@ -266,18 +265,20 @@ def _be32(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return (_be16(buf, pos) << 16) | _be16(buf, pos + 2)
 
 
-def _defrag(buf, isfrag, src4, dst4, ident, frag, proto, tot4, ihl, l3, end) -> tuple[np.ndarray, np.ndarray, str | None]:
+def _defrag(isfrag, src4, dst4, ident, frag, proto, tot4, ihl, l3, end) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
     """IPv4 reassembly as tshark does it for the simple cases: per (source, destination, id,
     protocol) the fragments in frame order; the frame that makes the datagram complete (last
-    fragment seen, no hole from offset 0) gets the first fragment's index in ``first_of``.
-    Overlaps, duplicates, a fragment after completion or a fragment not fully captured give a
-    reason (the capture is then read by tshark alone)."""
+    fragment seen, no hole from offset 0) gets the first fragment's index in ``first_of`` and
+    the reassembled IP payload length in ``total_of`` (0 elsewhere). Overlaps, duplicates, a
+    fragment after completion or a fragment not fully captured give a reason (the capture is
+    then read by tshark alone). Returns ``(first_of, group, total_of, reason)``."""
     n = len(isfrag)
     first_of = np.full(n, -1, np.int64)
     group = np.full(n, -1, np.int64)
+    total_of = np.zeros(n, np.int64)
     idx = np.flatnonzero(isfrag)
     if (l3[idx] + tot4[idx] > end[idx]).any():
-        return first_of, group, "IPv4 fragments not fully captured"
+        return first_of, group, total_of, "IPv4 fragments not fully captured"
     k = np.stack([src4[idx], dst4[idx], ident[idx], proto[idx]], axis=1)
     _, gid = np.unique(k, axis=0, return_inverse=True)
     gid = gid.reshape(-1)
@@ -289,37 +290,29 @@ def _defrag(buf, isfrag, src4, dst4, ident, frag, proto, tot4, ihl, l3, end) -> 
         if gid[j] != cur:
             cur, pieces, total, done, first = gid[j], [], None, False, -1
         if done:
-            return first_of, group, "IPv4 fragment after its datagram was complete"
+            return first_of, group, total_of, "IPv4 fragment after its datagram was complete"
         off = int(frag[i] & 0x1FFF) * 8
         ln = int(tot4[i] - ihl[i])
         if off == 0:
             first = i
         if not frag[i] & 0x2000:
             if total is not None:
-                return first_of, group, "IPv4 datagram with two last fragments"
+                return first_of, group, total_of, "IPv4 datagram with two last fragments"
             total = off + ln
         pieces.append((off, ln))
         pieces.sort()
         pos = 0
         for a, b in pieces:
             if a < pos:
-                return first_of, group, "overlapping IPv4 fragments"
+                return first_of, group, total_of, "overlapping IPv4 fragments"
             if a > pos:
                 break
             pos = a + b
         if total is not None and pos == total and first >= 0:
             first_of[i] = first
+            total_of[i] = sum(b for _, b in pieces)  # every fragment of the group (a later one: reason above)
             done = True
-    return first_of, group, None
-
-
-def _frag_total(first_of, group, isfrag, frag, tot4, ihl) -> np.ndarray:
-    """Per completing frame: the reassembled IP payload length (0 elsewhere)."""
-    out = np.zeros(len(isfrag), np.int64)
-    for i in np.flatnonzero(first_of >= 0).tolist():
-        members = np.flatnonzero(group == group[i])
-        out[i] = int(((tot4[members] - ihl[members])).sum())
-    return out
+    return first_of, group, total_of, None
 
 
 def decode(rec: Records) -> Packets:
@@ -327,8 +320,7 @@ def decode(rec: Records) -> Packets:
     buf, n = rec.buf, rec.n
     start, cap, lt = rec.off, rec.caplen, rec.linktype
     end = start + cap  # first byte past the captured data
-    # positions beyond the captured data are clamped into the (padded) buffer; masks say what is valid
-    safe = lambda p: np.maximum(p, 0)  # noqa: E731 - _u8 clamps to the buffer
+    # positions outside the buffer are clamped into it by _u8; masks say what is valid
     problems: list[str] = []
     l3 = np.full(n, -1, np.int64)
     et = np.zeros(n, np.int64)
@@ -337,35 +329,35 @@ def decode(rec: Records) -> Packets:
         short = eth & (cap < 14)
         if short.any():
             problems.append("Ethernet frame shorter than its header")
-        e = _be16(buf, safe(start + 12))
+        e = _be16(buf, start + 12)
         pos = start + 14
         for _ in range(2):  # 802.1Q / 802.1ad tags
             tag = eth & np.isin(e, (0x8100, 0x88A8, 0x9100)) & (pos + 4 <= end)
-            e = np.where(tag, _be16(buf, safe(pos + 2)), e)
+            e = np.where(tag, _be16(buf, pos + 2), e)
             pos = np.where(tag, pos + 4, pos)
         et = np.where(eth, e, et)
         l3 = np.where(eth, pos, l3)
         odd = eth & np.isin(e, (0x8100, 0x88A8, 0x9100, 0x8847, 0x8848, 0x8863, 0x8864, 0x88E7, 0x6558, 0x894F))
         # 802.3 + SNAP with an EtherType (OUI 0) carries what an Ethernet II frame would
-        llc = (eth & (e <= 1500) & (_u8(buf, safe(pos)) == 0xAA) & (_u8(buf, safe(pos + 1)) == 0xAA)
-               & (_u8(buf, safe(pos + 3)) == 0) & (_u8(buf, safe(pos + 4)) == 0) & (_u8(buf, safe(pos + 5)) == 0))
+        llc = (eth & (e <= 1500) & (_u8(buf, pos) == 0xAA) & (_u8(buf, pos + 1) == 0xAA)
+               & (_u8(buf, pos + 3) == 0) & (_u8(buf, pos + 4) == 0) & (_u8(buf, pos + 5) == 0))
         if (odd | llc).any():
             problems.append("Ethernet encapsulation not decoded here (MPLS, PPPoE, 3+ tags, SNAP ...)")
     sll = lt == LT_SLL
     if sll.any():
         if (sll & (cap < 16)).any():
             problems.append("Linux cooked header cut short")
-        et = np.where(sll, _be16(buf, safe(start + 14)), et)
+        et = np.where(sll, _be16(buf, start + 14), et)
         l3 = np.where(sll, start + 16, l3)
     sll2 = lt == LT_SLL2
     if sll2.any():
         if (sll2 & (cap < 20)).any():
             problems.append("Linux cooked v2 header cut short")
-        et = np.where(sll2, _be16(buf, safe(start)), et)
+        et = np.where(sll2, _be16(buf, start), et)
         l3 = np.where(sll2, start + 20, l3)
     raw = np.isin(lt, (LT_RAW, LT_IPV4, LT_IPV6))
     if raw.any():
-        v = _u8(buf, safe(start)) >> 4
+        v = _u8(buf, start) >> 4
         et = np.where(raw, np.where(v == 4, 0x0800, np.where(v == 6, 0x86DD, 0)), et)
         l3 = np.where(raw, start, l3)
         if (raw & ~np.isin(v, (4, 6))).any():
@@ -374,43 +366,43 @@ def decode(rec: Records) -> Packets:
     if null.any():
         le = (_u8(buf, start) | (_u8(buf, start + 1) << 8) | (_u8(buf, start + 2) << 16)
               | (_u8(buf, start + 3) << 24))
-        be = _be32(buf, safe(start))
+        be = _be32(buf, start)
         fam = np.where(lt == LT_LOOP, be, np.where(le > 0xFFFF, be, le))
         et = np.where(null, np.where(fam == 2, 0x0800, np.where(np.isin(fam, (24, 28, 30)), 0x86DD, 0)), et)
         l3 = np.where(null, start + 4, l3)
     is4 = (et == 0x0800)
     is6 = (et == 0x86DD)
     # --- IPv4
-    b0 = _u8(buf, safe(l3))
+    b0 = _u8(buf, l3)
     ihl = (b0 & 0x0F) * 4
-    tot4 = _be16(buf, safe(l3 + 2))
+    tot4 = _be16(buf, l3 + 2)
     bad4 = is4 & ((l3 + 20 > end) | (b0 >> 4 != 4) | (ihl < 20) | (l3 + ihl > end) | (tot4 < ihl))
     if bad4.any():
         problems.append("IPv4 header cut short or bogus")
-    frag = _be16(buf, safe(l3 + 6))
+    frag = _be16(buf, l3 + 6)
     isfrag = is4 & ((frag & 0x3FFF) != 0) & ~bad4
-    proto = np.where(is4, _u8(buf, safe(l3 + 9)), -1)
+    proto = np.where(is4, _u8(buf, l3 + 9), -1)
     ip_end = np.where(is4, np.minimum(l3 + np.where(tot4 == 0, cap, tot4), end), end)
     l4 = np.where(is4, l3 + ihl, -1)
-    src4 = np.where(is4, _be32(buf, safe(l3 + 12)), 0)
-    dst4 = np.where(is4, _be32(buf, safe(l3 + 16)), 0)
+    src4 = np.where(is4, _be32(buf, l3 + 12), 0)
+    dst4 = np.where(is4, _be32(buf, l3 + 16), 0)
     # --- IPv6
     src6 = dst6 = None
     if is6.any():
-        bad6 = is6 & ((l3 + 40 > end) | (_u8(buf, safe(l3)) >> 4 != 6))
+        bad6 = is6 & ((l3 + 40 > end) | (_u8(buf, l3) >> 4 != 6))
         if bad6.any():
             problems.append("IPv6 header cut short or bogus")
-        plen = _be16(buf, safe(l3 + 4))
-        first = _u8(buf, safe(l3 + 6))
+        plen = _be16(buf, l3 + 4)
+        first = _u8(buf, l3 + 6)
         nxt = first.copy()
         pos = l3 + 40
         for _ in range(4):
             walk = is6 & np.isin(nxt, IPV6_EXT_WALK) & (pos + 8 <= end)
             if not walk.any():
                 break
-            hl = _u8(buf, safe(pos + 1))
+            hl = _u8(buf, pos + 1)
             step = np.where(nxt == 51, (hl + 2) * 4, (hl + 1) * 8)
-            nxt = np.where(walk, _u8(buf, safe(pos)), nxt)
+            nxt = np.where(walk, _u8(buf, pos), nxt)
             pos = np.where(walk, pos + step, pos)
         if (is6 & (np.isin(nxt, IPV6_EXT_WALK) | (nxt == 44))).any():
             problems.append("IPv6 fragments or extension headers cut short")
@@ -432,32 +424,30 @@ def decode(rec: Records) -> Packets:
     # transport header (read from the first fragment), the others none (port-less in flows)
     whole = np.zeros(n, bool)  # frames completing a fragmented datagram
     fgroup = np.full(n, -1, np.int64)
+    lend = end  # where the transport header must end
     if isfrag.any():
-        first_of, fgroup, why = _defrag(buf, isfrag, src4, dst4, _be16(buf, safe(l3 + 4)), frag, proto, tot4, ihl,
-                                        l3, end)
+        first_of, fgroup, total_of, why = _defrag(isfrag, src4, dst4, _be16(buf, l3 + 4), frag, proto, tot4, ihl,
+                                                  l3, end)
         if why:
             problems.append(why)
         whole = first_of >= 0
-        src_l4 = np.where(whole, l4[np.maximum(first_of, 0)], l4)
-        l4 = np.where(isfrag & ~whole, -1, src_l4)
-        frag_end = np.where(whole, l4 + np.where(whole, _frag_total(first_of, fgroup, isfrag, frag, tot4, ihl), 0), ip_end)
-        ip_end = np.where(whole, frag_end, ip_end)
-        tcp &= ~(isfrag & ~whole)
-        udp &= ~(isfrag & ~whole)
-    lend = end
-    if isfrag.any():  # the transport header must lie in the first fragment
+        part = isfrag & ~whole  # fragments not completing a datagram: no transport header
         f0 = np.maximum(first_of, 0)
-        lend = np.where(whole, np.minimum(end[f0], l3[f0] + tot4[f0]), end)
+        l4 = np.where(part, -1, np.where(whole, l4[f0], l4))
+        ip_end = np.where(whole, l4 + total_of, ip_end)
+        tcp &= ~part
+        udp &= ~part
+        lend = np.where(whole, np.minimum(end[f0], l3[f0] + tot4[f0]), end)  # within the first fragment
     if (tcp & (l4 + 20 > lend)).any() or (udp & (l4 + 8 > lend)).any():
         problems.append("TCP/UDP header cut short")
-    sport = np.where(tcp | udp, _be16(buf, safe(l4)), -1)
-    dport = np.where(tcp | udp, _be16(buf, safe(l4 + 2)), -1)
-    thl = (_u8(buf, safe(l4 + 12)) >> 4) * 4
+    sport = np.where(tcp | udp, _be16(buf, l4), -1)
+    dport = np.where(tcp | udp, _be16(buf, l4 + 2), -1)
+    thl = (_u8(buf, l4 + 12) >> 4) * 4
     if (tcp & ((thl < 20) | (l4 + thl > ip_end) | (l4 + thl > lend))).any():
         problems.append("bogus TCP header length")
-    flags = np.where(tcp, ((_u8(buf, safe(l4 + 12)) & 0x0F) << 8) | _u8(buf, safe(l4 + 13)), -1)
-    seq = np.where(tcp, _be32(buf, safe(l4 + 4)), 0)
-    ack = np.where(tcp, _be32(buf, safe(l4 + 8)), 0)
+    flags = np.where(tcp, ((_u8(buf, l4 + 12) & 0x0F) << 8) | _u8(buf, l4 + 13), -1)
+    seq = np.where(tcp, _be32(buf, l4 + 4), 0)
+    ack = np.where(tcp, _be32(buf, l4 + 8), 0)
     poff = np.where(tcp, l4 + thl, np.where(udp, l4 + 8, -1))
     plen_ = np.where(tcp | udp, np.maximum(ip_end - poff, 0), 0)
     # Tunnels: tshark dissects the inner packet too. Taishi's columns keep the outer headers (as
@@ -465,7 +455,7 @@ def decode(rec: Records) -> Packets:
     # application data. Under an outer IPv6 header an inner IPv4 address would win in the tshark
     # path's columns (ip.src before ipv6.src): those captures are read by tshark alone.
     on = lambda port: udp & ((sport == port) | (dport == port)) & (plen_ > 0)  # noqa: E731
-    pb = lambda k: _u8(buf, safe(poff + k))  # noqa: E731
+    pb = lambda k: _u8(buf, poff + k)  # noqa: E731
     tunnel |= on(4789) | on(8472) | on(1701)  # VXLAN, L2TP: tshark decodes whatever follows
     tunnel |= on(6081) & np.isin((pb(2) << 8) | pb(3), (0x6558, 0x0800, 0x86DD, 0x8100, 0x88A8))  # Geneve
     tunnel |= on(2152) & ((pb(0) & 0xF0) == 0x30) & (pb(1) == 0xFF)  # GTP-U v1 T-PDU
@@ -702,7 +692,7 @@ def app_packets(p: Packets, buf: np.ndarray, stream: np.ndarray, decode_as_ports
     icmp = (p.proto == 1) & ~part
     icmp6 = p.proto == 58
     if (icmp | icmp6).any():
-        t = _u8(buf, np.maximum(p.l4, 0))
+        t = _u8(buf, p.l4)
         sel |= icmp & np.isin(t, (3, 4, 5, 11, 12))
         sel |= icmp6 & np.isin(t, (1, 2, 3, 4))
     return sel
@@ -825,13 +815,13 @@ def modbus_native(p: Packets, buf: np.ndarray, stream: np.ndarray, sep: str) -> 
     # event on the frame completing it). A segment tshark's Modbus/TCP test would reject (fewer
     # than 8 bytes, protocol id not 0, length < 2) or a tail too short to hold a header: the
     # stream goes to tshark.
-    walk = np.unique(gk[~single]).tolist()
+    walk = np.unique(gk[~single]).tolist()  # gk is sorted (lexsort on g, then a filter): rows of a direction are a run
     raw = memoryview(buf)
     for gg in walk:
         if gg // 2 in bad_streams:
             continue
         pending = b""
-        for i in np.flatnonzero(gk == gg).tolist():
+        for i in range(np.searchsorted(gk, gg, "left"), np.searchsorted(gk, gg, "right")):
             data = bytes(raw[int(po[i]):int(po[i] + ln[i])])
             t_, u_, f_, e_ = [], [], [], []
             try:
