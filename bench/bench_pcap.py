@@ -38,6 +38,7 @@ Target: >= 50k packets/s.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import subprocess
@@ -66,15 +67,12 @@ def _cpu() -> tuple[float, float]:
     return s.ru_utime + s.ru_stime, c.ru_utime + c.ru_stime
 
 
-DECODER = "auto"
-
-
 def run_one(path: Path, tshark_args: tuple[str, ...] = ()) -> dict:
     from ingest.pcap import read_pcap
 
     py0, ch0 = _cpu()
     t0 = time.perf_counter()
-    r = read_pcap(path, tshark_args=tshark_args, decoder=DECODER)
+    r = read_pcap(path, tshark_args=tshark_args)  # decoder: TAISHI_PCAP_DECODER, set in main
     events = 0
     for t in r:
         events += t.num_rows
@@ -99,8 +97,6 @@ def run_one(path: Path, tshark_args: tuple[str, ...] = ()) -> dict:
 
 def live(loops: int, rate: int) -> None:
     """The live capture path on a veth pair (see the module doc)."""
-    import os
-
     from ingest.collectors.capture import CaptureCollector
     from taishi.bus import Bus
 
@@ -185,8 +181,7 @@ def main() -> None:
     ap.add_argument("--decoder", choices=("auto", "tshark"), default="auto",
                     help="auto: Taishi's header decoder + tshark on the application packets; tshark: tshark alone")
     args = ap.parse_args()
-    global DECODER
-    DECODER = args.decoder
+    os.environ["TAISHI_PCAP_DECODER"] = args.decoder  # PcapReader's default decoder
     pin_one_core()
     if args.tshark_modes:
         tshark_modes([(n, SHARED / rel, a) for n, rel, a in CASES])
