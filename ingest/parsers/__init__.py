@@ -306,11 +306,16 @@ def events_from_raw(raw: pa.Table, idx: list[int], rows: list[dict[str, Any]]) -
     if not rows:
         return t
     take = raw.take(pa.array(idx, pa.int64())) if len(idx) != raw.num_rows else raw
-    cols = {n: take.column(n).combine_chunks() for n in _RAW_COPIED}
-    cols["event.id"] = event_ids(cols["taishi.source"], cols["log.offset"], cols["event.original"])
-    for name, arr in cols.items():
+    for name, arr in raw_event_columns(take).items():
         t = t.set_column(t.schema.get_field_index(name), name, arr)
     return t
+
+
+def raw_event_columns(take: pa.Table) -> dict[str, pa.Array]:
+    """What an event keeps of its raw record (``_RAW_COPIED``) for the raw rows ``take``, and the event ids."""
+    cols = {n: one_chunk(take.column(n)) for n in _RAW_COPIED}
+    cols["event.id"] = event_ids(cols["taishi.source"], cols["log.offset"], cols["event.original"])
+    return cols
 
 
 def result(events: pa.Table | list[dict[str, Any]], deadletters: list[dict[str, Any]]) -> ParseResult:
@@ -447,8 +452,7 @@ def event_ids(sources: pa.Array, offsets: pa.Array, originals: pa.Array) -> pa.A
     msgs = fast_pc.binary_join_element_wise(
         lit("ev1"), sources, _pc.cast(offsets, pa.string()), originals, lit(""), sep
     )
-    if isinstance(msgs, pa.ChunkedArray):
-        msgs = msgs.combine_chunks()
+    msgs = one_chunk(msgs)
     # raw 16-byte digests, hex-encoded in one go into a fixed-width string column
     n = len(msgs)
     if msgs.null_count:

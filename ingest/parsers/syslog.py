@@ -18,15 +18,22 @@ from functools import lru_cache
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import (
+    EVENT_SCHEMA,
+    INVALID_UTF8_HINT,
     ParseResult,
     _register,
     events_from_raw,
+    one_chunk,
     parse_lines,
     now_utc,
+    raw_event_columns,
     related,
+    result,
     safe_parser,
     to_utc,
 )
@@ -380,19 +387,13 @@ _RFC5424_RE2 = (
     r"(?P<host>[^ -][^ ]*|-[^ ]+) (?P<app>[^ -][^ ]*|-[^ ]+) (?P<procid>[^ ]+) (?P<msgid>[^ ]+) - (?P<msg>.*)$"
 )
 _AUTH_LIT_RE2 = "|".join(re.escape(lit) for lit in _AUTH_LITERALS)
-_AUTH_KEYS = ("event.action", "event.category", "event.type", "event.outcome", "event.reason", "event.code",
-              "user.name", "user.effective.name", "source.ip", "source.domain", "source.port",
-              "process.command_line", "process.working_directory")
 
 
 def _fast_rows(raw: pa.Table, now: datetime) -> tuple[pa.Table, pa.Array] | None:
     """(events, their raw row numbers) of the rows the fast path covers, or None."""
-    import pyarrow.compute as pc
-
-    from . import INVALID_UTF8_HINT, one_chunk
-
     lines = pc.fill_null(one_chunk(raw.column("event.original")), "")
-    ok = pc.and_(pc.match_substring_regex(lines, _PRINTABLE), pc.less_equal(pc.utf8_length(lines), _FAST_MAX_CHARS))
+    # printable ASCII (so bytes = characters) and at most _FAST_MAX_CHARS long
+    ok = pc.and_(pc.match_substring_regex(lines, _PRINTABLE), pc.less_equal(pc.binary_length(lines), _FAST_MAX_CHARS))
     ok = pc.and_kleene(ok, pc.invert(pc.fill_null(pc.equal(one_chunk(raw.column("hint")), INVALID_UTF8_HINT), False)))
     parts = [p for p in (_head_3164(lines, ok, now), _head_5424(lines, ok)) if p is not None]
     if not parts:
@@ -405,27 +406,42 @@ def _fast_rows(raw: pa.Table, now: datetime) -> tuple[pa.Table, pa.Array] | None
 
 def _times_per_distinct(keys: pa.Array, to_time: Callable[[str], datetime | None]) -> pa.Array:
     """``@timestamp`` of each row: ``to_time`` called once per distinct key (a batch repeats its seconds)."""
-    import pyarrow.compute as pc
-
-    from . import EVENT_SCHEMA
-
     uniq = pc.unique(keys)
     times = pa.array([to_time(k) for k in uniq.to_pylist()], EVENT_SCHEMA.field("@timestamp").type)
     return times.take(pc.index_in(keys, value_set=uniq))
 
 
-def _head_3164(lines: pa.Array, ok: pa.Array, now: datetime) -> tuple[Any, ...] | None:
-    import pyarrow.compute as pc
-
+def _extract(lines: pa.Array, ok: pa.Array, pattern: str) -> tuple[pa.Array, pa.StructArray] | None:
+    """(row numbers, groups) of the ``ok`` lines ``pattern`` matches (one RE2 pass), or None."""
     idx = pc.indices_nonzero(ok)
     if len(idx) == 0:
         return None
-    h = pc.extract_regex(lines if len(idx) == len(lines) else lines.take(idx), _RFC3164_RE2)  # null: no match
+    h = pc.extract_regex(lines if len(idx) == len(lines) else lines.take(idx), pattern)  # null: no match
     if h.null_count:
         matched = pc.indices_nonzero(pc.is_valid(h))
         if len(matched) == 0:
             return None
         idx, h = idx.take(matched), h.take(matched)
+    return idx, h
+
+
+def _common_columns(ts: pa.Array, host: pa.Array, pri: pa.Array, msg: pa.Array) -> dict[str, Any]:
+    """The columns both headers fill alike (PRI is 0..191 here: facility and severity by bits)."""
+    m = len(ts)
+    return {
+        "@timestamp": ts, "event.module": pa.repeat("system", m), "event.kind": pa.repeat("event", m),
+        "log.syslog.hostname": host, "host.hostname": host, "host.name": host,
+        "log.syslog.priority": pri, "log.syslog.facility.code": pc.shift_right(pri, 3),
+        "log.syslog.severity.code": pc.bit_wise_and(pri, 7),
+        "message": msg,
+    }
+
+
+def _head_3164(lines: pa.Array, ok: pa.Array, now: datetime) -> tuple[Any, ...] | None:
+    found = _extract(lines, ok, _RFC3164_RE2)
+    if found is None:
+        return None
+    idx, h = found
     # the one case where RE2's backtracking splits the line unlike _parse_line: a year it gave up
     # for the host ("... 17:32:18 2024 sshd[1]: m": per record a year and no host) goes per record
     year_as_host = pc.and_(pc.equal(h.field("year"), ""), pc.match_substring_regex(h.field("host"), r"^\d{4}$"))
@@ -449,36 +465,28 @@ def _head_3164(lines: pa.Array, ok: pa.Array, now: datetime) -> tuple[Any, ...] 
         return None
     if len(sel) < len(idx):
         idx, h, pri, ts = idx.take(sel), h.take(sel), pri.take(sel), ts.take(sel)
-    m = len(idx)
-    host, pid = h.field("host"), h.field("pid")
+    pid = h.field("pid")
     tagless = pc.equal(h.field("tag"), "")  # no "tag[pid]:" after the host: the rest is the message
     tag = pc.if_else(tagless, None, h.field("tag"))
     msg = pc.if_else(tagless, h.field("bare"), pc.utf8_ltrim(h.field("msg"), " "))
     pname = pc.struct_field(pc.extract_regex(tag, r"^(?P<p>[^(]*)"), "p")  # null where tagless
     base = pc.fill_null(pc.utf8_lower(pname), "")
     pid_s = pc.if_else(pc.equal(pid, ""), None, pid)
-    cols: dict[str, Any] = {
-        "@timestamp": ts, "event.module": pa.repeat("system", m), "event.kind": pa.repeat("event", m),
-        "log.syslog.hostname": host, "host.hostname": host, "host.name": host,
+    cols = _common_columns(ts, h.field("host"), pri, msg)
+    cols.update({
         "log.syslog.appname": tag, "process.name": pname,
         "process.pid": pc.cast(pc.if_else(pc.less_equal(pc.utf8_length(pid_s), 18), pid_s, None), pa.int64()),
         "log.syslog.procid": pid_s,
-        "log.syslog.priority": pri, "log.syslog.facility.code": pc.divide(pri, 8),
-        "log.syslog.severity.code": pc.subtract(pri, pc.multiply(pc.divide(pri, 8), 8)),
-        "message": msg,
-    }
-    return idx, cols, host, tag, base, msg
+    })
+    return idx, cols, base
 
 
 def _head_5424(lines: pa.Array, ok: pa.Array) -> tuple[Any, ...] | None:
     """RFC 5424 rows with host, app, a plain timestamp and no STRUCTURED-DATA ("- msg")."""
-    import pyarrow.compute as pc
-
-    ok = pc.and_(ok, pc.match_substring_regex(lines, _RFC5424_RE2))
-    idx = pc.indices_nonzero(ok)
-    if len(idx) == 0:
+    found = _extract(lines, ok, _RFC5424_RE2)
+    if found is None:
         return None
-    h = pc.extract_regex(lines.take(idx), _RFC5424_RE2)
+    idx, h = found
     pri = pc.cast(h.field("pri"), pa.int64())
     ts = _times_per_distinct(h.field("ts"), to_utc)
     good = pc.and_(pc.is_valid(ts), pc.less_equal(pri, 191))
@@ -486,31 +494,23 @@ def _head_5424(lines: pa.Array, ok: pa.Array) -> tuple[Any, ...] | None:
     if len(sel) == 0:
         return None
     idx, h, pri, ts = idx.take(sel), h.filter(good), pri.filter(good), ts.filter(good)
-    m = len(idx)
-    host, app, msg = h.field("host"), h.field("app"), h.field("msg")
+    app = h.field("app")
     procid = pc.if_else(pc.equal(h.field("procid"), "-"), None, h.field("procid"))
     msgid = pc.if_else(pc.equal(h.field("msgid"), "-"), None, h.field("msgid"))
     is_pid = pc.and_(pc.match_substring_regex(procid, r"^[0-9]+$"), pc.less_equal(pc.utf8_length(procid), 18))
     base = pc.utf8_lower(pc.extract_regex(app, r"^(?P<p>[^(]*)").field("p"))
-    cols: dict[str, Any] = {
-        "@timestamp": ts, "event.module": pa.repeat("system", m), "event.kind": pa.repeat("event", m),
+    cols = _common_columns(ts, h.field("host"), pri, h.field("msg"))
+    cols.update({
         "log.syslog.version": h.field("ver"),
-        "log.syslog.hostname": host, "host.hostname": host, "host.name": host,
         "log.syslog.appname": app, "process.name": app,
         "log.syslog.procid": procid, "process.pid": pc.cast(pc.if_else(is_pid, procid, None), pa.int64()),
         "log.syslog.msgid": msgid,
-        "log.syslog.priority": pri, "log.syslog.facility.code": pc.divide(pri, 8),
-        "log.syslog.severity.code": pc.subtract(pri, pc.multiply(pc.divide(pri, 8), 8)),
-        "message": msg,
-    }
-    return idx, cols, host, app, base, msg
+    })
+    return idx, cols, base
 
 
 def _pair_lists(a: pa.Array, b: pa.Array) -> pa.Array:
     """Per row :func:`related` of two string values: [a, b] without nulls, empties or a repeat; null if none."""
-    import numpy as np
-    import pyarrow.compute as pc
-
     n = len(a)
     va = pc.fill_null(pc.not_equal(a, ""), False).to_numpy(zero_copy_only=False)
     vb = pc.fill_null(pc.and_(pc.not_equal(b, ""), pc.fill_null(pc.not_equal(a, b), True)), False).to_numpy(zero_copy_only=False)
@@ -534,8 +534,6 @@ def _extraction_pattern(pattern: str) -> str:
 
 def _rule_columns(text: pa.Array, rx: re.Pattern[str], fields: dict[str, Any]) -> dict[str, pa.Array]:
     """Column-wise auth_fields' generic rule part for messages ``text`` the rule matches."""
-    import pyarrow.compute as pc
-
     h = len(text)
     pattern = _extraction_pattern(rx.pattern)
     names = re.compile(pattern).groupindex
@@ -602,15 +600,11 @@ def _rule_columns(text: pa.Array, rx: re.Pattern[str], fields: dict[str, Any]) -
     return out
 
 
-def _finish(raw: pa.Table, idx: pa.Array, cols: dict[str, Any], host: pa.Array, tag: pa.Array, base: pa.Array,
-            msg: pa.Array) -> tuple[pa.Table, pa.Array]:
-    """Auth fields, dataset, related.* and the raw columns of the fast rows' events."""
-    import numpy as np
-    import pyarrow.compute as pc
-
-    from . import EVENT_SCHEMA, event_ids, one_chunk
-
+def _finish(raw: pa.Table, idx: pa.Array, cols: dict[str, Any], base: pa.Array) -> tuple[pa.Table, pa.Array]:
+    """Auth fields, dataset, related.* and the raw columns of the fast rows' events (``base``: the
+    program name in lower case, "" if none)."""
     m = len(idx)
+    host, tag, msg = cols["host.name"], cols["log.syslog.appname"], cols["message"]
     # auth rules only where one can match: program sudo or su, or a rule's literal in the message
     cand = pc.or_(pc.is_in(base, value_set=pa.array(["sudo", "su"])), pc.match_substring_regex(msg, _AUTH_LIT_RE2))
     cand_at = pc.indices_nonzero(cand)
@@ -666,10 +660,7 @@ def _finish(raw: pa.Table, idx: pa.Array, cols: dict[str, Any], host: pa.Array, 
                              "pam_")
     auth_ds = pc.or_(pc.or_(is_auth, pc.is_in(base, value_set=pa.array(sorted(_AUTH_PROGRAMS)))), pam)
     cols["event.dataset"] = pc.if_else(auth_ds, "system.auth", "system.syslog")
-    take = raw.take(idx)
-    for name in ("taishi.source", "log.offset", "log.file.path", "event.original"):
-        cols[name] = one_chunk(take.column(name))
-    cols["event.id"] = event_ids(cols["taishi.source"], cols["log.offset"], cols["event.original"])
+    cols.update(raw_event_columns(raw.take(idx)))
     arrays = [pc.cast(cols[f.name], f.type) if f.name in cols else pa.nulls(m, f.type) for f in EVENT_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA), idx
 
@@ -678,16 +669,15 @@ def parse(raw: pa.Table) -> ParseResult:
     """Syslog lines -> ECS; a line without a syslog header is dead-lettered."""
     if not FAST_PATH or raw.num_rows == 0:
         return parse_per_record(raw)
-    import pyarrow.compute as pc
-
     fast = _fast_rows(raw, now_utc())
     if fast is None:
         return parse_per_record(raw)
     events, idx = fast
     if len(idx) == raw.num_rows:
-        return ParseResult(events, parse_per_record(raw.slice(0, 0)).deadletters)
-    rest_mask = pc.invert(pc.is_in(pa.array(range(raw.num_rows), pa.uint64()), value_set=idx))
-    rest_idx = pc.indices_nonzero(rest_mask)
+        return result(events, [])
+    rest = np.ones(raw.num_rows, bool)
+    rest[idx.to_numpy()] = False
+    rest_idx = pa.array(np.flatnonzero(rest))
     kept: list[int] = []
 
     def build(sub: pa.Table, at: list[int], rows: list[Any]) -> pa.Table:
