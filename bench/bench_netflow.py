@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import SHARED, peak_rss_mb, pin_one_core, report  # noqa: E402
+from bench.common import SHARED, peak_rss_mb, pin_one_core, report, thread_cpu_s  # noqa: E402
 
 PCAPS = ["pcap/scan/evilfingers_nmap/TCP_SYN_SCAN.pcap", "pcap/c2_beacon/slips_test-cc-capture-1.pcap"]
 VARIANTS = [("v5", "5", []), ("v9", "9", []), ("ipfix", "10", []), ("ipfix_biflow", "10", ["-b"])]
@@ -218,14 +218,7 @@ def udp_bench(feed: list[bytes], records: int, rate: int) -> None:
     )
     tid = col._thread.native_id if col._thread else None
 
-    def thread_cpu() -> float:
-        try:
-            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return float("nan")
-
-    c0, w0 = thread_cpu(), time.perf_counter()
+    c0, w0 = thread_cpu_s(tid), time.perf_counter()
     subprocess.run([sys.executable, "-c", sender], check=True)
     end = time.monotonic() + 30
     last = -1
@@ -235,7 +228,7 @@ def udp_bench(feed: list[bytes], records: int, rate: int) -> None:
             break
         last = now
         time.sleep(0.5)
-    wall, cpu = time.perf_counter() - w0, thread_cpu() - c0
+    wall, cpu = time.perf_counter() - w0, thread_cpu_s(tid) - c0
     col.stop()
     m = col.metrics()
     report("netflow.udp.v9", {

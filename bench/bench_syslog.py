@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import SHARED, peak_rss_mb, pin_one_core, report  # noqa: E402
+from bench.common import SHARED, peak_rss_mb, pin_one_core, report, thread_cpu_s  # noqa: E402
 
 LOGS = ["logs/loghub/OpenSSH/OpenSSH_2k.log", "logs/loghub/Linux/Linux_2k.log"]
 MONTHS = {m: i + 1 for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split())}
@@ -69,14 +69,6 @@ def messages(fmt: str) -> list[bytes]:
             ts = f"2026-{MONTHS.get(mon, 1):02d}-{int(day) if day.isdigit() else 1:02d}T{hms}Z"
             out.append(f"<86>1 {ts} {host or '-'} {app or '-'} {pid.rstrip(']') or '-'} - - {msg}".encode())
     return out
-
-
-def _thread_cpu(tid: int | None) -> float:
-    try:
-        fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError, TypeError):
-        return float("nan")
 
 
 SENDER = """
@@ -115,7 +107,7 @@ def receive(proto: str, feed: list[bytes], rate: int, tmp: Path) -> tuple[dict, 
     port = col.bound[lproto][1]
     (tmp / "feed.pkl").write_bytes(pickle.dumps(feed))
     tid = col._thread.native_id if col._thread else None
-    c0, w0 = _thread_cpu(tid), time.perf_counter()
+    c0, w0 = thread_cpu_s(tid), time.perf_counter()
     subprocess.run([sys.executable, "-c", SENDER, proto, str(port), str(rate), str(tmp / "feed.pkl")], check=True)
     end = time.monotonic() + 60
     last = -1
@@ -125,7 +117,7 @@ def receive(proto: str, feed: list[bytes], rate: int, tmp: Path) -> tuple[dict, 
             break
         last = now
         time.sleep(0.3)
-    wall, cpu = time.perf_counter() - w0, _thread_cpu(tid) - c0  # before stop(): the thread's stat goes with it
+    wall, cpu = time.perf_counter() - w0, thread_cpu_s(tid) - c0  # before stop(): the thread's stat goes with it
     col.stop()
     m = col.metrics()
     return {

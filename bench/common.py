@@ -29,6 +29,15 @@ def pin_one_core() -> None:
     os.environ["TAISHI_DUCKDB_THREADS"] = "1"
 
 
+def thread_cpu_s(tid: int | None) -> float:
+    """CPU seconds (user + system) a thread of this process has used, from /proc (nan if unknown)."""
+    try:
+        fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, TypeError):
+        return float("nan")
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 

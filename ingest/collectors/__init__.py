@@ -64,9 +64,7 @@ def read_udp(loop: asyncio.AbstractEventLoop, sock: socket.socket,
         for _ in range(UDP_BURST):
             try:
                 data, addr = recv(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # an error queued on the socket (ICMP): it is consumed; read on next time
+            except OSError:  # nothing left (BlockingIOError), or an error queued on the socket: next wake-up
                 return
             on_datagram(data, addr)
 
