@@ -515,7 +515,6 @@ class RouteContext:
     search: Callable[..., tuple[list[dict[str, Any]], int]]  # (table, q, since, until, limit, order)
     window: Callable[[str | None, str | None], tuple[datetime | None, datetime | None]]
     mode: str = "embedded"  # "cluster": store() is the search node's SearchStore
-    config: Any = None  # the taishi.config.Config the app was made with, if any
 
 
 CLUSTER_UNAVAILABLE = ("not available in cluster mode: {what} needs the embedded store's SQL; "
@@ -587,7 +586,6 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None, cfg: Any = 
     st.triage = TriageLog(data_dir / "triage.jsonl")
     st.store = None
     st.mode = mode
-    st.config = cfg
     st.ruleset = None
     st.ruleset_error = None
     st.lock = threading.RLock()
@@ -923,7 +921,7 @@ def create_app(data_dir: Path, rules_dirs: list[Path] | None = None, cfg: Any = 
 
     # ---- route groups in taishi.api.routes ---------------------------------
     ctx = RouteContext(data_dir=data_dir, store=store, ruleset=ruleset, inventory=inventory,
-                       search=search, window=window, mode=mode, config=cfg)
+                       search=search, window=window, mode=mode)
     _register_route_modules(app, ctx)
 
     # ---- console ------------------------------------------------------------

@@ -519,6 +519,13 @@ class SearchStore:
         if prev and touched:
             self._req("POST", "/" + ",".join(sorted(touched)) + "/_refresh")
 
+    def _refresh_params(self, index: str) -> dict[str, Any]:
+        """The refresh parameter of a write to ``index`` (none inside :meth:`one_refresh`, which
+        remembers the index and refreshes it once at the end)."""
+        if self._touched is not None:
+            self._touched.add(index)
+        return {"refresh": self.refresh} if self.refresh else {}
+
     def _bulk_create(self, index: str, docs: Iterable[tuple[str, dict]], op: str = "create") -> int:
         """Bulk ``op`` (create: existing ids are skipped, 409) in ~4 MB requests; returns how many were written."""
         created = 0
@@ -529,10 +536,8 @@ class SearchStore:
             nonlocal created, lines, size
             if not lines:
                 return
-            params = {"refresh": self.refresh} if self.refresh else None
-            if self._touched is not None:
-                self._touched.add(index)
-            r = self._req("POST", f"/{index}/_bulk", b"\n".join(lines) + b"\n", params=params, ndjson=True)
+            r = self._req("POST", f"/{index}/_bulk", b"\n".join(lines) + b"\n", params=self._refresh_params(index) or None,
+                          ndjson=True)
             for item in r["items"]:
                 res = item.get(op) or next(iter(item.values()))
                 st = res.get("status", 500)
@@ -834,7 +839,7 @@ class SearchStore:
     def _bulk_results(self, index: str, ops: list[tuple[dict, dict | None]]) -> list[dict]:
         """Bulk ``ops`` (action line, document or None) in chunks; the per-item results in order."""
         out: list[dict] = []
-        params = {"refresh": self.refresh} if self.refresh else None
+        params = self._refresh_params(index) or None
         for i in range(0, len(ops), 500):
             lines: list[bytes] = []
             for action, doc in ops[i:i + 500]:
@@ -941,9 +946,7 @@ class SearchStore:
             history = list(src.get("history") or []) + [
                 {"at": now, "who": who, "field": f, "old": o, "new": n} for f, o, n in changes]
             doc = self._incident_doc({**src, "status": st, "assignee": asg}, history, now)
-            params = {"if_seq_no": r["_seq_no"], "if_primary_term": r["_primary_term"]}
-            if self.refresh:
-                params["refresh"] = self.refresh
+            params = {"if_seq_no": r["_seq_no"], "if_primary_term": r["_primary_term"], **self._refresh_params(index)}
             if self._req("PUT", path, doc, params=params, ok=(409,)) is not None:
                 return self._incident_out(doc)
         raise SearchStoreError(f"incident {iid} kept changing while being updated; try again")
@@ -1050,19 +1053,24 @@ class SearchStore:
             if not c["buckets"] or after is None:
                 return
 
-    def _first_time(self, index: str, dsl: dict, top: list[dict]) -> str:
-        """The earliest ``@timestamp`` (to the microsecond, as stored) of the documents ``dsl`` finds:
-        the node sorts dates by the millisecond, so ties within the first millisecond are read."""
+    def _edge_time(self, index: str, dsl: dict, field: str, top: list[dict], newest: bool) -> str | None:
+        """The earliest (``newest``: latest) ``field`` value, as stored (to the microsecond), of the
+        documents ``dsl`` finds, from a top_hits sorted on it; the node sorts dates by the
+        millisecond, so ties within that millisecond are read."""
         from taishi.schema import parse_time
 
-        first = top[0]["_source"][TIME]
-        ms = parse_time(first).replace(microsecond=parse_time(first).microsecond // 1000 * 1000)
-        if len(top) > 1 and all(parse_time(h["_source"][TIME]) < ms + timedelta(milliseconds=1) for h in top):
-            rng = {"range": {TIME: {"gte": _iso(ms), "lt": _iso(ms + timedelta(milliseconds=1))}}}
+        vals = [h["_source"][field] for h in top if h["_source"].get(field)]
+        if not vals:
+            return None
+        pick = max if newest else min
+        edge = parse_time(pick(vals, key=parse_time))
+        ms = edge.replace(microsecond=edge.microsecond // 1000 * 1000)
+        if len(vals) > 1 and all(ms <= parse_time(v) < ms + timedelta(milliseconds=1) for v in vals):
+            rng = {"range": {field: {"gte": _iso(ms), "lt": _iso(ms + timedelta(milliseconds=1))}}}
             hits = self._req("POST", f"/{index}/_search", {
-                "query": {"bool": {"filter": [dsl, rng]}}, "size": 10_000, "_source": [TIME]})["hits"]["hits"]
-            top = top + hits
-        return min((h["_source"][TIME] for h in top), key=parse_time)
+                "query": {"bool": {"filter": [dsl, rng]}}, "size": 10_000, "_source": [field]})["hits"]["hits"]
+            vals += [h["_source"][field] for h in hits if h["_source"].get(field)]
+        return pick(vals, key=parse_time)
 
     def connections_between(self, ips: Sequence[str], since: datetime, until: datetime,
                             limit: int = 5000) -> list[dict]:
@@ -1103,7 +1111,7 @@ class SearchStore:
             flt = {"bool": {"filter": [dsl] + [
                 {"term": {f: k[n]}} if k[n] is not None else {"bool": {"must_not": [{"exists": {"field": f}}]}}
                 for n, f in sources]}}
-            first = self._first_time(index, flt, b["first"]["hits"]["hits"])
+            first = self._edge_time(index, flt, TIME, b["first"]["hits"]["hits"], newest=False)
             nbytes = int(b["nb"]["v"]["value"] or 0) + int(b["sd"]["s"]["value"] or 0) + int(b["sd"]["d"]["value"] or 0)
             eid = b["eid"]["hits"]["hits"][0]["_source"].get("event.id")
             g = groups.get(key)
@@ -1122,21 +1130,11 @@ class SearchStore:
                 for first, s, d, p, proto, g in rows[:int(limit)]]
 
     def _last_time(self, index: str, dsl: dict, field: str, top: list[dict]) -> datetime | None:
-        """The newest ``field`` (to the microsecond, as stored) of the documents ``dsl`` finds, from a
-        descending top_hits; the node sorts dates by the millisecond, so ties in the last one are read."""
+        """The newest ``field`` of the documents ``dsl`` finds, from a descending top_hits."""
         from taishi.schema import parse_time
 
-        vals = [parse_time(h["_source"][field]) for h in top if h["_source"].get(field)]
-        if not vals:
-            return None
-        last = max(vals)
-        ms = last.replace(microsecond=last.microsecond // 1000 * 1000)
-        if len(vals) > 1 and all(v >= ms for v in vals):
-            rng = {"range": {field: {"gte": _iso(ms), "lt": _iso(ms + timedelta(milliseconds=1))}}}
-            hits = self._req("POST", f"/{index}/_search", {
-                "query": {"bool": {"filter": [dsl, rng]}}, "size": 10_000, "_source": [field]})["hits"]["hits"]
-            last = max([last] + [parse_time(h["_source"][field]) for h in hits if h["_source"].get(field)])
-        return last
+        last = self._edge_time(index, dsl, field, top, newest=True)
+        return parse_time(last) if last else None
 
     def dataset_activity(self, since: datetime, until: datetime, lookback: datetime | None = None,
                          limit: int = 50) -> list[tuple[str | None, int, datetime | None, datetime | None]]:

@@ -285,7 +285,7 @@ def register(app: FastAPI, ctx: Any) -> None:
             "map": {**geo_mod.aggregate_points(top_src + [(ip, n) for ip, n in sorted(src.items(), key=lambda kv: (-kv[1], kv[0]))[TOP:200]], g),
                     "home": {"lat": _HOME.lat, "lon": _HOME.lon, "name": _HOME.name},
                     "source": g.source, "available": g.available},
-            "collectors": _collectors(ctx.data_dir, store, s, now, getattr(ctx, "mode", "embedded")),
+            "collectors": _collectors(ctx.data_dir, store, s, now, ctx.mode),
         })
 
     @app.get(f"{API}/views/posture", tags=["views"], **perm("views:read"))
