@@ -22,15 +22,10 @@ def cluster_config(tmp: Path, kafka_bootstrap: str, search_node: dict) -> config
 
 def drop_namespace(cfg: config_mod.Config) -> None:
     """Delete a run's Kafka topics and search indices (its prefixes are its own)."""
+    from taishi.cluster.kafka_bus import drop_topics
+
     drop_topics(cfg)
     drop_indices(cfg)
-
-
-def drop_topics(cfg: config_mod.Config) -> None:
-    """Delete the Kafka topics under the run's topic prefix."""
-    from taishi.cluster.kafka_bus import drop_topics as drop
-
-    drop(cfg)
 
 
 def drop_indices(cfg: config_mod.Config) -> None:

@@ -40,7 +40,7 @@ def embedded(embedded_run_):
 def cluster(inputs, spark, kafka_bootstrap, search_node, tmp_path_factory):
     from taishi.cluster import runner
     from taishi.cluster.search import SearchStore
-    from test_cross_mode import cluster_config
+    from cluster_support import cluster_config
 
     cfg = cluster_config(with_demo_inventory(tmp_path_factory.mktemp("cluster")), kafka_bootstrap, search_node)
     runner.ingest(cfg, inputs, spark=spark)

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from cluster_support import cluster_config, drop_indices
-from test_incidents_cluster import START, _without_times, campaign  # noqa: F401 (campaign: a fixture)
+from test_incidents_cluster import _without_times, campaign  # noqa: F401 (campaign: a fixture)
 
 from taishi.api.app import API, create_app
 from taishi.api.auth import ADMIN_TOKEN_ENV, ROLES

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster_support import cluster_config, drop_namespace  # noqa: F401 - other modules import them from here too
+from cluster_support import cluster_config, drop_namespace
 from taishi import config as config_mod
 from taishi.demo import generate_campaign
 from taishi.pipeline import Pipeline

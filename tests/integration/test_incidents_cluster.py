@@ -285,7 +285,7 @@ def test_spark_incidents_show_the_same_and_keep_the_workflow(campaign, spark, ka
     from taishi.cluster import runner
     from taishi.cluster.search import SearchStore
     from taishi.demo import demo_inventory
-    from test_cross_mode import cluster_config, drop_namespace
+    from cluster_support import cluster_config, drop_namespace
 
     demo, files = campaign
     cfg = cluster_config(tmp_path / "cluster", kafka_bootstrap, search_node)
