@@ -12,12 +12,16 @@ import shutil
 import pytest
 
 
+def unavailable(msg: str):
+    """Something a test needs is missing: skip, but fail under CI=true (CI must not skip)."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 def require_tool(name: str) -> str:
     """Path of a system tool a test drives; skip when absent, but fail under CI=true."""
     path = shutil.which(name)
     if path is None:
-        msg = f"{name} is not installed (make test installs it: make system-deps)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        unavailable(f"{name} is not installed (make test installs it: make system-deps)")
     return path

@@ -28,7 +28,7 @@ session started is stopped when the last live lease is released, so
 concurrent test runs on one machine share the services safely; a service
 started (or claimed) by ``taishi services up`` is never stopped by a release.
 
-:func:`private_kafka` starts a broker of one's own (same node, a free port pair,
+:class:`PrivateKafka` starts a broker of one's own (same node, a free port pair,
 state under a given directory) for what must not happen to the shared one: a
 test that crashes the broker mid-stream and restarts it.
 """
@@ -667,17 +667,6 @@ class PrivateKafka:
 
     def log_tail(self, n: int = 25) -> str:
         return _log_tail(self.svc, n)
-
-
-@contextlib.contextmanager
-def private_kafka(base: Path, port: int | None = None, report: Report = _quiet) -> Iterator[PrivateKafka]:
-    """A started :class:`PrivateKafka` under ``base``, stopped when the block ends (whatever happened)."""
-    broker = PrivateKafka(base, port, report=report)
-    try:
-        broker.start()
-        yield broker
-    finally:
-        broker.stop()
 
 
 def _free_port_pair() -> int:

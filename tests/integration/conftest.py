@@ -19,18 +19,16 @@ import os
 
 import pytest
 
+from support import unavailable
 
-def _unavailable(msg: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
+
 
 
 def _import(name: str):
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        _unavailable(f"{name} is not installed ({exc}); `pip install -e '.[cluster]'` (make test does)")
+        unavailable(f"{name} is not installed ({exc}); `pip install -e '.[cluster]'` (make test does)")
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +44,7 @@ def _service(name: str):
     try:
         info = services.acquire(name)
     except (services.ServiceError, OSError) as exc:
-        _unavailable(f"{name} could not start: {exc}")
+        unavailable(f"{name} could not start: {exc}")
     yield info
     services.release(name, info["lease"], keep=os.environ.get("TAISHI_KEEP_SERVICES") == "1")
 
@@ -82,6 +80,6 @@ def spark(tmp_path_factory):
     try:
         s = spark_jobs.session(Config(data_dir=tmp_path_factory.mktemp("spark-data")), app="taishi-tests")
     except Exception as exc:  # no Java, or the Kafka source could not be fetched
-        _unavailable(f"Spark could not start: {exc}")
+        unavailable(f"Spark could not start: {exc}")
     yield s
     s.stop()
